@@ -1,0 +1,290 @@
+//! Hugging Face checkpoints on disk: `config.json`, one or more memory-mapped safetensors
+//! shards (with `model.safetensors.index.json` when sharded), and the tokenizer files.
+//!
+//! Tensors are read straight from the mapping when a layer needs them, so opening even a 65B
+//! checkpoint costs only its headers. [`resolve`] turns `--model` (directory, alias from
+//! `configs/models.json`, or hub id) into such a directory.
+
+pub mod gguf;
+pub mod resolve;
+pub mod writer;
+
+use crate::model::{LlamaConfig, TensorSource};
+use anyhow::{bail, ensure, Context as _, Result};
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::{Dtype, Metadata, TensorInfo};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+pub use resolve::resolve;
+
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+pub const SINGLE_FILE: &str = "model.safetensors";
+
+/// Files copied unchanged next to a pruned checkpoint (when present in the input).
+pub const SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+];
+
+/// One memory-mapped `.safetensors` file.
+pub struct Shard {
+    /// File name inside the checkpoint directory.
+    pub file_name: String,
+    pub path: PathBuf,
+    mmap: memmap2::Mmap,
+    data_start: usize,
+    pub meta: Metadata,
+}
+
+impl Shard {
+    /// Maps `path` and validates its header (offsets, sizes, dtypes).
+    pub fn open(path: &Path) -> Result<Self> {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: the file is opened read-only and copal never writes to its inputs; as with
+        // every mmap, another process truncating the file meanwhile is undefined behaviour.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("memory-mapping {}", path.display()))?;
+        let (n, meta) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a valid safetensors file ({e}); it may be truncated or corrupt: \
+                 download or convert it again",
+                path.display()
+            )
+        })?;
+        Ok(Self {
+            file_name: path
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: path.to_path_buf(),
+            mmap,
+            data_start: 8 + n,
+            meta,
+        })
+    }
+
+    /// Tensor names in file (offset) order.
+    pub fn names(&self) -> Vec<String> {
+        self.meta.offset_keys()
+    }
+
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.meta.info(name)
+    }
+
+    /// The raw little-endian bytes of a tensor.
+    pub fn bytes(&self, name: &str) -> Option<&[u8]> {
+        let info = self.meta.info(name)?;
+        let (s, e) = info.data_offsets;
+        self.mmap.get(self.data_start + s..self.data_start + e)
+    }
+
+    /// The `__metadata__` map of the header.
+    pub fn user_metadata(&self) -> Option<&HashMap<String, String>> {
+        self.meta.metadata().as_ref()
+    }
+}
+
+/// A Hugging Face LLaMA checkpoint directory.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: LlamaConfig,
+    /// `config.json` exactly as read, to be written back with additions only.
+    pub config_json: serde_json::Value,
+    pub shards: Vec<Shard>,
+    route: HashMap<String, usize>,
+}
+
+/// Maps a safetensors dtype to candle's, for the dtypes a checkpoint's weights may have.
+pub fn candle_dtype(dtype: Dtype) -> Option<DType> {
+    match dtype {
+        Dtype::F32 => Some(DType::F32),
+        Dtype::F16 => Some(DType::F16),
+        Dtype::BF16 => Some(DType::BF16),
+        _ => None,
+    }
+}
+
+impl Checkpoint {
+    /// Opens a checkpoint directory: parses `config.json`, maps every shard and checks that
+    /// the index and the shards agree.
+    pub fn open(dir: &Path) -> Result<Self> {
+        ensure!(
+            dir.is_dir(),
+            "{} is not a directory; --model takes a checkpoint directory, an alias or a hub id",
+            dir.display()
+        );
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).with_context(|| {
+            format!(
+                "reading {}: a Hugging Face checkpoint directory has a config.json",
+                cfg_path.display()
+            )
+        })?;
+        let config_json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", cfg_path.display()))?;
+        let config = LlamaConfig::from_json(&text)
+            .with_context(|| format!("{} is not a usable LLaMA config", cfg_path.display()))?;
+
+        let files = shard_files(dir)?;
+        let mut shards = Vec::with_capacity(files.len());
+        let mut route = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            let shard = Shard::open(&dir.join(f))?;
+            for name in shard.names() {
+                route.insert(name, i);
+            }
+            shards.push(shard);
+        }
+        let ckpt = Self {
+            dir: dir.to_path_buf(),
+            config,
+            config_json,
+            shards,
+            route,
+        };
+        ckpt.check_index()?;
+        Ok(ckpt)
+    }
+
+    /// Every name in the index must live in the shard the index says.
+    fn check_index(&self) -> Result<()> {
+        let index_path = self.dir.join(INDEX_FILE);
+        if !index_path.exists() {
+            return Ok(());
+        }
+        for (name, file) in read_weight_map(&index_path)? {
+            let found = self.route.get(&name).map(|&i| &self.shards[i].file_name);
+            ensure!(
+                found == Some(&file),
+                "{} maps {name} to {file}, but that shard does not contain it; the checkpoint \
+                 is incomplete: download it again",
+                index_path.display()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn tensor_names(&self) -> impl Iterator<Item = &String> {
+        self.route.keys()
+    }
+
+    /// Which shard holds `name`.
+    pub fn shard_of(&self, name: &str) -> Option<usize> {
+        self.route.get(name).copied()
+    }
+
+    /// Header info and raw bytes of a tensor.
+    pub fn raw(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
+        let shard = &self.shards[self
+            .shard_of(name)
+            .with_context(|| format!("tensor {name} is not in {}", self.dir.display()))?];
+        let info = shard
+            .info(name)
+            .with_context(|| format!("tensor {name} missing from {}", shard.path.display()))?;
+        let bytes = shard.bytes(name).with_context(|| {
+            format!(
+                "tensor {name} lies past the end of {}",
+                shard.path.display()
+            )
+        })?;
+        Ok((info, bytes))
+    }
+
+    /// The storage dtype of the prunable weights (that of layer 0's q_proj).
+    pub fn weight_dtype(&self) -> Result<DType> {
+        let name = crate::model::Linear::Q.tensor_name(0);
+        let (info, _) = self.raw(&name)?;
+        candle_dtype(info.dtype).with_context(|| unsupported(&name, info.dtype))
+    }
+
+    pub fn tokenizer_path(&self) -> PathBuf {
+        self.dir.join("tokenizer.json")
+    }
+}
+
+fn unsupported(name: &str, dtype: Dtype) -> String {
+    format!(
+        "tensor {name} has dtype {dtype:?}; copal reads F32, F16 and BF16 weights \
+         (for a quantised GGUF file use `copal import-gguf`)"
+    )
+}
+
+impl TensorSource for Checkpoint {
+    fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let (info, bytes) = self.raw(name)?;
+        let src = candle_dtype(info.dtype).with_context(|| unsupported(name, info.dtype))?;
+        let t = Tensor::from_raw_buffer(bytes, src, &info.shape, &Device::Cpu)
+            .with_context(|| format!("reading {name} from {}", self.dir.display()))?;
+        Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.route.contains_key(name)
+    }
+}
+
+/// The shard file names of a checkpoint, from its index or the single-file convention.
+fn shard_files(dir: &Path) -> Result<Vec<String>> {
+    let index = dir.join(INDEX_FILE);
+    if index.exists() {
+        let map = read_weight_map(&index)?;
+        let mut files: Vec<String> = map.into_values().collect();
+        files.sort();
+        files.dedup();
+        for f in &files {
+            ensure!(
+                !f.contains('/') && !f.contains('\\') && f != "..",
+                "{} names shard {f:?}, which is not a plain file name",
+                index.display()
+            );
+            ensure!(
+                dir.join(f).is_file(),
+                "{} names shard {f}, which is missing from {}: download the checkpoint again",
+                index.display(),
+                dir.display()
+            );
+        }
+        ensure!(!files.is_empty(), "{} lists no shards", index.display());
+        return Ok(files);
+    }
+    if dir.join(SINGLE_FILE).is_file() {
+        return Ok(vec![SINGLE_FILE.to_string()]);
+    }
+    let has_bin = ["pytorch_model.bin", "pytorch_model.bin.index.json"]
+        .iter()
+        .any(|f| dir.join(f).exists());
+    if has_bin {
+        bail!(
+            "{} holds PyTorch .bin weights only; copal reads safetensors: convert with \
+             transformers (`model.save_pretrained(dir, safe_serialization=True)`)",
+            dir.display()
+        );
+    }
+    bail!(
+        "no {SINGLE_FILE} or {INDEX_FILE} in {}: not a safetensors checkpoint",
+        dir.display()
+    )
+}
+
+/// `weight_map` of a safetensors index: tensor name → shard file name.
+pub fn read_weight_map(path: &Path) -> Result<BTreeMap<String, String>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let index: Index =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(index.weight_map)
+}

@@ -1,0 +1,89 @@
+//! One function per subcommand: resolve the arguments, call the library, print the results.
+
+mod eval;
+mod import;
+mod inspect;
+mod prune;
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::cli::{Cli, Command, ComputeDtype, ModelArgs};
+use anyhow::{bail, ensure, Context as _, Result};
+use candle_core::{DType, Device};
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Eval(a) => eval::run(a),
+        Command::ImportGguf(a) => import::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Prune(a) => prune::run(a),
+    }
+}
+
+/// `--device cpu|cuda|cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        _ if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse::<usize>()
+                    .with_context(|| format!("--device {s}: expected cuda:N with N a GPU index"))?,
+                None => 0,
+            };
+            if !candle_core::utils::cuda_is_available() {
+                bail!(
+                    "--device {s}: this copal was built without CUDA; rebuild with --features cuda"
+                );
+            }
+            Device::new_cuda(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))
+        }
+        other => bail!("--device {other}: expected cpu, cuda or cuda:N"),
+    }
+}
+
+pub fn dtype_of(d: Option<ComputeDtype>, device: &Device) -> DType {
+    match d {
+        Some(ComputeDtype::F32) => DType::F32,
+        Some(ComputeDtype::Bf16) => DType::BF16,
+        Some(ComputeDtype::F16) => DType::F16,
+        None if device.is_cuda() => DType::BF16,
+        None => DType::F32,
+    }
+}
+
+/// A model opened for computing: the checkpoint, where and in which dtype it runs.
+pub struct Opened {
+    pub ckpt: Checkpoint,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+pub fn open_model(args: &ModelArgs, quiet: bool) -> Result<Opened> {
+    let device = parse_device(&args.device)?;
+    let dtype = dtype_of(args.dtype, &device);
+    let dir = checkpoint::resolve(&args.model, quiet)?;
+    let ckpt = Checkpoint::open(&dir).with_context(|| format!("opening model {}", args.model))?;
+    Ok(Opened {
+        ckpt,
+        device,
+        dtype,
+    })
+}
+
+/// The window length: the flag if given (checked against the model), else 2048 capped by it.
+pub fn resolve_seqlen(flag: Option<usize>, max_pos: usize) -> Result<usize> {
+    match flag {
+        Some(0) => bail!("--seqlen must be at least 2"),
+        Some(s) => {
+            ensure!(s >= 2, "--seqlen must be at least 2, got {s}");
+            ensure!(
+                s <= max_pos,
+                "--seqlen {s} exceeds the model's max_position_embeddings ({max_pos}); use \
+                 --seqlen {max_pos} or less"
+            );
+            Ok(s)
+        }
+        None => Ok(2048.min(max_pos)),
+    }
+}

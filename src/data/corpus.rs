@@ -1,0 +1,241 @@
+//! Finding a dataset split on disk and turning it into the protocol's text.
+//!
+//! Joins (COPAL.md §5, as SparseGPT and Wanda do them):
+//! - WikiText-2: rows as Hugging Face `datasets` yields them (each line verbatim with its
+//!   `\n`, whitespace-only lines as ""); calibration joins them with " ", evaluation with "\n\n".
+//! - PTB: lines stripped and joined with " " (empty lines dropped: the upstream files have
+//!   none, some copies end with an extra newline).
+//! - C4: one document per JSON line; calibration samples documents, evaluation joins the first
+//!   1100 with " ".
+
+use super::{Dataset, Split};
+use anyhow::{bail, ensure, Context as _, Result};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// What the text is used for; it decides the join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Calibration,
+    Evaluation,
+}
+
+/// A split ready for tokenisation.
+#[derive(Debug, Clone)]
+pub enum Corpus {
+    /// One string, tokenised once.
+    Joined(String),
+    /// Documents, tokenised one by one (C4-style calibration).
+    Docs(Vec<String>),
+}
+
+/// Candidate file names of a built-in dataset split, and the sub-directories searched.
+pub struct Files {
+    pub names: Vec<&'static str>,
+    pub subdirs: &'static [&'static str],
+}
+
+impl Files {
+    pub fn of(ds: &Dataset, split: Split) -> Option<Files> {
+        let (names, subdirs): (Vec<&'static str>, &'static [&'static str]) = match (ds, split) {
+            (Dataset::WikiText2, Split::Train) => (vec!["wiki.train.raw"], WIKI_DIRS),
+            (Dataset::WikiText2, Split::Valid) => (vec!["wiki.valid.raw"], WIKI_DIRS),
+            (Dataset::WikiText2, Split::Test) => (vec!["wiki.test.raw"], WIKI_DIRS),
+            (Dataset::Ptb, Split::Train) => (vec!["ptb.train.txt"], PTB_DIRS),
+            (Dataset::Ptb, Split::Valid) => (vec!["ptb.valid.txt"], PTB_DIRS),
+            (Dataset::Ptb, Split::Test) => (vec!["ptb.test.txt"], PTB_DIRS),
+            (Dataset::C4, Split::Train) => (
+                vec![
+                    "c4-train.00000-of-01024.json",
+                    "c4-train.00000-of-01024.first1000.jsonl",
+                ],
+                C4_DIRS,
+            ),
+            (Dataset::C4, Split::Valid) => (
+                vec![
+                    "c4-validation.00000-of-00008.json",
+                    "c4-validation.00000-of-00008.first1000.json",
+                ],
+                C4_DIRS,
+            ),
+            _ => return None,
+        };
+        Some(Files { names, subdirs })
+    }
+}
+
+const WIKI_DIRS: &[&str] = &[
+    "",
+    "wikitext-2-raw",
+    "wikitext2",
+    "wikitext-2-raw-v1/wikitext-2-raw",
+];
+const PTB_DIRS: &[&str] = &["", "ptb", "penn"];
+const C4_DIRS: &[&str] = &["", "c4", "c4/en", "en"];
+
+/// Locates the file of a split: for built-ins the first existing candidate (plain, then
+/// `.gz`) under the data directory; for custom sources the given path.
+pub fn find(ds: &Dataset, split: Split, data_dir: &Path) -> Result<PathBuf> {
+    match ds {
+        Dataset::Text(p) | Dataset::Jsonl { path: p, .. } => {
+            ensure!(p.is_file(), "dataset file {} does not exist", p.display());
+            return Ok(p.clone());
+        }
+        _ => {}
+    }
+    let files = match Files::of(ds, split) {
+        Some(f) => f,
+        None => bail!(
+            "{ds} has no {split} split (c4 has train and valid; the others train, valid, test)"
+        ),
+    };
+    let mut tried = Vec::new();
+    for sub in files.subdirs {
+        for name in &files.names {
+            for ext in ["", ".gz"] {
+                let p = data_dir.join(sub).join(format!("{name}{ext}"));
+                if p.is_file() {
+                    return Ok(p);
+                }
+                tried.push(p);
+            }
+        }
+    }
+    let hint = match (ds, split) {
+        (Dataset::WikiText2, Split::Train) => {
+            "; WikiText-2 train is in wikitext-2-raw-v1.zip (see README, Data), or calibrate on \
+             another split with --calib-split wikitext2=valid"
+        }
+        _ => "; see README, Data, for where to download it and where it goes",
+    };
+    bail!(
+        "{ds} {split} split not found: looked for {}[.gz] in {} (set --data-dir or \
+         COPAL_DATA_DIR){hint}",
+        files.names.join(" or "),
+        data_dir.display()
+    )
+}
+
+/// Reads a file as UTF-8, gunzipping `*.gz`.
+pub fn read_text(path: &Path) -> Result<String> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut bytes = Vec::new();
+    if path.extension().is_some_and(|e| e == "gz") {
+        flate2::read::MultiGzDecoder::new(file)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("decompressing {}", path.display()))?;
+    } else {
+        std::io::BufReader::new(file)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {}", path.display()))?;
+    }
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
+}
+
+/// WikiText rows as Hugging Face `datasets` yields them from the raw file.
+pub fn wikitext_rows(text: &str) -> Vec<&str> {
+    text.split_inclusive('\n')
+        .map(|l| if l.trim().is_empty() { "" } else { l })
+        .collect()
+}
+
+/// PTB sentences: lines stripped, empty ones dropped.
+pub fn ptb_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// The `field` string of each JSON line (blank lines skipped).
+pub fn jsonl_docs(text: &str, field: &str, path: &Path) -> Result<Vec<String>> {
+    let mut docs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
+        let t = v
+            .get(field)
+            .and_then(|t| t.as_str())
+            .with_context(|| format!("{}:{}: no string field {field:?}", path.display(), i + 1))?;
+        docs.push(t.to_string());
+    }
+    Ok(docs)
+}
+
+/// Number of C4 validation documents the anchors join for evaluation.
+pub const C4_EVAL_DOCS: usize = 1100;
+
+/// Loads a split and applies the protocol's join for `purpose`.
+pub fn load(
+    ds: &Dataset,
+    split: Split,
+    purpose: Purpose,
+    data_dir: &Path,
+) -> Result<(Corpus, PathBuf)> {
+    let path = find(ds, split, data_dir)?;
+    let text = read_text(&path)?;
+    let corpus = match (ds, purpose) {
+        (Dataset::WikiText2, Purpose::Calibration) => {
+            Corpus::Joined(wikitext_rows(&text).join(" "))
+        }
+        (Dataset::WikiText2, Purpose::Evaluation) => {
+            Corpus::Joined(wikitext_rows(&text).join("\n\n"))
+        }
+        (Dataset::Ptb, _) => Corpus::Joined(ptb_lines(&text).join(" ")),
+        (Dataset::C4, Purpose::Calibration) => Corpus::Docs(jsonl_docs(&text, "text", &path)?),
+        (Dataset::C4, Purpose::Evaluation) => {
+            let docs = jsonl_docs(&text, "text", &path)?;
+            let n = docs.len().min(C4_EVAL_DOCS);
+            Corpus::Joined(docs[..n].join(" "))
+        }
+        (Dataset::Text(_), _) => Corpus::Joined(text),
+        (Dataset::Jsonl { field, .. }, Purpose::Calibration) => {
+            Corpus::Docs(jsonl_docs(&text, field, &path)?)
+        }
+        (Dataset::Jsonl { field, .. }, Purpose::Evaluation) => {
+            Corpus::Joined(jsonl_docs(&text, field, &path)?.join(" "))
+        }
+    };
+    match &corpus {
+        Corpus::Joined(s) => ensure!(!s.trim().is_empty(), "{} holds no text", path.display()),
+        Corpus::Docs(d) => ensure!(!d.is_empty(), "{} holds no documents", path.display()),
+    }
+    Ok((corpus, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wikitext_rows_match_hf() {
+        let raw = " \n = Title = \n \n Some text .\n";
+        assert_eq!(
+            wikitext_rows(raw),
+            vec!["", " = Title = \n", "", " Some text .\n"]
+        );
+        assert_eq!(
+            wikitext_rows(raw).join("\n\n"),
+            "\n\n = Title = \n\n\n\n\n Some text .\n"
+        );
+    }
+
+    #[test]
+    fn ptb_lines_are_stripped() {
+        assert_eq!(ptb_lines(" a b \n c\n\n"), vec!["a b", "c"]);
+    }
+
+    #[test]
+    fn missing_wikitext_train_names_file_and_flag() {
+        let e = find(&Dataset::WikiText2, Split::Train, Path::new("/nonexistent"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("wiki.train.raw") && e.contains("--calib-split wikitext2=valid"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! Files that appear whole or not at all: write under a temporary name beside the target,
+//! flush, then rename into place.
+
+use anyhow::{Context as _, Result};
+use std::path::{Path, PathBuf};
+
+/// A fresh, empty staging directory beside `target` (same file system, so the final rename
+/// is atomic). Leftovers of a killed run under the same name are removed first.
+pub fn staging_dir(target: &Path) -> Result<PathBuf> {
+    let staging = sibling(target, &format!("copal-partial-{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("removing {}", staging.display()))?;
+    }
+    std::fs::create_dir_all(&staging).with_context(|| {
+        format!(
+            "creating {} (is the parent directory writable?)",
+            staging.display()
+        )
+    })?;
+    Ok(staging)
+}
+
+/// `dir/.name.suffix` for `dir/name`.
+pub fn sibling(target: &Path, suffix: &str) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    parent.join(format!(".{name}.{suffix}"))
+}
+
+/// Moves the finished `staging` directory to `target`, replacing what was there.
+pub fn replace_dir(staging: &Path, target: &Path) -> Result<()> {
+    let old = if target.exists() {
+        let trash = sibling(target, &format!("copal-old-{}", std::process::id()));
+        std::fs::rename(target, &trash)
+            .with_context(|| format!("moving the old {} aside", target.display()))?;
+        Some(trash)
+    } else {
+        None
+    };
+    std::fs::rename(staging, target)
+        .with_context(|| format!("moving {} to {}", staging.display(), target.display()))?;
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::checkpoint::writer::sync_dir(parent)?;
+    }
+    if let Some(old) = old {
+        std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    }
+    Ok(())
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}

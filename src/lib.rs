@@ -1,0 +1,16 @@
+//! copal: continual pruning (COPAL, Malla, Choi, Choi, ICML 2024) of LLaMA-family models,
+//! with the magnitude, Wanda and SparseGPT baselines.
+//!
+//! The data flows one way: **load** ([`checkpoint`], [`model`]) → **calibrate** ([`data`],
+//! [`calib`]) → **score** and **mask** ([`prune`]) → **write** ([`checkpoint::writer`]) →
+//! **evaluate** ([`eval`]). [`state`] carries the importance between datasets and runs.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod commands;
+pub mod data;
+pub mod eval;
+pub mod fsutil;
+pub mod model;
+pub mod tokenizer;
+pub mod ui;

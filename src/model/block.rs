@@ -1,0 +1,307 @@
+//! One LLaMA decoder layer, with explicit taps of what every linear sees.
+//!
+//! h   = x + o_proj(attn(rope(q_proj(n₁)), rope(k_proj(n₁)), v_proj(n₁))),  n₁ = rms₁(x)
+//! out = h + down_proj(silu(gate_proj(n₂)) ⊙ up_proj(n₂)),                  n₂ = rms₂(h)
+//!
+//! Instead of forward hooks (the research code's approach), [`DecoderLayer::forward_tapped`]
+//! returns the input and output of each of the seven linears as [`Taps`]; pruners read them
+//! directly. Weights keep their Hugging Face names ([`Linear::tensor_name`]) everywhere.
+
+use super::config::LlamaConfig;
+use super::rope::Rope;
+use super::TensorSource;
+use anyhow::{ensure, Context as _, Result};
+use candle_core::{DType, Device, Tensor, D};
+
+/// The seven prunable linears of a decoder layer, in the order the forward pass uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Linear {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Linear {
+    pub const ALL: [Linear; 7] = [
+        Linear::Q,
+        Linear::K,
+        Linear::V,
+        Linear::O,
+        Linear::Gate,
+        Linear::Up,
+        Linear::Down,
+    ];
+
+    /// The module path inside a layer, as in Hugging Face checkpoints.
+    pub fn module(self) -> &'static str {
+        match self {
+            Linear::Q => "self_attn.q_proj",
+            Linear::K => "self_attn.k_proj",
+            Linear::V => "self_attn.v_proj",
+            Linear::O => "self_attn.o_proj",
+            Linear::Gate => "mlp.gate_proj",
+            Linear::Up => "mlp.up_proj",
+            Linear::Down => "mlp.down_proj",
+        }
+    }
+
+    /// The checkpoint name of this linear's weight in layer `layer`.
+    pub fn tensor_name(self, layer: usize) -> String {
+        format!("model.layers.{layer}.{}.weight", self.module())
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// (out, in) of the weight for a given config.
+    pub fn shape(self, cfg: &LlamaConfig) -> (usize, usize) {
+        let (hid, inter) = (cfg.hidden_size, cfg.intermediate_size);
+        let q = cfg.num_attention_heads * cfg.head_dim();
+        let kv = cfg.num_kv_heads() * cfg.head_dim();
+        match self {
+            Linear::Q => (q, hid),
+            Linear::K | Linear::V => (kv, hid),
+            Linear::O => (hid, q),
+            Linear::Gate | Linear::Up => (inter, hid),
+            Linear::Down => (hid, inter),
+        }
+    }
+}
+
+/// Names of the two RMSNorm weights of a layer.
+pub fn norm_names(layer: usize) -> [String; 2] {
+    [
+        format!("model.layers.{layer}.input_layernorm.weight"),
+        format!("model.layers.{layer}.post_attention_layernorm.weight"),
+    ]
+}
+
+/// Everything one forward call of a layer saw, flattened to (tokens, features).
+///
+/// q/k/v are taken before rotary embedding, exactly what the linears produced.
+#[derive(Debug, Clone)]
+pub struct Taps {
+    pub attn_in: Tensor,
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    pub o_in: Tensor,
+    pub o: Tensor,
+    pub mlp_in: Tensor,
+    pub gate: Tensor,
+    pub up: Tensor,
+    pub down_in: Tensor,
+    pub down: Tensor,
+}
+
+impl Taps {
+    /// The input rows X (tokens × in) that `l` saw.
+    pub fn input(&self, l: Linear) -> &Tensor {
+        match l {
+            Linear::Q | Linear::K | Linear::V => &self.attn_in,
+            Linear::O => &self.o_in,
+            Linear::Gate | Linear::Up => &self.mlp_in,
+            Linear::Down => &self.down_in,
+        }
+    }
+
+    /// The output rows Y = X Wᵀ (tokens × out) that `l` produced.
+    pub fn output(&self, l: Linear) -> &Tensor {
+        match l {
+            Linear::Q => &self.q,
+            Linear::K => &self.k,
+            Linear::V => &self.v,
+            Linear::O => &self.o,
+            Linear::Gate => &self.gate,
+            Linear::Up => &self.up,
+            Linear::Down => &self.down,
+        }
+    }
+}
+
+/// Position-dependent tensors shared by all layers for one sequence length.
+#[derive(Debug, Clone)]
+pub struct Positions {
+    pub rope: Rope,
+    /// Additive causal mask (seqlen, seqlen): 0 on and below the diagonal, −∞ above.
+    pub mask: Tensor,
+}
+
+impl Positions {
+    pub fn new(cfg: &LlamaConfig, seqlen: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let mask: Vec<f32> = (0..seqlen)
+            .flat_map(|i| (0..seqlen).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        Ok(Self {
+            rope: Rope::new(cfg, seqlen, dtype, device)?,
+            mask: Tensor::from_vec(mask, (seqlen, seqlen), device)?,
+        })
+    }
+}
+
+/// One decoder layer's weights, materialised in the compute dtype.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    pub index: usize,
+    linears: [Tensor; 7],
+    input_norm: Tensor,
+    post_norm: Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    eps: f32,
+}
+
+/// y = x Wᵀ for x (tokens, in) and W (out, in); the transposed view costs no copy.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(x.matmul(&w.t()?)?)
+}
+
+impl DecoderLayer {
+    /// Loads layer `index` from `src`, checking every shape against `cfg`.
+    pub fn load(
+        src: &dyn TensorSource,
+        cfg: &LlamaConfig,
+        index: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut linears = Vec::with_capacity(7);
+        for l in Linear::ALL {
+            let name = l.tensor_name(index);
+            let w = src.load(&name, dtype, device)?;
+            let (o, i) = l.shape(cfg);
+            ensure!(
+                w.dims() == [o, i],
+                "{name} has shape {:?}, config.json implies [{o}, {i}]",
+                w.dims()
+            );
+            linears.push(w);
+        }
+        let [n1, n2] = norm_names(index);
+        let load_norm = |name: &str| -> Result<Tensor> {
+            let w = src.load(name, dtype, device)?;
+            ensure!(
+                w.dims() == [cfg.hidden_size],
+                "{name} has shape {:?}, expected [{}]",
+                w.dims(),
+                cfg.hidden_size
+            );
+            Ok(w)
+        };
+        let linears: [Tensor; 7] = linears
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("internal: seven linears expected"))?;
+        Ok(Self {
+            index,
+            linears,
+            input_norm: load_norm(&n1)?,
+            post_norm: load_norm(&n2)?,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_kv_heads(),
+            head_dim: cfg.head_dim(),
+            eps: cfg.rms_norm_eps as f32,
+        })
+    }
+
+    pub fn weight(&self, l: Linear) -> &Tensor {
+        &self.linears[l.index()]
+    }
+
+    /// Replaces a linear's weight (e.g. by its pruned version); the shape must not change.
+    pub fn set_weight(&mut self, l: Linear, w: Tensor) -> Result<()> {
+        let old = &self.linears[l.index()];
+        ensure!(
+            old.dims() == w.dims(),
+            "{}: replacement weight has shape {:?}, expected {:?}",
+            l.tensor_name(self.index),
+            w.dims(),
+            old.dims()
+        );
+        self.linears[l.index()] = w.to_dtype(old.dtype())?;
+        Ok(())
+    }
+
+    /// Runs the layer on hidden states `x` (batch, seqlen, hidden).
+    pub fn forward(&self, x: &Tensor, pos: &Positions) -> Result<Tensor> {
+        Ok(self.forward_tapped(x, pos)?.0)
+    }
+
+    /// Runs the layer and returns its output together with every linear's input and output.
+    pub fn forward_tapped(&self, x: &Tensor, pos: &Positions) -> Result<(Tensor, Taps)> {
+        let (b, t, hidden) = x.dims3()?;
+        let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
+        let x2 = x.reshape((b * t, hidden))?;
+
+        let attn_in = candle_nn::ops::rms_norm(&x2, &self.input_norm, self.eps)?;
+        let q = linear(&attn_in, self.weight(Linear::Q))?;
+        let k = linear(&attn_in, self.weight(Linear::K))?;
+        let v = linear(&attn_in, self.weight(Linear::V))?;
+        let heads = |y: &Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let qh = pos.rope.apply(&heads(&q, h)?)?;
+        let kh = repeat_kv(pos.rope.apply(&heads(&k, kvh)?)?, h / kvh)?;
+        let vh = repeat_kv(heads(&v, kvh)?, h / kvh)?;
+
+        // softmax(q kᵀ / √d + mask) v, with the softmax in f32 as transformers does.
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (qh.matmul(&kh.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let mask = pos.mask.narrow(0, 0, t)?.narrow(1, 0, t)?;
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?.to_dtype(x.dtype())?;
+        let o_in = probs
+            .matmul(&vh)?
+            .transpose(1, 2)?
+            .reshape((b * t, h * d))?;
+        let o = linear(&o_in, self.weight(Linear::O))?;
+        let hmid = (x2 + &o)?;
+
+        let mlp_in = candle_nn::ops::rms_norm(&hmid, &self.post_norm, self.eps)?;
+        let gate = linear(&mlp_in, self.weight(Linear::Gate))?;
+        let up = linear(&mlp_in, self.weight(Linear::Up))?;
+        let down_in = (candle_nn::ops::silu(&gate)? * &up)?;
+        let down = linear(&down_in, self.weight(Linear::Down))?;
+        let out = (hmid + &down)?.reshape((b, t, hidden))?;
+        let taps = Taps {
+            attn_in,
+            q,
+            k,
+            v,
+            o_in,
+            o,
+            mlp_in,
+            gate,
+            up,
+            down_in,
+            down,
+        };
+        Ok((out, taps))
+    }
+}
+
+/// (b, kv_heads, t, d) → (b, kv_heads·n_rep, t, d), each key/value head shared by n_rep query heads.
+fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, kvh, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .expand((b, kvh, n_rep, t, d))?
+        .reshape((b, kvh * n_rep, t, d))
+        .context("repeat_kv")
+}
+
+/// Largest |x| over a tensor, as f32 (for tolerance checks and NaN guards).
+pub fn max_abs(x: &Tensor) -> Result<f32> {
+    Ok(x.abs()?
+        .flatten_all()?
+        .to_dtype(DType::F32)?
+        .max(D::Minus1)?
+        .to_scalar::<f32>()?)
+}

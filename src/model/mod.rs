@@ -1,0 +1,136 @@
+//! The LLaMA forward pass, written out so that a caller can run it one decoder layer at a time
+//! and see every linear's input and output (see [`block`]).
+//!
+//! embedding → layers 0..L → RMSNorm → LM head, logits at every position. Only the embedding,
+//! final norm and LM head live in [`Llama`]; decoder layers are loaded on demand from a
+//! [`TensorSource`] (a memory-mapped checkpoint, or tensors built in memory by tests), so the
+//! weights resident at any time are one layer's plus the embedding and head.
+
+pub mod block;
+pub mod config;
+pub mod rope;
+
+use anyhow::{bail, ensure, Context as _, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+
+pub use block::{DecoderLayer, Linear, Positions, Taps};
+pub use config::LlamaConfig;
+
+/// Anything that can hand out named weights in a requested dtype.
+pub trait TensorSource {
+    /// Loads tensor `name`, converted to `dtype`, on `device`.
+    fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor>;
+    /// Whether a tensor of that name exists.
+    fn has(&self, name: &str) -> bool;
+}
+
+impl TensorSource for HashMap<String, Tensor> {
+    fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let t = self
+            .get(name)
+            .with_context(|| format!("tensor {name} not found"))?;
+        Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+    fn has(&self, name: &str) -> bool {
+        self.contains_key(name)
+    }
+}
+
+pub const EMBED: &str = "model.embed_tokens.weight";
+pub const FINAL_NORM: &str = "model.norm.weight";
+pub const LM_HEAD: &str = "lm_head.weight";
+
+/// The non-layer parts of a LLaMA model: embedding, final norm and LM head.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    pub dtype: DType,
+    pub device: Device,
+    embed: Tensor,
+    norm: Tensor,
+    lm_head: Tensor,
+}
+
+impl Llama {
+    /// Loads the embedding, final norm and LM head (tied to the embedding when the
+    /// config says so or when the checkpoint has no `lm_head.weight`).
+    pub fn load(
+        src: &dyn TensorSource,
+        cfg: &LlamaConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let embed = src.load(EMBED, dtype, device)?;
+        ensure!(
+            embed.dims() == [cfg.vocab_size, cfg.hidden_size],
+            "{EMBED} has shape {:?}, config.json implies [{}, {}]",
+            embed.dims(),
+            cfg.vocab_size,
+            cfg.hidden_size
+        );
+        let norm = src.load(FINAL_NORM, dtype, device)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else if src.has(LM_HEAD) {
+            let w = src.load(LM_HEAD, dtype, device)?;
+            ensure!(
+                w.dims() == embed.dims(),
+                "{LM_HEAD} has shape {:?}, expected {:?}",
+                w.dims(),
+                embed.dims()
+            );
+            w
+        } else {
+            bail!("checkpoint has no {LM_HEAD} and config.json does not tie it to the embedding");
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            dtype,
+            device: device.clone(),
+            embed,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// Loads decoder layer `i`.
+    pub fn layer(&self, src: &dyn TensorSource, i: usize) -> Result<DecoderLayer> {
+        DecoderLayer::load(src, &self.cfg, i, self.dtype, &self.device)
+            .with_context(|| format!("loading decoder layer {i}"))
+    }
+
+    pub fn positions(&self, seqlen: usize) -> Result<Positions> {
+        Positions::new(&self.cfg, seqlen, self.dtype, &self.device)
+    }
+
+    /// Token ids → hidden states (1, T, hidden).
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
+            bail!(
+                "token id {bad} is outside the vocabulary ({}): tokenizer and model do not match",
+                self.cfg.vocab_size
+            );
+        }
+        let idx = Tensor::new(ids, &self.device)?;
+        Ok(self.embed.index_select(&idx, 0)?.unsqueeze(0)?)
+    }
+
+    /// Final norm and LM head: hidden (b, t, hidden) → logits (b·t, vocab) in f32.
+    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        let (b, t, hid) = h.dims3()?;
+        let x = h.reshape((b * t, hid))?;
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps as f32)?;
+        Ok(block::linear(&x, &self.lm_head)?.to_dtype(DType::F32)?)
+    }
+
+    /// Whole forward for one sequence, loading each layer in turn: logits (T, vocab).
+    pub fn forward(&self, src: &dyn TensorSource, ids: &[u32]) -> Result<Tensor> {
+        let pos = self.positions(ids.len())?;
+        let mut h = self.embed(ids)?;
+        for i in 0..self.cfg.num_hidden_layers {
+            h = self.layer(src, i)?.forward(&h, &pos)?;
+        }
+        self.logits(&h)
+    }
+}

@@ -1,0 +1,51 @@
+//! Progress bars and log lines, all on stderr; `--quiet` silences both.
+//!
+//! stdout is reserved for results (tables, `--json`), so that `copal … --json | jq` works.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+pub fn set_quiet(q: bool) {
+    QUIET.store(q, Ordering::Relaxed);
+}
+
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// Prints one line to stderr unless quiet.
+pub fn info(msg: impl AsRef<str>) {
+    if !quiet() {
+        eprintln!("{}", msg.as_ref());
+    }
+}
+
+/// A bar of `len` steps with an ETA; hidden when quiet or when stderr is not a terminal.
+pub fn bar(len: u64, prefix: impl Into<String>) -> ProgressBar {
+    if quiet() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>12.bold} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(prefix.into());
+    pb.enable_steady_tick(Duration::from_millis(500));
+    pb
+}
+
+/// Writes a line of results to stdout; a closed pipe comes back as an error (which `main`
+/// treats as success) instead of a panic, as `println!` would.
+pub fn out(line: impl AsRef<str>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    o.write_all(line.as_ref().as_bytes())?;
+    o.write_all(b"\n")
+}
