@@ -155,9 +155,126 @@ pub struct InspectArgs {
     pub output: OutputArgs,
 }
 
-/// Prune a model over a sequence of datasets (placeholder until the prune command lands).
+/// Prune a model over a sequence of datasets (COPAL by default).
+///
+/// Datasets are taken in the given order. For each, calibration windows are drawn (nsamples
+/// × seqlen tokens, seeded by --seed and the dataset name), decoder layers are processed one
+/// at a time, and the model is pruned. COPAL accumulates the importance Σ|W ⊙ ∇W ‖dy‖²| over
+/// every dataset so far and always masks the dense weights; --state carries that importance
+/// to a later run, so a new domain can be added without the old data.
+///
+/// Sparsity patterns: `unstructured` prunes --sparsity percent of each comparison group
+/// (--group); `N:M` zeroes N of every M consecutive weights along the input dimension of each
+/// row (2:4 zeroes 2 of every 4 = 50%, as Wanda and SparseGPT read it).
+///
+/// DIR receives the pruned model in the input's shard layout and dtype (loadable by
+/// transformers unchanged), config.json with a sparsity_config block, the tokenizer files
+/// and copal.json, the run record. DIR appears only when the run succeeds.
 #[derive(Debug, Args)]
 pub struct PruneArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+
+    /// Calibration datasets in the order they arrive: wikitext2, ptb, c4, text:PATH, jsonl:PATH[:FIELD].
+    #[arg(long, short = 'd', value_name = "LIST")]
+    pub datasets: String,
+
+    /// Output directory for the pruned model (refused if it exists, unless --force).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Pruning method.
+    #[arg(long, value_enum, default_value = "copal")]
+    pub method: crate::prune::Method,
+
+    /// How a method is used across datasets [default: accumulate for copal, global otherwise].
+    ///
+    /// accumulate: sum the method's statistics over every dataset so far, prune the dense
+    /// weights (COPAL). global: prune the dense model from the newest dataset only
+    /// (forgetting). sequential: prune the previous step's pruned model with the newest
+    /// dataset (weight stasis).
+    #[arg(long, value_enum)]
+    pub mode: Option<crate::continual::Mode>,
+
+    /// Percentage of weights to prune, 0 < s < 100 (for N:M patterns it is implied).
+    #[arg(long, value_name = "PERCENT")]
+    pub sparsity: Option<f64>,
+
+    /// unstructured, or N:M (N of every M consecutive input weights zeroed: 2:4, 4:8).
+    #[arg(long, default_value = "unstructured", value_name = "PATTERN")]
+    pub pattern: String,
+
+    /// Comparison group of the unstructured threshold [default: matrix; row for wanda].
+    #[arg(long, value_enum)]
+    pub group: Option<crate::prune::Group>,
+
+    /// COPAL perturbation of weights and inputs.
+    #[arg(long, value_enum, default_value = "scaled")]
+    pub perturbation: crate::prune::copal::PerturbationKind,
+
+    /// COPAL weight perturbation scale ε_W.
+    #[arg(long, default_value_t = 0.01, value_name = "EPS")]
+    pub eps_w: f64,
+
+    /// COPAL input perturbation scale ε_x.
+    #[arg(long, default_value_t = 0.01, value_name = "EPS")]
+    pub eps_x: f64,
+
+    /// Which activations feed the next layer: those of the pruned layer, or the dense one.
+    #[arg(long, value_enum, default_value = "pruned")]
+    pub propagate: crate::calib::Propagate,
+
+    /// Calibration windows per dataset.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub nsamples: usize,
+
+    /// Seed of the calibration sampler (and of COPAL's Gaussian perturbation).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    #[command(flatten)]
+    pub data: DataArgs,
+
+    /// Calibration split per dataset, e.g. wikitext2=valid [default: train].
+    #[arg(long, value_name = "DATASET=SPLIT,...")]
+    pub calib_split: Option<String>,
+
+    /// Importance state: loaded if the file exists, saved after every dataset.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+
+    /// Also write the pruned model after each step to DIR/steps/K-DATASET.
+    #[arg(long)]
+    pub save_steps: bool,
+
+    /// Also write masks.safetensors: packed bits per linear, 1 = kept, LSB first along the input.
+    #[arg(long)]
+    pub save_masks: bool,
+
+    /// Measure perplexity after every step on every dataset: the matrix R, average PPL, BWT.
+    #[arg(long)]
+    pub eval: bool,
+
+    /// With --eval: evaluate only the first N windows of each dataset.
+    #[arg(long, value_name = "N", requires = "eval")]
+    pub max_windows: Option<usize>,
+
+    /// SparseGPT damping, as a fraction of the mean Hessian diagonal.
+    #[arg(long, default_value_t = 0.01, value_name = "FRACTION")]
+    pub percdamp: f64,
+
+    /// SparseGPT column block size.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub blocksize: usize,
+
+    /// Replace DIR if it exists.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print the resolved plan as JSON and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
 }

@@ -3,14 +3,21 @@
 //!
 //! The data flows one way: **load** ([`checkpoint`], [`model`]) → **calibrate** ([`data`],
 //! [`calib`]) → **score** and **mask** ([`prune`]) → **write** ([`checkpoint::writer`]) →
-//! **evaluate** ([`eval`]). [`state`] carries the importance between datasets and runs.
+//! **evaluate** ([`eval`]). [`state`] carries the importance between datasets and runs;
+//! [`continual`] runs a dataset sequence and computes the continual metrics.
 
+pub mod calib;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;
+pub mod config;
+pub mod continual;
 pub mod data;
 pub mod eval;
 pub mod fsutil;
 pub mod model;
+pub mod prune;
+pub mod report;
+pub mod state;
 pub mod tokenizer;
 pub mod ui;

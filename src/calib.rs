@@ -1,0 +1,194 @@
+//! The layer walk of one calibration step (one dataset).
+//!
+//! For each decoder layer in order: run every calibration window through the layer with its
+//! weights as loaded, letting the seven pruners observe the inputs and outputs of their
+//! linears (all seven are scored from the same pass, as Wanda and SparseGPT do); finish the
+//! pruners; then feed the next layer with this layer's outputs, **after** masking
+//! (`--propagate pruned`, SparseGPT/Wanda) or from the dense pass (`--propagate dense`).
+//! Only one layer's weights, its pruners' statistics and the windows' hidden states are
+//! resident at any time.
+
+use crate::checkpoint::writer::{CheckpointWriter, ShardWriter};
+use crate::model::{Linear, Llama, TensorSource};
+use crate::prune::copal::{noise_seed, CopalPruner, Perturbation};
+use crate::prune::magnitude::MagnitudePruner;
+use crate::prune::sparsegpt::{SparseGptConfig, SparseGptPruner};
+use crate::prune::wanda::WandaPruner;
+use crate::prune::{Group, LayerPruner, Method, Pattern};
+use crate::state::StateReader;
+use anyhow::{bail, Context as _, Result};
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Which activations feed the next layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Propagate {
+    /// Outputs of the layer after it was pruned in this step (SparseGPT, Wanda).
+    Pruned,
+    /// Outputs of the dense layer.
+    Dense,
+}
+
+/// Everything a step needs besides the model and the data.
+#[derive(Debug, Clone)]
+pub struct StepSettings {
+    pub method: Method,
+    pub pattern: Pattern,
+    pub group: Group,
+    pub propagate: Propagate,
+    pub perturbation: Perturbation,
+    pub sparsegpt: SparseGptConfig,
+    pub seed: u64,
+    /// The dataset's name (seeds the COPAL noise).
+    pub dataset: String,
+}
+
+/// Where a step's results go.
+pub struct Sinks<'a> {
+    pub model: &'a mut CheckpointWriter,
+    pub state: Option<&'a mut ShardWriter>,
+    pub masks: Option<&'a mut ShardWriter>,
+}
+
+/// What one linear ended up as.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinearReport {
+    pub name: String,
+    pub zeros: u64,
+    pub numel: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recon_error: Option<f64>,
+}
+
+/// One step's measurements.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepReport {
+    pub linears: Vec<LinearReport>,
+    /// Fraction of zeros per decoder layer over its seven linears.
+    pub layer_sparsity: Vec<f64>,
+    pub sparsity: f64,
+    pub seconds: f64,
+    pub calib_tokens: usize,
+}
+
+fn pruner_for(
+    s: &StepSettings,
+    name: &str,
+    w: &Tensor,
+    prior: Option<Tensor>,
+) -> Result<Box<dyn LayerPruner>> {
+    Ok(match s.method {
+        Method::Copal => Box::new(CopalPruner::new(
+            w,
+            prior,
+            s.perturbation,
+            noise_seed(s.seed, &s.dataset, name),
+        )?),
+        Method::Wanda => Box::new(WandaPruner::new(w)?),
+        Method::SparseGpt => Box::new(SparseGptPruner::new(w, s.sparsegpt)?),
+        Method::Magnitude => Box::new(MagnitudePruner::new(w)?),
+        Method::Dense => bail!("internal: the dense method prunes nothing"),
+    })
+}
+
+/// Runs one calibration step over all layers. `base` holds the weights to prune (dense, or
+/// the previous step's for sequential baselines); `prior` the carried importance.
+pub fn run_step(
+    model: &Llama,
+    base: &dyn TensorSource,
+    windows: &[Vec<u32>],
+    s: &StepSettings,
+    prior: Option<&StateReader>,
+    sinks: &mut Sinks,
+    label: &str,
+) -> Result<StepReport> {
+    let started = Instant::now();
+    let cfg = &model.cfg;
+    let layers = cfg.num_hidden_layers;
+    let uses_data = s.method.needs_data();
+    let mut hs: Vec<Tensor> = if uses_data {
+        windows.iter().map(|w| model.embed(w)).collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let seqlen = windows.first().map(Vec::len).unwrap_or(1);
+    let pos = model.positions(seqlen)?;
+    let pb = crate::ui::bar(layers as u64, label.to_string());
+    let mut linears = Vec::with_capacity(layers * 7);
+    let mut layer_sparsity = Vec::with_capacity(layers);
+    for l in 0..layers {
+        let mut layer = model.layer(base, l)?;
+        let mut pruners = Vec::with_capacity(7);
+        for lin in Linear::ALL {
+            let name = lin.tensor_name(l);
+            let prior_w = match prior {
+                Some(p) => Some(p.tensor(&name, &model.device)?),
+                None => None,
+            };
+            pruners.push(pruner_for(s, &name, layer.weight(lin), prior_w)?);
+        }
+        if uses_data {
+            for h in hs.iter_mut() {
+                let (out, taps) = layer.forward_tapped(h, &pos)?;
+                for (lin, p) in Linear::ALL.iter().zip(pruners.iter_mut()) {
+                    p.observe(taps.input(*lin), taps.output(*lin))
+                        .with_context(|| format!("observing {}", lin.tensor_name(l)))?;
+                }
+                if s.propagate == Propagate::Dense {
+                    *h = out;
+                }
+            }
+        }
+        let (mut zeros, mut numel) = (0u64, 0u64);
+        for (lin, p) in Linear::ALL.iter().zip(pruners) {
+            let name = lin.tensor_name(l);
+            let done = p
+                .finish(&s.pattern, s.group)
+                .with_context(|| format!("pruning {name}"))?;
+            let z = done.mask.count() as u64;
+            let n = done.mask.pruned.len() as u64;
+            sinks.model.put(&name, &done.weight)?;
+            if let (Some(st), Some(state)) = (done.state.as_ref(), sinks.state.as_mut()) {
+                state.write_tensor(&name, st)?;
+            }
+            if let Some(m) = sinks.masks.as_mut() {
+                m.write_bytes(&name, &done.mask.pack())?;
+            }
+            linears.push(LinearReport { name, zeros: z, numel: n, recon_error: done.recon_error });
+            zeros += z;
+            numel += n;
+            layer.set_weight(*lin, done.weight.to_dtype(model.dtype)?)?;
+        }
+        layer_sparsity.push(zeros as f64 / numel as f64);
+        if uses_data && s.propagate == Propagate::Pruned {
+            for h in hs.iter_mut() {
+                *h = layer.forward(h, &pos)?;
+            }
+        }
+        if let Some(h) = hs.first() {
+            guard_finite(h, l)?;
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let (z, n) = linears.iter().fold((0, 0), |(z, n), r| (z + r.zeros, n + r.numel));
+    Ok(StepReport {
+        linears,
+        layer_sparsity,
+        sparsity: z as f64 / n.max(1) as f64,
+        seconds: started.elapsed().as_secs_f64(),
+        calib_tokens: if uses_data { windows.len() * seqlen } else { 0 },
+    })
+}
+
+/// Stops the run if a layer's output holds NaN or Inf.
+fn guard_finite(h: &Tensor, layer: usize) -> Result<()> {
+    let s = h.to_dtype(DType::F32)?.abs()?.max_keepdim(1)?.max_keepdim(2)?.flatten_all()?;
+    let m = s.to_vec1::<f32>()?.into_iter().fold(0f32, f32::max);
+    if !m.is_finite() {
+        bail!("the calibration activations after decoder layer {layer} hold NaN or Inf; the checkpoint or the pruned layer is numerically broken");
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The resolved, validated plan of a pruning run, built from the flags before any model is
+//! loaded (ripgrep's low-level/high-level args split). It is saved in `copal.json` so that the
+//! run record says exactly how the artifact was made.
+
+use crate::calib::Propagate;
+use crate::cli::{ComputeDtype, PruneArgs};
+use crate::continual::Mode;
+use crate::data::{self, Dataset, Split};
+use crate::prune::copal::Perturbation;
+use crate::prune::sparsegpt::SparseGptConfig;
+use crate::prune::{Group, Method, Pattern};
+use anyhow::{bail, ensure, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// A dataset with its calibration split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibSource {
+    pub dataset: String,
+    pub split: Split,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrunePlan {
+    pub model: String,
+    pub datasets: Vec<CalibSource>,
+    pub data_dir: PathBuf,
+    pub nsamples: usize,
+    /// None until the model is opened (default 2048 capped by max_position_embeddings).
+    pub seqlen: Option<usize>,
+    pub seed: u64,
+    pub method: Method,
+    pub mode: Mode,
+    pub pattern: Pattern,
+    pub group: Group,
+    pub perturbation: Perturbation,
+    pub propagate: Propagate,
+    pub sparsegpt: SparseGptConfig,
+    pub state: Option<PathBuf>,
+    pub out: PathBuf,
+    pub force: bool,
+    pub save_steps: bool,
+    pub save_masks: bool,
+    pub eval: bool,
+    pub max_windows: Option<usize>,
+    pub device: String,
+    pub dtype: Option<ComputeDtype>,
+}
+
+impl PrunePlan {
+    pub fn resolve(a: &PruneArgs) -> Result<Self> {
+        let datasets = Dataset::parse_list(&a.datasets)?;
+        let overrides = match &a.calib_split {
+            Some(s) => data::parse_split_overrides(s)?,
+            None => Vec::new(),
+        };
+        for (d, _) in &overrides {
+            ensure!(
+                datasets.contains(d),
+                "--calib-split names {d}, which is not in --datasets {}",
+                a.datasets
+            );
+        }
+        let datasets = datasets
+            .iter()
+            .map(|d| CalibSource {
+                dataset: d.name(),
+                split: overrides
+                    .iter()
+                    .find(|(o, _)| o == d)
+                    .map(|(_, s)| *s)
+                    .unwrap_or_else(|| d.default_calib_split()),
+            })
+            .collect();
+        let pattern = Pattern::parse(&a.pattern, a.sparsity)?;
+        let mode = a.mode.unwrap_or(match a.method {
+            Method::Copal => Mode::Accumulate,
+            _ => Mode::Global,
+        });
+        if mode == Mode::Accumulate && a.method != Method::Copal {
+            bail!(
+                "--mode accumulate is implemented for --method copal; use --mode global or \
+                 sequential for {}",
+                a.method.name()
+            );
+        }
+        if a.state.is_some() && a.method != Method::Copal {
+            bail!("--state carries COPAL's importance; {} has no state (use --mode sequential with --model set to the previous output to continue it)", a.method.name());
+        }
+        if a.state.is_some() && mode != Mode::Accumulate {
+            bail!("--state needs --mode accumulate");
+        }
+        let group = a.group.unwrap_or(a.method.default_group());
+        if matches!(pattern, Pattern::NM { .. }) && a.group.is_some() {
+            bail!("--group applies to unstructured sparsity; {pattern} groups are fixed by the pattern");
+        }
+        ensure!(a.nsamples > 0, "--nsamples must be at least 1");
+        for (flag, v) in [("--eps-w", a.eps_w), ("--eps-x", a.eps_x)] {
+            ensure!(v.is_finite() && v >= 0.0, "{flag} must be a finite number ≥ 0, got {v}");
+        }
+        ensure!(a.eps_w + a.eps_x > 0.0, "--eps-w and --eps-x cannot both be 0: dy would vanish");
+        ensure!(a.blocksize > 0, "--blocksize must be positive");
+        ensure!(a.percdamp.is_finite() && a.percdamp >= 0.0, "--percdamp must be ≥ 0");
+        if let Some(0) = a.max_windows {
+            bail!("--max-windows must be at least 1");
+        }
+        Ok(Self {
+            model: a.model.model.clone(),
+            datasets,
+            data_dir: data::data_dir(a.data.data_dir.clone()),
+            nsamples: a.nsamples,
+            seqlen: a.data.seqlen,
+            seed: a.seed,
+            method: a.method,
+            mode,
+            pattern,
+            group,
+            perturbation: Perturbation { kind: a.perturbation, eps_w: a.eps_w, eps_x: a.eps_x },
+            propagate: a.propagate,
+            sparsegpt: SparseGptConfig { percdamp: a.percdamp, blocksize: a.blocksize },
+            state: a.state.clone(),
+            out: a.out.clone(),
+            force: a.force,
+            save_steps: a.save_steps,
+            save_masks: a.save_masks,
+            eval: a.eval,
+            max_windows: a.max_windows,
+            device: a.model.device.clone(),
+            dtype: a.model.dtype,
+        })
+    }
+
+    pub fn dataset_list(&self) -> Result<Vec<Dataset>> {
+        self.datasets.iter().map(|c| Dataset::parse(&c.dataset)).collect()
+    }
+}

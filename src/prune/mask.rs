@@ -1,0 +1,301 @@
+//! Mask selection: which weights to zero, given a score per weight (higher = more important).
+//!
+//! - Unstructured s%: within each comparison group (the whole matrix, or each output row),
+//!   exactly ⌊s/100 · group size⌋ weights with the smallest scores are pruned.
+//! - N:M: in every aligned group of M consecutive weights along the input dimension of a row,
+//!   exactly N are pruned ("2:4" zeroes 2 of every 4, as Wanda and SparseGPT read it).
+//!
+//! Ties are broken by position (the lower flat index is pruned first), so the selection is a
+//! pure function of the scores: the same on every run, platform and thread count.
+//! Selection uses `select_nth_unstable` (linear time), not a full sort.
+
+use anyhow::{bail, ensure, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::fmt;
+
+/// The sparsity pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Pattern {
+    /// Prune this percentage (0 < s < 100) of each comparison group.
+    Unstructured { percent: f64 },
+    /// Prune `n` of every `m` consecutive input weights of each row.
+    NM { n: usize, m: usize },
+}
+
+impl Pattern {
+    /// Parses `unstructured` (with `percent`) or `N:M`.
+    pub fn parse(pattern: &str, percent: Option<f64>) -> Result<Self> {
+        if pattern == "unstructured" {
+            let p = percent.unwrap_or(50.0);
+            ensure!(
+                p.is_finite() && p > 0.0 && p < 100.0,
+                "--sparsity must be a percentage strictly between 0 and 100, got {p}"
+            );
+            if p < 1.0 {
+                bail!(
+                    "--sparsity {p} is a percentage: {p}% of the weights. For {}% write \
+                     --sparsity {}",
+                    p * 100.0,
+                    p * 100.0
+                );
+            }
+            return Ok(Pattern::Unstructured { percent: p });
+        }
+        let Some((n, m)) = pattern.split_once(':') else {
+            bail!("--pattern {pattern:?}: expected unstructured, 2:4, 4:8 or another N:M");
+        };
+        let (n, m): (usize, usize) = match (n.parse(), m.parse()) {
+            (Ok(n), Ok(m)) => (n, m),
+            _ => bail!("--pattern {pattern:?}: N and M must be integers, as in 2:4"),
+        };
+        ensure!(
+            n > 0 && n < m,
+            "--pattern {pattern}: need 0 < N < M (N of every M weights are zeroed)"
+        );
+        if let Some(p) = percent {
+            let implied = 100.0 * n as f64 / m as f64;
+            ensure!(
+                (p - implied).abs() < 1e-9,
+                "--pattern {pattern} zeroes {implied}% of the weights, but --sparsity says {p}; \
+                 drop --sparsity or make it {implied}"
+            );
+        }
+        Ok(Pattern::NM { n, m })
+    }
+
+    /// The fraction of weights pruned.
+    pub fn fraction(&self) -> f64 {
+        match *self {
+            Pattern::Unstructured { percent } => percent / 100.0,
+            Pattern::NM { n, m } => n as f64 / m as f64,
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Unstructured { percent } => write!(f, "unstructured {percent}%"),
+            Pattern::NM { n, m } => write!(f, "{n}:{m}"),
+        }
+    }
+}
+
+/// The comparison group of an unstructured threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Group {
+    /// One threshold per weight matrix (COPAL's T_s, magnitude's default).
+    Matrix,
+    /// One threshold per output row (Wanda's default).
+    Row,
+}
+
+/// Which weights of an (rows × cols) matrix are pruned; `true` = zeroed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mask {
+    pub rows: usize,
+    pub cols: usize,
+    pub pruned: Vec<bool>,
+}
+
+impl Mask {
+    pub fn count(&self) -> usize {
+        self.pruned.iter().filter(|&&p| p).count()
+    }
+
+    pub fn fraction(&self) -> f64 {
+        self.count() as f64 / self.pruned.len().max(1) as f64
+    }
+
+    /// Keep-mask as f32 (1 = kept), to multiply a weight with.
+    pub fn keep_f32(&self) -> Vec<f32> {
+        self.pruned.iter().map(|&p| if p { 0.0 } else { 1.0 }).collect()
+    }
+
+    /// Packed bits, one row after another, `ceil(cols / 8)` bytes per row, least significant
+    /// bit first along the input dimension; a set bit means the weight is **kept**.
+    pub fn pack(&self) -> Vec<u8> {
+        let per_row = self.cols.div_ceil(8);
+        let mut out = vec![0u8; self.rows * per_row];
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                if !self.pruned[r * self.cols + c] {
+                    out[r * per_row + c / 8] |= 1 << (c % 8);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Total order on (score, index): smaller score first, then smaller index.
+fn by_score(scores: &[f32]) -> impl Fn(&u32, &u32) -> Ordering + '_ {
+    move |&a, &b| {
+        scores[a as usize]
+            .total_cmp(&scores[b as usize])
+            .then(a.cmp(&b))
+    }
+}
+
+/// Marks the `k` lowest-scored entries of `scores` (ties by index) in `out`.
+fn prune_lowest(scores: &[f32], k: usize, out: &mut [bool]) {
+    if k == 0 {
+        return;
+    }
+    if k >= scores.len() {
+        out.iter_mut().for_each(|p| *p = true);
+        return;
+    }
+    let mut idx: Vec<u32> = (0..scores.len() as u32).collect();
+    let cmp = by_score(scores);
+    idx.select_nth_unstable_by(k - 1, &cmp);
+    for &i in &idx[..k] {
+        out[i as usize] = true;
+    }
+}
+
+/// Number pruned in a group of `n` at `percent`: ⌊n · percent / 100⌋.
+pub fn prune_count(n: usize, percent: f64) -> usize {
+    // The small epsilon keeps e.g. 10 × 70% from flooring 6.999… to 6.
+    (((n as f64) * percent / 100.0) + 1e-9).floor() as usize
+}
+
+/// Selects the mask for a (rows × cols) score matrix.
+pub fn select(scores: &[f32], rows: usize, cols: usize, pattern: &Pattern, group: Group) -> Result<Mask> {
+    ensure!(
+        scores.len() == rows * cols,
+        "score has {} entries, expected {rows} × {cols}",
+        scores.len()
+    );
+    if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+        bail!(
+            "score of weight ({}, {}) is {}: the statistics overflowed or the inputs hold NaN/Inf",
+            i / cols,
+            i % cols,
+            scores[i]
+        );
+    }
+    let mut pruned = vec![false; rows * cols];
+    match (*pattern, group) {
+        (Pattern::Unstructured { percent }, Group::Matrix) => {
+            prune_lowest(scores, prune_count(scores.len(), percent), &mut pruned);
+        }
+        (Pattern::Unstructured { percent }, Group::Row) => {
+            let k = prune_count(cols, percent);
+            pruned
+                .par_chunks_mut(cols)
+                .zip(scores.par_chunks(cols))
+                .for_each(|(out, s)| prune_lowest(s, k, out));
+        }
+        (Pattern::NM { n, m }, _) => {
+            ensure!(
+                cols % m == 0,
+                "the {n}:{m} pattern needs an input width divisible by {m}, but this matrix has \
+                 {cols} columns"
+            );
+            pruned
+                .par_chunks_mut(m)
+                .zip(scores.par_chunks(m))
+                .for_each(|(out, s)| prune_lowest(s, n, out));
+        }
+    }
+    Ok(Mask { rows, cols, pruned })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::SplitMix64;
+
+    fn random(n: usize, seed: u64, levels: u64) -> Vec<f32> {
+        let mut r = SplitMix64::new(seed);
+        (0..n).map(|_| (r.next() % levels) as f32).collect()
+    }
+
+    /// Reference: sort all (score, index) pairs and take the first k.
+    fn naive(scores: &[f32], k: usize) -> Vec<bool> {
+        let mut idx: Vec<usize> = (0..scores.len()).collect();
+        idx.sort_by(|&a, &b| scores[a].partial_cmp(&scores[b]).unwrap().then(a.cmp(&b)));
+        let mut out = vec![false; scores.len()];
+        for &i in &idx[..k] {
+            out[i] = true;
+        }
+        out
+    }
+
+    #[test]
+    fn matrix_group_prunes_exact_count_with_ties() {
+        // Only 3 distinct values: most comparisons are ties.
+        let s = random(12 * 10, 1, 3);
+        let p = Pattern::Unstructured { percent: 50.0 };
+        let m = select(&s, 12, 10, &p, Group::Matrix).unwrap();
+        assert_eq!(m.count(), 60);
+        assert_eq!(m.pruned, naive(&s, 60));
+    }
+
+    #[test]
+    fn row_group_prunes_exact_count_per_row() {
+        let s = random(7 * 9, 2, 4);
+        let p = Pattern::Unstructured { percent: 30.0 };
+        let m = select(&s, 7, 9, &p, Group::Row).unwrap();
+        for r in 0..7 {
+            let row = &m.pruned[r * 9..(r + 1) * 9];
+            assert_eq!(row.iter().filter(|&&x| x).count(), 2, "row {r}");
+            assert_eq!(row, naive(&s[r * 9..(r + 1) * 9], 2).as_slice());
+        }
+    }
+
+    #[test]
+    fn nm_holds_in_every_group() {
+        let s = random(5 * 16, 3, 2);
+        for (n, mm) in [(2, 4), (4, 8)] {
+            let m = select(&s, 5, 16, &Pattern::NM { n, m: mm }, Group::Matrix).unwrap();
+            for g in m.pruned.chunks(mm) {
+                assert_eq!(g.iter().filter(|&&x| x).count(), n);
+            }
+        }
+        let e = select(&s[..5 * 6], 5, 6, &Pattern::NM { n: 2, m: 4 }, Group::Row).unwrap_err();
+        assert!(e.to_string().contains("divisible by 4"), "{e}");
+    }
+
+    #[test]
+    fn ties_prune_lower_index_first() {
+        let s = vec![1.0f32; 4];
+        let m = select(&s, 1, 4, &Pattern::Unstructured { percent: 50.0 }, Group::Matrix).unwrap();
+        assert_eq!(m.pruned, vec![true, true, false, false]);
+    }
+
+    #[test]
+    fn non_finite_scores_are_refused() {
+        let s = vec![1.0, f32::NAN, 2.0, 3.0];
+        assert!(select(&s, 2, 2, &Pattern::Unstructured { percent: 50.0 }, Group::Row).is_err());
+    }
+
+    #[test]
+    fn pattern_parsing() {
+        assert_eq!(
+            Pattern::parse("2:4", None).unwrap(),
+            Pattern::NM { n: 2, m: 4 }
+        );
+        assert!(Pattern::parse("2:4", Some(60.0)).is_err());
+        assert!(Pattern::parse("unstructured", Some(0.5)).unwrap_err().to_string().contains("50"));
+        for bad in [0.0, 100.0, -5.0, f64::NAN] {
+            assert!(Pattern::parse("unstructured", Some(bad)).is_err(), "{bad}");
+        }
+        assert!(Pattern::parse("4:2", None).is_err());
+    }
+
+    #[test]
+    fn pack_sets_kept_bits() {
+        let m = Mask {
+            rows: 1,
+            cols: 9,
+            pruned: vec![true, false, true, true, true, true, true, true, false],
+        };
+        assert_eq!(m.pack(), vec![0b0000_0010, 0b0000_0001]);
+    }
+}

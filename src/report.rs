@@ -1,0 +1,135 @@
+//! The run record (`copal.json`), checksums, peak memory, and the human-readable tables.
+
+use crate::calib::StepReport;
+use crate::checkpoint::Checkpoint;
+use crate::config::PrunePlan;
+use crate::data::Split;
+use crate::eval::EvalResult;
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// One input file and its SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileSum {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// A calibration file that was read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataFile {
+    pub dataset: String,
+    pub split: Split,
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// One step of the run as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecordOut {
+    pub dataset: String,
+    pub split: Split,
+    /// Where this step's model was kept, relative to the output (empty if not kept).
+    pub dir: PathBuf,
+    pub report: StepReport,
+    pub eval: Option<Vec<EvalResult>>,
+}
+
+/// `copal.json`: how the artifact was made, and what was measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub copal_version: String,
+    pub command: Vec<String>,
+    pub plan: PrunePlan,
+    pub model_dir: PathBuf,
+    pub model_fingerprint: String,
+    pub model_files: Vec<FileSum>,
+    pub data_files: Vec<DataFile>,
+    pub compute: String,
+    pub threads: usize,
+    /// Columns of the perplexity matrix: every dataset seen so far, in order.
+    pub datasets: Vec<String>,
+    pub steps: Vec<StepRecordOut>,
+    pub dense_eval: Option<Vec<EvalResult>>,
+    /// R[step][dataset].
+    pub ppl_matrix: Option<Vec<Vec<f64>>>,
+    pub avg_ppl: Option<f64>,
+    pub bwt: Option<f64>,
+    /// Measured fraction of zeros over the pruned linears after the last step.
+    pub sparsity: f64,
+    pub seconds: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// SHA-256 of every file that makes up the checkpoint's weights and config.
+pub fn checksum_model(ckpt: &Checkpoint) -> Result<Vec<FileSum>> {
+    let mut names: Vec<String> = ckpt.shards.iter().map(|s| s.file_name.clone()).collect();
+    names.push("config.json".into());
+    names
+        .into_iter()
+        .map(|name| {
+            let p = ckpt.dir.join(&name);
+            Ok(FileSum {
+                bytes: std::fs::metadata(&p)?.len(),
+                sha256: crate::fsutil::sha256_file(&p)?,
+                name,
+            })
+        })
+        .collect()
+}
+
+/// One hash for the model: SHA-256 over the weight shards' hashes (not config.json, whose
+/// formatting may change without changing the model).
+pub fn fingerprint(files: &[FileSum]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for f in files.iter().filter(|f| f.name.ends_with(".safetensors")) {
+        h.update(f.sha256.as_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// Peak resident set size of this process (Linux: VmHWM).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The R matrix as a text table (rows: dense and each step; columns: datasets).
+pub fn ppl_table(rec: &RunRecord) -> String {
+    let mut out = String::new();
+    let Some(r) = &rec.ppl_matrix else { return out };
+    let w = rec.datasets.iter().map(|d| d.len()).max().unwrap_or(8).max(10);
+    out.push_str(&format!("{:<24}", "after step"));
+    for d in &rec.datasets {
+        out.push_str(&format!(" {d:>w$}"));
+    }
+    out.push('\n');
+    if let Some(dense) = &rec.dense_eval {
+        out.push_str(&format!("{:<24}", "dense"));
+        for e in dense {
+            out.push_str(&format!(" {:>w$.3}", e.ppl));
+        }
+        out.push('\n');
+    }
+    for (row, step) in r.iter().zip(&rec.steps) {
+        out.push_str(&format!("{:<24}", step.dataset));
+        for v in row {
+            out.push_str(&format!(" {v:>w$.3}"));
+        }
+        out.push('\n');
+    }
+    if let Some(a) = rec.avg_ppl {
+        out.push_str(&format!("average PPL {a:.3}"));
+    }
+    match rec.bwt {
+        Some(b) => out.push_str(&format!("   BWT {b:+.3}")),
+        None => out.push_str("   BWT n/a (one step)"),
+    }
+    out.push_str(&format!("   sparsity {:.4}\n", rec.sparsity));
+    out
+}

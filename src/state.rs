@@ -1,0 +1,184 @@
+//! The continual importance state: what COPAL carries from one dataset to the next.
+//!
+//! A safetensors file holding, under each pruned weight's own name, COPAL's accumulated
+//! importance W*_i (f32, same shape as the weight), with its provenance in `__metadata__`
+//! (key `copal.state`, JSON): the model fingerprint, the settings that shaped the sums, and
+//! every dataset seen with its calibration settings and token count (llama.cpp's imatrix
+//! keeps sums plus the list of datasets for the same reason). Adding a dataset is addition,
+//! so a state saved after wikitext2 and continued with ptb gives bit for bit what one run
+//! over wikitext2,ptb gives.
+
+use crate::calib::Propagate;
+use crate::checkpoint::writer::ShardWriter;
+use crate::checkpoint::Shard;
+use crate::data::Split;
+use crate::model::{Linear, LlamaConfig};
+use crate::prune::copal::Perturbation;
+use crate::prune::{Group, Method, Pattern};
+use anyhow::{bail, ensure, Context as _, Result};
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::Dtype;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const META_KEY: &str = "copal.state";
+pub const FORMAT: &str = "copal-state/1";
+
+/// Settings that change the accumulated sums or the activations they were measured on; a
+/// state can only be continued with the same ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateSettings {
+    pub method: Method,
+    pub perturbation: Perturbation,
+    pub pattern: Pattern,
+    pub group: Group,
+    pub propagate: Propagate,
+}
+
+/// One dataset folded into the state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub dataset: String,
+    pub split: Split,
+    pub file: String,
+    pub file_sha256: String,
+    pub nsamples: usize,
+    pub seqlen: usize,
+    pub seed: u64,
+    /// Calibration tokens seen: nsamples × seqlen.
+    pub tokens: usize,
+    /// Tokens of the calibration text (or of the documents tokenised while sampling).
+    pub source_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateMeta {
+    pub format: String,
+    pub copal_version: String,
+    pub model_fingerprint: String,
+    pub settings: StateSettings,
+    pub steps: Vec<StepRecord>,
+}
+
+impl StateMeta {
+    /// Refuses to continue a state made for another model or with other settings.
+    pub fn check_continues(&self, fingerprint: &str, settings: &StateSettings, path: &Path) -> Result<()> {
+        ensure!(
+            self.format == FORMAT,
+            "{} has format {:?}; this copal reads {FORMAT}",
+            path.display(),
+            self.format
+        );
+        ensure!(
+            self.model_fingerprint == fingerprint,
+            "{} was made for another model (fingerprint {}…, this model {}…); use the same \
+             --model or start a new state file",
+            path.display(),
+            &self.model_fingerprint[..12.min(self.model_fingerprint.len())],
+            &fingerprint[..12.min(fingerprint.len())]
+        );
+        let mut diffs = Vec::new();
+        let a = &self.settings;
+        if a.method != settings.method {
+            diffs.push(format!("--method {} (state: {})", settings.method.name(), a.method.name()));
+        }
+        if a.perturbation != settings.perturbation {
+            diffs.push(format!(
+                "perturbation {:?} eps_w={} eps_x={} (state: {:?} eps_w={} eps_x={})",
+                settings.perturbation.kind,
+                settings.perturbation.eps_w,
+                settings.perturbation.eps_x,
+                a.perturbation.kind,
+                a.perturbation.eps_w,
+                a.perturbation.eps_x
+            ));
+        }
+        if a.pattern != settings.pattern {
+            diffs.push(format!("pattern {} (state: {})", settings.pattern, a.pattern));
+        }
+        if a.group != settings.group {
+            diffs.push(format!("--group {:?} (state: {:?})", settings.group, a.group));
+        }
+        if a.propagate != settings.propagate {
+            diffs.push(format!("--propagate {:?} (state: {:?})", settings.propagate, a.propagate));
+        }
+        if !diffs.is_empty() {
+            bail!(
+                "{} was accumulated with other settings: {}; rerun with the state's settings or \
+                 start a new state file",
+                path.display(),
+                diffs.join("; ")
+            );
+        }
+        Ok(())
+    }
+
+    pub fn datasets(&self) -> Vec<String> {
+        self.steps.iter().map(|s| s.dataset.clone()).collect()
+    }
+}
+
+/// A state file opened for reading (memory-mapped).
+pub struct StateReader {
+    shard: Shard,
+    pub meta: StateMeta,
+}
+
+impl StateReader {
+    pub fn open(path: &Path) -> Result<Self> {
+        let shard = Shard::open(path).with_context(|| format!("opening state file {}", path.display()))?;
+        let text = shard
+            .user_metadata()
+            .and_then(|m| m.get(META_KEY))
+            .with_context(|| format!("{} is a safetensors file but not a copal state (no {META_KEY} metadata)", path.display()))?;
+        let meta: StateMeta = serde_json::from_str(text)
+            .with_context(|| format!("{}: unreadable {META_KEY} metadata", path.display()))?;
+        Ok(Self { shard, meta })
+    }
+
+    /// The importance of one weight, as f32.
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let info = self
+            .shard
+            .info(name)
+            .with_context(|| format!("state {} has no tensor {name}; it is incomplete", self.shard.path.display()))?;
+        ensure!(info.dtype == Dtype::F32, "state tensor {name} is {:?}, expected F32", info.dtype);
+        let bytes = self.shard.bytes(name).context("state tensor out of bounds")?;
+        let t = Tensor::from_raw_buffer(bytes, DType::F32, &info.shape, &Device::Cpu)?;
+        Ok(t.to_device(device)?)
+    }
+
+    /// Checks that the state holds every linear of `cfg` with the right shape.
+    pub fn check_shapes(&self, cfg: &LlamaConfig) -> Result<()> {
+        for l in 0..cfg.num_hidden_layers {
+            for lin in Linear::ALL {
+                let name = lin.tensor_name(l);
+                let info = self.shard.info(&name).with_context(|| {
+                    format!("state {} has no tensor {name}", self.shard.path.display())
+                })?;
+                let (o, i) = lin.shape(cfg);
+                ensure!(
+                    info.shape == [o, i],
+                    "state tensor {name} has shape {:?}, the model's weight [{o}, {i}]",
+                    info.shape
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A state file being written: all linears of `cfg`, f32, provenance in the header.
+pub fn create_writer(path: &Path, cfg: &LlamaConfig, meta: &StateMeta) -> Result<ShardWriter> {
+    let mut layout = Vec::with_capacity(cfg.num_hidden_layers * 7);
+    for l in 0..cfg.num_hidden_layers {
+        for lin in Linear::ALL {
+            let (o, i) = lin.shape(cfg);
+            layout.push((lin.tensor_name(l), Dtype::F32, vec![o, i]));
+        }
+    }
+    let mut md = BTreeMap::new();
+    md.insert(META_KEY.to_string(), serde_json::to_string(meta)?);
+    ShardWriter::create(path, &layout, &md)
+}
