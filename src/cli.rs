@@ -197,7 +197,7 @@ pub struct PruneArgs {
     pub mode: Option<crate::continual::Mode>,
 
     /// Percentage of weights to prune, 0 < s < 100 (for N:M patterns it is implied).
-    #[arg(long, value_name = "PERCENT")]
+    #[arg(long, value_name = "PERCENT", allow_negative_numbers = true)]
     pub sparsity: Option<f64>,
 
     /// unstructured, or N:M (N of every M consecutive input weights zeroed: 2:4, 4:8).

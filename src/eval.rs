@@ -64,7 +64,7 @@ impl EvalSet {
         })
     }
 
-    fn windows(&self) -> Vec<&[u32]> {
+    pub fn windows(&self) -> Vec<&[u32]> {
         eval_windows(
             &self.ids,
             self.seqlen,
@@ -159,6 +159,17 @@ pub fn evaluate(
     sets: &[EvalSet],
     label: &str,
 ) -> Result<Vec<EvalResult>> {
+    evaluate_with_budget(model, src, sets, label, HIDDEN_BUDGET_BYTES)
+}
+
+/// [`evaluate`] with an explicit memory budget for the hidden states of windows in flight.
+pub fn evaluate_with_budget(
+    model: &Llama,
+    src: &dyn TensorSource,
+    sets: &[EvalSet],
+    label: &str,
+    budget_bytes: usize,
+) -> Result<Vec<EvalResult>> {
     let started = Instant::now();
     let mut jobs: Vec<(usize, &[u32])> = Vec::new();
     for (i, s) in sets.iter().enumerate() {
@@ -176,7 +187,7 @@ pub fn evaluate(
         let mut end = start;
         let mut bytes = 0;
         while end < jobs.len()
-            && (end == start || bytes + bytes_per(jobs[end].1) <= HIDDEN_BUDGET_BYTES)
+            && (end == start || bytes + bytes_per(jobs[end].1) <= budget_bytes)
         {
             bytes += bytes_per(jobs[end].1);
             end += 1;

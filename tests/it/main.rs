@@ -1,1 +1,11 @@
-//! The single integration-test binary (ripgrep's layout): one module per topic.
+//! The single integration-test binary (ripgrep's layout), one module per topic:
+//! - `forward`: the model on a tiny random LLaMA built in memory (no files);
+//! - `checkpoint`: reading and writing checkpoint directories, bad inputs through the CLI;
+//! - `prune`: pruning runs of the tiny model through the CLI (state, masks, determinism);
+//! - `real_model`: the converted SmolLM2-135M test model and the real datasets.
+
+mod checkpoint;
+mod common;
+mod forward;
+mod prune;
+mod real_model;

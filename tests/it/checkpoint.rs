@@ -1,0 +1,174 @@
+//! Checkpoint directories: sharded and bf16 loading, the writer, and bad inputs through the
+//! CLI (one-line error naming the path or flag, exit code 1, no panic).
+
+use crate::common::*;
+use candle_core::{DType, Device};
+use copal::checkpoint::writer::CheckpointWriter;
+use copal::checkpoint::Checkpoint;
+use copal::model::{Linear, Llama, TensorSource};
+use std::collections::BTreeMap;
+
+fn logits_of(dir: &std::path::Path, ids: &[u32]) -> candle_core::Tensor {
+    let ck = Checkpoint::open(dir).unwrap();
+    let m = Llama::load(&ck, &ck.config, DType::F32, &Device::Cpu).unwrap();
+    m.forward(&ck, ids).unwrap()
+}
+
+#[test]
+fn sharded_and_bf16_checkpoints_load() {
+    let single = tiny_model(false, 1);
+    let sharded = tiny_model(false, 3);
+    let ids: Vec<u32> = (0..10).collect();
+    let a = logits_of(&single.dir, &ids);
+    assert_close(&a, &logits_of(&sharded.dir, &ids), 0.0, "sharded vs single file");
+    let bf = single.tmp.path().join("bf16");
+    write_model(&bf, &tiny_config(false), &single.tensors, DType::BF16, 1);
+    assert_eq!(Checkpoint::open(&bf).unwrap().weight_dtype().unwrap(), DType::BF16);
+    assert_close(&a, &logits_of(&bf, &ids), 0.5, "bf16 weights computed in f32");
+}
+
+#[test]
+fn writer_copies_untouched_tensors_and_marks_format() {
+    let t = tiny_model(true, 2);
+    let ck = Checkpoint::open(&t.dir).unwrap();
+    let out = t.tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut w = CheckpointWriter::create(&ck, &out, &BTreeMap::new()).unwrap();
+    let name = Linear::Up.tensor_name(1);
+    let zeros = ck.load(&name, DType::F32, &Device::Cpu).unwrap().zeros_like().unwrap();
+    w.put(&name, &zeros).unwrap();
+    w.finish(&ck, &ck.config_json).unwrap();
+    let back = Checkpoint::open(&out).unwrap();
+    for n in ck.tensor_names() {
+        let (_, a) = ck.raw(n).unwrap();
+        let (_, b) = back.raw(n).unwrap();
+        if *n == name {
+            assert!(b.iter().all(|&x| x == 0), "{n} was replaced by zeros");
+        } else {
+            assert_eq!(a, b, "{n} must be byte-identical");
+        }
+        assert_eq!(ck.shard_of(n).map(|i| &ck.shards[i].file_name), back.shard_of(n).map(|i| &back.shards[i].file_name));
+    }
+    for s in &back.shards {
+        assert_eq!(s.user_metadata().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+    }
+    assert!(out.join("model.safetensors.index.json").exists() && out.join("tokenizer.json").exists());
+}
+
+fn eval_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["eval", "--model", dir, "--datasets", "ptb", "--seqlen", "32", "--max-windows", "2", "--quiet"];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn bad_model_inputs_are_clear_errors() {
+    let data = data_dir();
+    let data = data.to_str().unwrap();
+    let t = tiny_model(false, 2);
+    let d = t.dir.to_str().unwrap().to_string();
+    let env = [("COPAL_DATA_DIR", data)];
+
+    // The healthy model works, so the failures below are the inputs' fault.
+    let ok = run_cli(&eval_args(&d, &[]), &env);
+    assert_eq!(ok.0, 0, "{}", ok.2);
+
+    // A shard the index names is missing.
+    let shard = t.dir.join("model-00002-of-00002.safetensors");
+    let saved = std::fs::read(&shard).unwrap();
+    std::fs::remove_file(&shard).unwrap();
+    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "model-00002-of-00002.safetensors");
+    // Truncated shard.
+    std::fs::write(&shard, &saved[..saved.len() / 2]).unwrap();
+    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "truncated or corrupt");
+    // Header offsets past the end (file cut inside the data, header intact): same message.
+    std::fs::write(&shard, &saved[..saved.len() - 4]).unwrap();
+    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "model-00002-of-00002.safetensors");
+    std::fs::write(&shard, &saved).unwrap();
+
+    // Missing tokenizer.
+    let tokp = t.dir.join("tokenizer.json");
+    let tok = std::fs::read(&tokp).unwrap();
+    std::fs::remove_file(&tokp).unwrap();
+    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "tokenizer.json");
+    std::fs::write(&tokp, &tok).unwrap();
+
+    // config.json: non-LLaMA, missing field, missing file.
+    let cfgp = t.dir.join("config.json");
+    let mut c = tiny_config(false);
+    c["model_type"] = serde_json::json!("mistral");
+    std::fs::write(&cfgp, c.to_string()).unwrap();
+    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "mistral");
+    let mut c = tiny_config(false);
+    c.as_object_mut().unwrap().remove("num_attention_heads");
+    std::fs::write(&cfgp, c.to_string()).unwrap();
+    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "num_attention_heads");
+    std::fs::remove_file(&cfgp).unwrap();
+    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "config.json");
+    std::fs::write(&cfgp, tiny_config(false).to_string()).unwrap();
+
+    // Not a directory / alias / hub id.
+    assert_user_error(&run_cli(&eval_args("./no/such/dir", &[]), &env), "not found");
+}
+
+#[test]
+fn bad_data_and_window_inputs_are_clear_errors() {
+    let data = data_dir();
+    let data = data.to_str().unwrap();
+    let t = tiny_model(true, 1);
+    let d = t.dir.to_str().unwrap().to_string();
+    let env = [("COPAL_DATA_DIR", data)];
+    // seqlen above max_position_embeddings (256).
+    let mut a = eval_args(&d, &[]);
+    a[6] = "512";
+    assert_user_error(&run_cli(&a, &env), "--seqlen 512 exceeds the model's max_position_embeddings (256)");
+    // Unknown dataset: the valid ones are listed.
+    let r = run_cli(&["eval", "--model", &d, "--datasets", "wikitext103", "--quiet"], &env);
+    assert_user_error(&r, "wikitext2, ptb, c4");
+    // An evaluation text shorter than one window.
+    let short = t.tmp.path().join("short.txt");
+    std::fs::write(&short, "too short").unwrap();
+    let spec = format!("text:{}", short.display());
+    let r = run_cli(&["eval", "--model", &d, "--datasets", &spec, "--seqlen", "64", "--quiet"], &env);
+    assert_user_error(&r, "fewer than one window");
+    // Missing data directory: the file and the env var are named.
+    let r = run_cli(&["eval", "--model", &d, "--datasets", "ptb", "--data-dir", "/nonexistent", "--quiet"], &[]);
+    assert_user_error(&r, "ptb.test.txt");
+}
+
+#[test]
+fn eval_json_has_the_documented_fields() {
+    let data = data_dir();
+    let t = tiny_model(true, 1);
+    let d = t.dir.to_str().unwrap();
+    let (code, out, err) = run_cli(
+        &["eval", "--model", d, "--datasets", "ptb,wikitext2", "--seqlen", "32", "--max-windows", "3", "--json"],
+        &[("COPAL_DATA_DIR", data.to_str().unwrap())],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("stdout is JSON");
+    let rows = v["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, (ds, split)) in rows.iter().zip([("ptb", "test"), ("wikitext2", "test")]) {
+        assert_eq!(row["dataset"], ds);
+        assert_eq!(row["split"], split);
+        assert_eq!(row["seqlen"], 32);
+        assert_eq!(row["windows"], 3);
+        assert_eq!(row["tokens"], 96);
+        let ppl = row["ppl"].as_f64().unwrap();
+        assert!(ppl.is_finite() && ppl > 1.0, "{ppl}");
+    }
+}
+
+#[test]
+fn help_states_the_conventions() {
+    let (code, out, _) = run_cli(&["prune", "--help"], &[]);
+    assert_eq!(code, 0);
+    // Help is wrapped to the terminal width: compare with whitespace collapsed.
+    let out = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    for needle in ["2:4 zeroes 2 of every 4", "--calib-split", "--state", "percent", "--propagate"] {
+        assert!(out.contains(needle), "prune --help lacks {needle:?}");
+    }
+    // A usage error keeps clap's exit code 2.
+    assert_eq!(run_cli(&["prune", "--bogus"], &[]).0, 2);
+}

@@ -1,0 +1,246 @@
+//! Shared helpers: a tiny random LLaMA written to a temp dir, a byte-level tokenizer for it,
+//! running the CLI, tolerance checks, and where the real data and test model live.
+
+#![allow(dead_code)]
+
+use candle_core::{DType, Device, Tensor};
+use copal::model::{Linear, LlamaConfig};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// GPT-2's byte → printable-character table (byte-level BPE alphabet).
+pub fn bytes_to_unicode() -> Vec<char> {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut table = vec![' '; 256];
+    for (b, c) in bs.iter().zip(cs) {
+        table[*b as usize] = char::from_u32(c).unwrap();
+    }
+    table
+}
+
+pub const TINY_VOCAB: usize = 260;
+pub const BOS: u32 = 256;
+
+/// A byte-level tokenizer: one token per byte (ids 0..256), `<s>` = 256 prepended if `bos`.
+pub fn tiny_tokenizer_json(bos: bool) -> serde_json::Value {
+    let table = bytes_to_unicode();
+    let mut vocab = serde_json::Map::new();
+    for (b, c) in table.iter().enumerate() {
+        vocab.insert(c.to_string(), serde_json::json!(b));
+    }
+    for (i, t) in ["<s>", "</s>", "<unk>", "<pad>"].iter().enumerate() {
+        vocab.insert(t.to_string(), serde_json::json!(256 + i));
+    }
+    let added: Vec<_> = ["<s>", "</s>", "<unk>", "<pad>"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| serde_json::json!({"id": 256 + i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let post = if bos {
+        serde_json::json!({"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [BOS], "tokens": ["<s>"]}}})
+    } else {
+        serde_json::Value::Null
+    };
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+        "post_processor": post,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    })
+}
+
+/// config.json of the tiny model: 2 layers, hidden 64, GQA 4/2 heads of 16, intermediate 128.
+pub fn tiny_config(tied: bool) -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "max_position_embeddings": 256, "vocab_size": TINY_VOCAB,
+        "tie_word_embeddings": tied, "hidden_act": "silu", "bos_token_id": BOS, "eos_token_id": 257,
+    })
+}
+
+/// Deterministic pseudo-random normal values.
+pub fn randn(seed: u64, shape: &[usize], scale: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = copal::prune::noise::gaussian(seed, n).into_iter().map(|x| x * scale).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Random weights for `cfg` under their Hugging Face names.
+pub fn tiny_tensors(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
+    let mut m = HashMap::new();
+    let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+    m.insert("model.embed_tokens.weight".into(), randn(seed, &[v, h], 0.5));
+    m.insert("model.norm.weight".into(), (randn(seed + 1, &[h], 0.1) + 1.0).unwrap());
+    if !cfg.tie_word_embeddings {
+        m.insert("lm_head.weight".into(), randn(seed + 2, &[v, h], 0.2));
+    }
+    let mut s = seed + 10;
+    for l in 0..cfg.num_hidden_layers {
+        for lin in Linear::ALL {
+            let (o, i) = lin.shape(cfg);
+            m.insert(lin.tensor_name(l), randn(s, &[o, i], 1.0 / (i as f32).sqrt()));
+            s += 1;
+        }
+        for n in copal::model::block::norm_names(l) {
+            m.insert(n, (randn(s, &[h], 0.1) + 1.0).unwrap());
+            s += 1;
+        }
+    }
+    m
+}
+
+/// Writes a checkpoint directory: config.json, tokenizer files and the weights in `dtype`,
+/// in one file or split over `shards` files with an index.
+pub fn write_model(dir: &Path, cfg: &serde_json::Value, tensors: &HashMap<String, Tensor>, dtype: DType, shards: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(cfg).unwrap()).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tiny_tokenizer_json(true).to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::json!({"add_bos_token": true, "bos_token": "<s>", "eos_token": "</s>"}).to_string(),
+    )
+    .unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let meta = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    if shards <= 1 {
+        let data: Vec<(&str, Tensor)> = names.iter().map(|n| (n.as_str(), tensors[*n].to_dtype(dtype).unwrap())).collect();
+        safetensors::serialize_to_file(data, meta, &dir.join("model.safetensors")).unwrap();
+        return;
+    }
+    let mut weight_map = serde_json::Map::new();
+    for s in 0..shards {
+        let file = format!("model-{:05}-of-{:05}.safetensors", s + 1, shards);
+        let part: Vec<(&str, Tensor)> = names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % shards == s)
+            .map(|(_, n)| (n.as_str(), tensors[*n].to_dtype(dtype).unwrap()))
+            .collect();
+        for (n, _) in &part {
+            weight_map.insert(n.to_string(), serde_json::json!(file));
+        }
+        safetensors::serialize_to_file(part, meta.clone(), &dir.join(&file)).unwrap();
+    }
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+}
+
+/// A tiny model in a fresh temp dir.
+pub struct Tiny {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub cfg: LlamaConfig,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+pub fn tiny_model(tied: bool, shards: usize) -> Tiny {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    let cfg_json = tiny_config(tied);
+    let cfg = LlamaConfig::from_json(&cfg_json.to_string()).unwrap();
+    let tensors = tiny_tensors(&cfg, 7);
+    write_model(&dir, &cfg_json, &tensors, DType::F32, shards);
+    Tiny { tmp, dir, cfg, tensors }
+}
+
+/// Runs the built `copal` binary; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_copal"));
+    cmd.args(args).env_remove("COPAL_DATA_DIR");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running copal");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts a failed run: exit code 1, an `error:` line naming `needle`, no panic.
+pub fn assert_user_error(res: &(i32, String, String), needle: &str) {
+    let (code, _, err) = res;
+    assert_eq!(*code, 1, "expected exit code 1, stderr:\n{err}");
+    assert!(err.starts_with("error: "), "stderr should start with 'error: ':\n{err}");
+    assert!(err.contains(needle), "stderr should mention {needle:?}:\n{err}");
+    assert!(!err.contains("panicked"), "panic:\n{err}");
+}
+
+/// max |a − b| ≤ tol, reporting the figure.
+pub fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
+    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d <= tol, "{what}: max |Δ| = {d:e} > {tol:e}");
+    eprintln!("{what}: max |Δ| = {d:e} (tol {tol:e})");
+}
+
+/// The real datasets: $COPAL_DATA_DIR, else ../shared/data beside the repository.
+pub fn data_dir() -> PathBuf {
+    let p = std::env::var_os("COPAL_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    assert!(
+        p.join("ptb").exists() || p.join("ptb.test.txt.gz").exists(),
+        "the datasets are not at {}: set COPAL_DATA_DIR to the directory holding \
+         wikitext-2-raw/, ptb/ and c4/ (see README, Data)",
+        p.display()
+    );
+    p
+}
+
+/// The converted test model (SmolLM2-135M-Instruct): $COPAL_TEST_MODEL or the alias path.
+pub fn test_model() -> PathBuf {
+    let p = std::env::var_os("COPAL_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| copal::checkpoint::resolve::copal_home().join("models/SmolLM2-135M-Instruct-Q4_1"));
+    assert!(
+        p.join("model.safetensors").exists(),
+        "the test model is not at {}: run scripts/fetch-test-model.sh (or set COPAL_TEST_MODEL)",
+        p.display()
+    );
+    p
+}
+
+/// A small plain-text corpus for tiny-model runs (a slice of PTB train, written to `dir`).
+pub fn small_text(dir: &Path, name: &str, skip_lines: usize, lines: usize) -> PathBuf {
+    let text = copal::data::corpus::read_text(&data_dir().join("ptb/ptb.train.txt.gz")).unwrap();
+    let part: Vec<&str> = text.lines().skip(skip_lines).take(lines).collect();
+    let p = dir.join(name);
+    std::fs::write(&p, part.join("\n")).unwrap();
+    p
+}
