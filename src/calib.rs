@@ -109,7 +109,10 @@ pub fn run_step(
     let layers = cfg.num_hidden_layers;
     let uses_data = s.method.needs_data();
     let mut hs: Vec<Tensor> = if uses_data {
-        windows.iter().map(|w| model.embed(w)).collect::<Result<_>>()?
+        windows
+            .iter()
+            .map(|w| model.embed(w))
+            .collect::<Result<_>>()?
     } else {
         Vec::new()
     };
@@ -156,7 +159,12 @@ pub fn run_step(
             if let Some(m) = sinks.masks.as_mut() {
                 m.write_bytes(&name, &done.mask.pack())?;
             }
-            linears.push(LinearReport { name, zeros: z, numel: n, recon_error: done.recon_error });
+            linears.push(LinearReport {
+                name,
+                zeros: z,
+                numel: n,
+                recon_error: done.recon_error,
+            });
             zeros += z;
             numel += n;
             layer.set_weight(*lin, done.weight.to_dtype(model.dtype)?)?;
@@ -173,7 +181,9 @@ pub fn run_step(
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let (z, n) = linears.iter().fold((0, 0), |(z, n), r| (z + r.zeros, n + r.numel));
+    let (z, n) = linears
+        .iter()
+        .fold((0, 0), |(z, n), r| (z + r.zeros, n + r.numel));
     Ok(StepReport {
         linears,
         layer_sparsity,
@@ -185,7 +195,12 @@ pub fn run_step(
 
 /// Stops the run if a layer's output holds NaN or Inf.
 fn guard_finite(h: &Tensor, layer: usize) -> Result<()> {
-    let s = h.to_dtype(DType::F32)?.abs()?.max_keepdim(1)?.max_keepdim(2)?.flatten_all()?;
+    let s = h
+        .to_dtype(DType::F32)?
+        .abs()?
+        .max_keepdim(1)?
+        .max_keepdim(2)?
+        .flatten_all()?;
     let m = s.to_vec1::<f32>()?.into_iter().fold(0f32, f32::max);
     if !m.is_finite() {
         bail!("the calibration activations after decoder layer {layer} hold NaN or Inf; the checkpoint or the pruned layer is numerically broken");

@@ -96,11 +96,20 @@ impl PrunePlan {
         }
         ensure!(a.nsamples > 0, "--nsamples must be at least 1");
         for (flag, v) in [("--eps-w", a.eps_w), ("--eps-x", a.eps_x)] {
-            ensure!(v.is_finite() && v >= 0.0, "{flag} must be a finite number ≥ 0, got {v}");
+            ensure!(
+                v.is_finite() && v >= 0.0,
+                "{flag} must be a finite number ≥ 0, got {v}"
+            );
         }
-        ensure!(a.eps_w + a.eps_x > 0.0, "--eps-w and --eps-x cannot both be 0: dy would vanish");
+        ensure!(
+            a.eps_w + a.eps_x > 0.0,
+            "--eps-w and --eps-x cannot both be 0: dy would vanish"
+        );
         ensure!(a.blocksize > 0, "--blocksize must be positive");
-        ensure!(a.percdamp.is_finite() && a.percdamp >= 0.0, "--percdamp must be ≥ 0");
+        ensure!(
+            a.percdamp.is_finite() && a.percdamp >= 0.0,
+            "--percdamp must be ≥ 0"
+        );
         if let Some(0) = a.max_windows {
             bail!("--max-windows must be at least 1");
         }
@@ -115,9 +124,16 @@ impl PrunePlan {
             mode,
             pattern,
             group,
-            perturbation: Perturbation { kind: a.perturbation, eps_w: a.eps_w, eps_x: a.eps_x },
+            perturbation: Perturbation {
+                kind: a.perturbation,
+                eps_w: a.eps_w,
+                eps_x: a.eps_x,
+            },
             propagate: a.propagate,
-            sparsegpt: SparseGptConfig { percdamp: a.percdamp, blocksize: a.blocksize },
+            sparsegpt: SparseGptConfig {
+                percdamp: a.percdamp,
+                blocksize: a.blocksize,
+            },
             state: a.state.clone(),
             out: a.out.clone(),
             force: a.force,
@@ -131,6 +147,9 @@ impl PrunePlan {
     }
 
     pub fn dataset_list(&self) -> Result<Vec<Dataset>> {
-        self.datasets.iter().map(|c| Dataset::parse(&c.dataset)).collect()
+        self.datasets
+            .iter()
+            .map(|c| Dataset::parse(&c.dataset))
+            .collect()
     }
 }

@@ -46,7 +46,9 @@ pub enum Mode {
 /// Average perplexity and BWT of an R matrix whose rows are steps and whose columns are
 /// datasets, the dataset of step k being column `offset + k`.
 pub fn continual_metrics(r: &[Vec<f64>], offset: usize) -> (f64, Option<f64>) {
-    let Some(last) = r.last() else { return (f64::NAN, None) };
+    let Some(last) = r.last() else {
+        return (f64::NAN, None);
+    };
     let avg = last.iter().sum::<f64>() / last.len().max(1) as f64;
     let k = r.len();
     if k < 2 {
@@ -104,8 +106,19 @@ pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
     let started = Instant::now();
     let device = crate::commands::parse_device(&plan.device)?;
     let dtype = crate::commands::dtype_of(plan.dtype, &device);
+    // Find every data file before touching (or downloading) the model.
+    let datasets = plan.dataset_list()?;
+    for (d, src) in datasets.iter().zip(&plan.datasets) {
+        if plan.method.needs_data() {
+            corpus::find(d, src.split, &plan.data_dir)?;
+        }
+        if plan.eval {
+            corpus::find(d, d.default_eval_split(), &plan.data_dir)?;
+        }
+    }
     let model_dir = crate::checkpoint::resolve(&plan.model, crate::ui::quiet())?;
-    let dense = Checkpoint::open(&model_dir).with_context(|| format!("opening model {}", plan.model))?;
+    let dense =
+        Checkpoint::open(&model_dir).with_context(|| format!("opening model {}", plan.model))?;
     let cfg = dense.config.clone();
     let seqlen = crate::commands::resolve_seqlen(plan.seqlen, cfg.max_position_embeddings)?;
     plan.seqlen = Some(seqlen);
@@ -113,10 +126,18 @@ pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
     // Never write into or over the input.
     let out = plan.out.clone();
     if let (Ok(a), Ok(b)) = (out.canonicalize(), model_dir.canonicalize()) {
-        ensure!(a != b, "--out {} is the input model; choose another directory", out.display());
+        ensure!(
+            a != b,
+            "--out {} is the input model; choose another directory",
+            out.display()
+        );
     }
     if out.exists() {
-        ensure!(plan.force, "--out {} already exists; pass --force to replace it", out.display());
+        ensure!(
+            plan.force,
+            "--out {} already exists; pass --force to replace it",
+            out.display()
+        );
     }
     if let Some(s) = &plan.state {
         ensure!(
@@ -126,7 +147,6 @@ pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
         );
     }
 
-    let datasets = plan.dataset_list()?;
     let tok = Tokenizer::open(&dense.dir)?;
     let model = Llama::load(&dense, &cfg, dtype, &device)?;
     crate::ui::info(format!(
@@ -137,7 +157,11 @@ pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
         plan.method.name(),
         serde_json::to_string(&plan.mode)?.trim_matches('"'),
         plan.pattern,
-        plan.datasets.iter().map(|d| format!("{}[{}]", d.dataset, d.split)).collect::<Vec<_>>().join(" → "),
+        plan.datasets
+            .iter()
+            .map(|d| format!("{}[{}]", d.dataset, d.split))
+            .collect::<Vec<_>>()
+            .join(" → "),
         plan.nsamples,
         seqlen
     ));
@@ -180,7 +204,10 @@ pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
     let mut all_names: Vec<String> = history.iter().map(|s| s.dataset.clone()).collect();
     all_names.extend(datasets.iter().map(Dataset::name));
     let eval_sets: Vec<EvalSet> = if plan.eval {
-        let ds: Vec<Dataset> = all_names.iter().map(|n| Dataset::parse(n)).collect::<Result<_>>()?;
+        let ds: Vec<Dataset> = all_names
+            .iter()
+            .map(|n| Dataset::parse(n))
+            .collect::<Result<_>>()?;
         eval::load_sets(&ds, &plan.data_dir, &tok, seqlen, plan.max_windows)?
     } else {
         Vec::new()
@@ -188,7 +215,17 @@ pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
 
     let work = crate::fsutil::staging_dir(&out)?;
     let result = run_steps(
-        plan, &dense, &model, &tok, &datasets, &eval_sets, prior, history, &work, &fingerprint, &settings,
+        plan,
+        &dense,
+        &model,
+        &tok,
+        &datasets,
+        &eval_sets,
+        prior,
+        history,
+        &work,
+        &fingerprint,
+        &settings,
     );
     let (final_dir, steps, dense_eval, data_files) = match result {
         Ok(v) => v,
@@ -203,7 +240,11 @@ pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
         .filter_map(|s| s.eval.as_ref().map(|e| e.iter().map(|x| x.ppl).collect()))
         .collect();
     let offset = all_names.len() - datasets.len();
-    let (avg_ppl, bwt) = if plan.eval { continual_metrics(&r, offset) } else { (f64::NAN, None) };
+    let (avg_ppl, bwt) = if plan.eval {
+        continual_metrics(&r, offset)
+    } else {
+        (f64::NAN, None)
+    };
     let sparsity = steps.last().map(|s| s.report.sparsity).unwrap_or(0.0);
     let record = RunRecord {
         copal_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -225,13 +266,21 @@ pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_bytes: report::peak_rss_bytes(),
     };
-    crate::checkpoint::writer::write_json(&final_dir.join("copal.json"), &serde_json::to_value(&record)?)?;
+    crate::checkpoint::writer::write_json(
+        &final_dir.join("copal.json"),
+        &serde_json::to_value(&record)?,
+    )?;
     crate::fsutil::replace_dir(&final_dir, &out)?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(record)
 }
 
-type StepsOut = (PathBuf, Vec<StepRecordOut>, Option<Vec<EvalResult>>, Vec<DataFile>);
+type StepsOut = (
+    PathBuf,
+    Vec<StepRecordOut>,
+    Option<Vec<EvalResult>>,
+    Vec<DataFile>,
+);
 
 #[allow(clippy::too_many_arguments)]
 fn run_steps(
@@ -262,15 +311,31 @@ fn run_steps(
         let label = format!("{}/{} {}", k + 1, k_total, ds.name());
         // Calibration windows (magnitude and dense need none).
         let (windows, record) = if plan.method.needs_data() {
-            let (corpus, path) = corpus::load(ds, src.split, corpus::Purpose::Calibration, &plan.data_dir)
-                .with_context(|| format!("loading the {} calibration split", ds.name()))?;
-            let set = data::calibration_windows(&corpus, tok, &ds.name(), plan.nsamples, seqlen, plan.seed)?;
+            let (corpus, path) =
+                corpus::load(ds, src.split, corpus::Purpose::Calibration, &plan.data_dir)
+                    .with_context(|| format!("loading the {} calibration split", ds.name()))?;
+            let set = data::calibration_windows(
+                &corpus,
+                tok,
+                &ds.name(),
+                plan.nsamples,
+                seqlen,
+                plan.seed,
+            )?;
             let sha = crate::fsutil::sha256_file(&path)?;
-            data_files.push(DataFile { dataset: ds.name(), split: src.split, path: path.clone(), sha256: sha.clone() });
+            data_files.push(DataFile {
+                dataset: ds.name(),
+                split: src.split,
+                path: path.clone(),
+                sha256: sha.clone(),
+            });
             let rec = StepRecord {
                 dataset: ds.name(),
                 split: src.split,
-                file: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                file: path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 file_sha256: sha,
                 nsamples: plan.nsamples,
                 seqlen,
@@ -299,7 +364,11 @@ fn run_steps(
         let step_dir = work.join(format!("step-{}", k + 1));
         std::fs::create_dir_all(&step_dir)?;
         let mut writer = CheckpointWriter::create(dense, &step_dir, &BTreeMap::new())?;
-        let mut masks = if plan.save_masks { Some(mask_writer(dense, &step_dir)?) } else { None };
+        let mut masks = if plan.save_masks {
+            Some(mask_writer(dense, &step_dir)?)
+        } else {
+            None
+        };
         let state_meta = StateMeta {
             format: state::FORMAT.into(),
             copal_version: env!("CARGO_PKG_VERSION").into(),
@@ -309,7 +378,11 @@ fn run_steps(
         };
         let state_tmp = work.join(format!("state-{}.safetensors", k + 1));
         let mut state_w = if plan.mode == Mode::Accumulate {
-            Some(state::create_writer(&state_tmp, &dense.config, &state_meta)?)
+            Some(state::create_writer(
+                &state_tmp,
+                &dense.config,
+                &state_meta,
+            )?)
         } else {
             None
         };
@@ -318,7 +391,10 @@ fn run_steps(
             (Mode::Sequential, Some(d)) => Some(Checkpoint::open(d)?),
             _ => None,
         };
-        let base: &dyn TensorSource = prev_ckpt.as_ref().map(|c| c as &dyn TensorSource).unwrap_or(dense);
+        let base: &dyn TensorSource = prev_ckpt
+            .as_ref()
+            .map(|c| c as &dyn TensorSource)
+            .unwrap_or(dense);
         let step_settings = StepSettings {
             method: plan.method,
             pattern: plan.pattern,
@@ -330,11 +406,33 @@ fn run_steps(
             dataset: ds.name(),
         };
         let report = if plan.method == Method::Dense {
-            StepReport { linears: vec![], layer_sparsity: vec![0.0; dense.config.num_hidden_layers], sparsity: 0.0, seconds: 0.0, calib_tokens: 0 }
+            StepReport {
+                linears: vec![],
+                layer_sparsity: vec![0.0; dense.config.num_hidden_layers],
+                sparsity: 0.0,
+                seconds: 0.0,
+                calib_tokens: 0,
+            }
         } else {
-            let prior_ref = if plan.mode == Mode::Accumulate { prior.as_ref() } else { None };
-            let mut sinks = Sinks { model: &mut writer, state: state_w.as_mut(), masks: masks.as_mut() };
-            calib::run_step(model, base, &windows, &step_settings, prior_ref, &mut sinks, &label)?
+            let prior_ref = if plan.mode == Mode::Accumulate {
+                prior.as_ref()
+            } else {
+                None
+            };
+            let mut sinks = Sinks {
+                model: &mut writer,
+                state: state_w.as_mut(),
+                masks: masks.as_mut(),
+            };
+            calib::run_step(
+                model,
+                base,
+                &windows,
+                &step_settings,
+                prior_ref,
+                &mut sinks,
+                &label,
+            )?
         };
         let cfg_json = {
             let mut c = dense.config_json.clone();
@@ -380,14 +478,28 @@ fn run_steps(
             }
         }
         prev_dir = Some(step_dir.clone());
-        steps.push(StepRecordOut { dataset: ds.name(), split: src.split, dir: step_dir, report, eval });
+        steps.push(StepRecordOut {
+            dataset: ds.name(),
+            split: src.split,
+            dir: step_dir,
+            report,
+            eval,
+        });
     }
     let final_dir = prev_dir.context("no dataset given")?;
     if plan.save_steps && steps.len() > 1 {
         let keep = final_dir.join("steps");
         std::fs::create_dir_all(&keep)?;
         for s in steps.iter_mut().take(k_total - 1) {
-            let name = format!("{}-{}", s.dir.file_name().unwrap_or_default().to_string_lossy().trim_start_matches("step-"), sanitize(&s.dataset));
+            let name = format!(
+                "{}-{}",
+                s.dir
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .trim_start_matches("step-"),
+                sanitize(&s.dataset)
+            );
             let dst = keep.join(name);
             std::fs::rename(&s.dir, &dst)?;
             s.dir = PathBuf::from("steps").join(dst.file_name().unwrap_or_default());
@@ -405,7 +517,15 @@ fn run_steps(
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// masks.safetensors: per linear, U8 (out, ceil(in/8)) packed keep-bits.
@@ -419,7 +539,10 @@ fn mask_writer(dense: &Checkpoint, dir: &Path) -> Result<ShardWriter> {
         }
     }
     let mut md = BTreeMap::new();
-    md.insert("copal.masks".to_string(), "packed bits, row-major, LSB first along the input dimension, 1 = kept".to_string());
+    md.insert(
+        "copal.masks".to_string(),
+        "packed bits, row-major, LSB first along the input dimension, 1 = kept".to_string(),
+    );
     ShardWriter::create(&dir.join("masks.safetensors"), &layout, &md)
 }
 

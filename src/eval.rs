@@ -186,9 +186,7 @@ pub fn evaluate_with_budget(
         // A chunk of windows whose hidden states fit in the budget (at least one).
         let mut end = start;
         let mut bytes = 0;
-        while end < jobs.len()
-            && (end == start || bytes + bytes_per(jobs[end].1) <= budget_bytes)
-        {
+        while end < jobs.len() && (end == start || bytes + bytes_per(jobs[end].1) <= budget_bytes) {
             bytes += bytes_per(jobs[end].1);
             end += 1;
         }

@@ -6,6 +6,9 @@
 //! **evaluate** ([`eval`]). [`state`] carries the importance between datasets and runs;
 //! [`continual`] runs a dataset sequence and computes the continual metrics.
 
+// Index loops read closer to the equations they implement than iterator chains.
+#![allow(clippy::needless_range_loop)]
+
 pub mod calib;
 pub mod checkpoint;
 pub mod cli;

@@ -103,7 +103,13 @@ pub fn peak_rss_bytes() -> Option<u64> {
 pub fn ppl_table(rec: &RunRecord) -> String {
     let mut out = String::new();
     let Some(r) = &rec.ppl_matrix else { return out };
-    let w = rec.datasets.iter().map(|d| d.len()).max().unwrap_or(8).max(10);
+    let w = rec
+        .datasets
+        .iter()
+        .map(|d| d.len())
+        .max()
+        .unwrap_or(8)
+        .max(10);
     out.push_str(&format!("{:<24}", "after step"));
     for d in &rec.datasets {
         out.push_str(&format!(" {d:>w$}"));

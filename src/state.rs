@@ -63,7 +63,12 @@ pub struct StateMeta {
 
 impl StateMeta {
     /// Refuses to continue a state made for another model or with other settings.
-    pub fn check_continues(&self, fingerprint: &str, settings: &StateSettings, path: &Path) -> Result<()> {
+    pub fn check_continues(
+        &self,
+        fingerprint: &str,
+        settings: &StateSettings,
+        path: &Path,
+    ) -> Result<()> {
         ensure!(
             self.format == FORMAT,
             "{} has format {:?}; this copal reads {FORMAT}",
@@ -81,7 +86,11 @@ impl StateMeta {
         let mut diffs = Vec::new();
         let a = &self.settings;
         if a.method != settings.method {
-            diffs.push(format!("--method {} (state: {})", settings.method.name(), a.method.name()));
+            diffs.push(format!(
+                "--method {} (state: {})",
+                settings.method.name(),
+                a.method.name()
+            ));
         }
         if a.perturbation != settings.perturbation {
             diffs.push(format!(
@@ -95,13 +104,22 @@ impl StateMeta {
             ));
         }
         if a.pattern != settings.pattern {
-            diffs.push(format!("pattern {} (state: {})", settings.pattern, a.pattern));
+            diffs.push(format!(
+                "pattern {} (state: {})",
+                settings.pattern, a.pattern
+            ));
         }
         if a.group != settings.group {
-            diffs.push(format!("--group {:?} (state: {:?})", settings.group, a.group));
+            diffs.push(format!(
+                "--group {:?} (state: {:?})",
+                settings.group, a.group
+            ));
         }
         if a.propagate != settings.propagate {
-            diffs.push(format!("--propagate {:?} (state: {:?})", settings.propagate, a.propagate));
+            diffs.push(format!(
+                "--propagate {:?} (state: {:?})",
+                settings.propagate, a.propagate
+            ));
         }
         if !diffs.is_empty() {
             bail!(
@@ -127,11 +145,17 @@ pub struct StateReader {
 
 impl StateReader {
     pub fn open(path: &Path) -> Result<Self> {
-        let shard = Shard::open(path).with_context(|| format!("opening state file {}", path.display()))?;
+        let shard =
+            Shard::open(path).with_context(|| format!("opening state file {}", path.display()))?;
         let text = shard
             .user_metadata()
             .and_then(|m| m.get(META_KEY))
-            .with_context(|| format!("{} is a safetensors file but not a copal state (no {META_KEY} metadata)", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "{} is a safetensors file but not a copal state (no {META_KEY} metadata)",
+                    path.display()
+                )
+            })?;
         let meta: StateMeta = serde_json::from_str(text)
             .with_context(|| format!("{}: unreadable {META_KEY} metadata", path.display()))?;
         Ok(Self { shard, meta })
@@ -139,12 +163,21 @@ impl StateReader {
 
     /// The importance of one weight, as f32.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
-        let info = self
+        let info = self.shard.info(name).with_context(|| {
+            format!(
+                "state {} has no tensor {name}; it is incomplete",
+                self.shard.path.display()
+            )
+        })?;
+        ensure!(
+            info.dtype == Dtype::F32,
+            "state tensor {name} is {:?}, expected F32",
+            info.dtype
+        );
+        let bytes = self
             .shard
-            .info(name)
-            .with_context(|| format!("state {} has no tensor {name}; it is incomplete", self.shard.path.display()))?;
-        ensure!(info.dtype == Dtype::F32, "state tensor {name} is {:?}, expected F32", info.dtype);
-        let bytes = self.shard.bytes(name).context("state tensor out of bounds")?;
+            .bytes(name)
+            .context("state tensor out of bounds")?;
         let t = Tensor::from_raw_buffer(bytes, DType::F32, &info.shape, &Device::Cpu)?;
         Ok(t.to_device(device)?)
     }

@@ -178,7 +178,7 @@ pub fn import(path: &Path, out: &Path, dtype: DType) -> Result<Imported> {
         .keys()
         .filter_map(|g| hf_name(g).map(|h| (g.clone(), h)))
         .collect();
-    names.sort_by(|a, b| natural_key(&a.1).cmp(&natural_key(&b.1)));
+    names.sort_by_key(|a| natural_key(&a.1));
     let unknown: Vec<&String> = content
         .tensor_infos
         .keys()

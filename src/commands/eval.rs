@@ -22,13 +22,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
 
 pub fn print_results(results: &[EvalResult], json: bool) -> Result<()> {
     if json {
-        crate::ui::out(format!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "results": results }))?
-        ))?;
+        crate::ui::out(serde_json::to_string_pretty(
+            &serde_json::json!({ "results": results }),
+        )?)?;
     } else {
         for r in results {
-            crate::ui::out(format!("{}", r.line()))?;
+            crate::ui::out(r.line())?;
         }
     }
     Ok(())

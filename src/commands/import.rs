@@ -33,13 +33,10 @@ pub fn run(a: ImportArgs) -> Result<()> {
     crate::fsutil::replace_dir(&staging, &a.out)?;
     let secs = started.elapsed().as_secs_f64();
     if a.output.json {
-        crate::ui::out(format!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "out": a.out, "tensors": imported.tensors, "params": imported.params,
-                "seconds": secs, "config": imported.config,
-            }))?
-        ))?;
+        crate::ui::out(serde_json::to_string_pretty(&serde_json::json!({
+            "out": a.out, "tensors": imported.tensors, "params": imported.params,
+            "seconds": secs, "config": imported.config,
+        }))?)?;
     } else {
         crate::ui::out(format!(
             "wrote {} ({} tensors, {} parameters) in {secs:.1}s",

@@ -59,14 +59,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
             .iter()
             .map(|(name, z, n)| serde_json::json!({"name": name, "zeros": z, "numel": n, "sparsity": *z as f64 / *n as f64}))
             .collect();
-        crate::ui::out(format!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "model": dir, "sparsity": z as f64 / n as f64, "zeros": z, "numel": n,
-                "layers": per_layer, "tensors": tensors,
-                "sparsity_config": ckpt.config_json.get("sparsity_config"),
-            }))?
-        ))?;
+        crate::ui::out(serde_json::to_string_pretty(&serde_json::json!({
+            "model": dir, "sparsity": z as f64 / n as f64, "zeros": z, "numel": n,
+            "layers": per_layer, "tensors": tensors,
+            "sparsity_config": ckpt.config_json.get("sparsity_config"),
+        }))?)?;
         return Ok(());
     }
     if a.all {

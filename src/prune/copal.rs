@@ -54,7 +54,12 @@ impl CopalPruner {
     /// `seed`: from [`noise_seed`].
     pub fn new(w: &Tensor, prior: Option<Tensor>, pert: Perturbation, seed: u64) -> Result<Self> {
         if let Some(p) = &prior {
-            ensure!(p.dims() == w.dims(), "prior importance has shape {:?}, weight {:?}", p.dims(), w.dims());
+            ensure!(
+                p.dims() == w.dims(),
+                "prior importance has shape {:?}, weight {:?}",
+                p.dims(),
+                w.dims()
+            );
         }
         Ok(Self {
             w: w.to_dtype(DType::F32)?,
@@ -76,7 +81,11 @@ impl CopalPruner {
                     self.delta_w = Some(gaussian_delta_w(&self.w, self.pert.eps_w, self.seed)?);
                 }
                 let dw = self.delta_w.as_ref().expect("set above");
-                let dx = gaussian_delta_x(x, self.pert.eps_x, derive_seed(self.seed, &format!("dx/{}", self.batch)))?;
+                let dx = gaussian_delta_x(
+                    x,
+                    self.pert.eps_x,
+                    derive_seed(self.seed, &format!("dx/{}", self.batch)),
+                )?;
                 // dY = X ΔWᵀ + ΔX Wᵀ
                 Ok((x.matmul(&dw.t()?)? + dx.matmul(&self.w.t()?)?)?)
             }
@@ -167,7 +176,11 @@ mod tests {
     fn check(kind: PerturbationKind) {
         let (o, i, t) = (6, 5, 7);
         let w = rand((o, i), 1);
-        let pert = Perturbation { kind, eps_w: 0.01, eps_x: 0.02 };
+        let pert = Perturbation {
+            kind,
+            eps_w: 0.01,
+            eps_x: 0.02,
+        };
         let mut p = CopalPruner::new(&w, None, pert, 42).unwrap();
         let mut expected = vec![vec![0f64; i]; o];
         for batch in 0..2 {
@@ -184,7 +197,8 @@ mod tests {
                 }
                 PerturbationKind::Gaussian => {
                     let dw = gaussian_delta_w(&w, 0.01, 42).unwrap();
-                    let dx = gaussian_delta_x(&x, 0.02, derive_seed(42, &format!("dx/{batch}"))).unwrap();
+                    let dx = gaussian_delta_x(&x, 0.02, derive_seed(42, &format!("dx/{batch}")))
+                        .unwrap();
                     let s_w = (x.matmul(&(&w + &dw).unwrap().t().unwrap()).unwrap() - &y).unwrap();
                     let s_x = ((&x + &dx).unwrap().matmul(&w.t().unwrap()).unwrap() - &y).unwrap();
                     (s_w + s_x).unwrap()
@@ -234,7 +248,11 @@ mod tests {
         let masks: Vec<_> = [1e-4, 1e-1, 3.0]
             .iter()
             .map(|&e| {
-                let pert = Perturbation { kind: PerturbationKind::Scaled, eps_w: e, eps_x: e / 2.0 };
+                let pert = Perturbation {
+                    kind: PerturbationKind::Scaled,
+                    eps_w: e,
+                    eps_x: e / 2.0,
+                };
                 let mut p = CopalPruner::new(&w, None, pert, 0).unwrap();
                 p.observe(&x, &y).unwrap();
                 Box::new(p)
@@ -252,7 +270,11 @@ mod tests {
         // Step 1's data makes weight (0,0) unimportant; step 2's data revives it. A method
         // that pruned the previous step's pruned weights could never bring it back.
         let w = Tensor::new(&[[1.0f32, 1.0]], &Device::Cpu).unwrap();
-        let pert = Perturbation { kind: PerturbationKind::Scaled, eps_w: 0.5, eps_x: 0.5 };
+        let pert = Perturbation {
+            kind: PerturbationKind::Scaled,
+            eps_w: 0.5,
+            eps_x: 0.5,
+        };
         let half = Pattern::Unstructured { percent: 50.0 };
         let step = |prior: Option<Tensor>, x: [f32; 2]| {
             let x = Tensor::new(&[x], &Device::Cpu).unwrap();
@@ -264,7 +286,11 @@ mod tests {
         let s1 = step(None, [0.1, 1.0]);
         assert_eq!(s1.mask.pruned, vec![true, false]);
         let s2 = step(s1.state, [10.0, 0.0]);
-        assert_eq!(s2.mask.pruned, vec![false, true], "weight 0 is kept again after step 2");
+        assert_eq!(
+            s2.mask.pruned,
+            vec![false, true],
+            "weight 0 is kept again after step 2"
+        );
         assert_eq!(s2.weight.to_vec2::<f32>().unwrap(), vec![vec![1.0, 0.0]]);
     }
 }

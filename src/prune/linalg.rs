@@ -21,7 +21,10 @@ pub struct Mat {
 
 impl Mat {
     pub fn zeros(n: usize) -> Self {
-        Self { n, a: vec![0.0; n * n] }
+        Self {
+            n,
+            a: vec![0.0; n * n],
+        }
     }
     #[inline]
     pub fn at(&self, i: usize, j: usize) -> f64 {
@@ -59,7 +62,7 @@ pub fn cholesky(m: &mut Mat) -> Result<()> {
             for k in k0..j {
                 d -= m.a[j * n + k] * m.a[j * n + k];
             }
-            if !(d > 0.0) || !d.is_finite() {
+            if d.is_nan() || d <= 0.0 || !d.is_finite() {
                 bail!("matrix is not positive definite (pivot {j} is {d:e})");
             }
             let d = d.sqrt();
@@ -89,11 +92,14 @@ pub fn cholesky(m: &mut Mat) -> Result<()> {
             let r = n - k1;
             let l21 = Tensor::from_vec(m.block(k1, n, k0, k1), (r, b), &Device::Cpu)?;
             let upd = l21.matmul(&l21.t()?)?.flatten_all()?.to_vec1::<f64>()?;
-            m.a[k1 * n..].par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-                for j in 0..=i {
-                    row[k1 + j] -= upd[i * r + j];
-                }
-            });
+            m.a[k1 * n..]
+                .par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(i, row)| {
+                    for j in 0..=i {
+                        row[k1 + j] -= upd[i * r + j];
+                    }
+                });
         }
         k0 = k1;
     }
@@ -202,7 +208,10 @@ mod tests {
 
     #[test]
     fn indefinite_matrix_is_an_error() {
-        let mut m = Mat { n: 2, a: vec![1.0, 2.0, 2.0, 1.0] };
+        let mut m = Mat {
+            n: 2,
+            a: vec![1.0, 2.0, 2.0, 1.0],
+        };
         assert!(cholesky(&mut m).is_err());
     }
 }

@@ -11,7 +11,9 @@ pub struct MagnitudePruner {
 
 impl MagnitudePruner {
     pub fn new(w: &Tensor) -> Result<Self> {
-        Ok(Self { w: w.to_dtype(DType::F32)? })
+        Ok(Self {
+            w: w.to_dtype(DType::F32)?,
+        })
     }
 }
 
@@ -22,7 +24,12 @@ impl LayerPruner for MagnitudePruner {
 
     fn finish(self: Box<Self>, pattern: &Pattern, group: Group) -> Result<Pruned> {
         let (weight, mask) = mask_by_score(&self.w, &self.w.abs()?, pattern, group)?;
-        Ok(Pruned { weight, mask, state: None, recon_error: None })
+        Ok(Pruned {
+            weight,
+            mask,
+            state: None,
+            recon_error: None,
+        })
     }
 }
 
@@ -37,6 +44,9 @@ mod tests {
         let p = Box::new(MagnitudePruner::new(&w).unwrap())
             .finish(&Pattern::Unstructured { percent: 50.0 }, Group::Matrix)
             .unwrap();
-        assert_eq!(p.weight.to_vec2::<f32>().unwrap(), vec![vec![0.5, -3.0, 0.0, 0.0]]);
+        assert_eq!(
+            p.weight.to_vec2::<f32>().unwrap(),
+            vec![vec![0.5, -3.0, 0.0, 0.0]]
+        );
     }
 }

@@ -113,7 +113,10 @@ impl Mask {
 
     /// Keep-mask as f32 (1 = kept), to multiply a weight with.
     pub fn keep_f32(&self) -> Vec<f32> {
-        self.pruned.iter().map(|&p| if p { 0.0 } else { 1.0 }).collect()
+        self.pruned
+            .iter()
+            .map(|&p| if p { 0.0 } else { 1.0 })
+            .collect()
     }
 
     /// Packed bits, one row after another, `ceil(cols / 8)` bytes per row, least significant
@@ -165,7 +168,13 @@ pub fn prune_count(n: usize, percent: f64) -> usize {
 }
 
 /// Selects the mask for a (rows × cols) score matrix.
-pub fn select(scores: &[f32], rows: usize, cols: usize, pattern: &Pattern, group: Group) -> Result<Mask> {
+pub fn select(
+    scores: &[f32],
+    rows: usize,
+    cols: usize,
+    pattern: &Pattern,
+    group: Group,
+) -> Result<Mask> {
     ensure!(
         scores.len() == rows * cols,
         "score has {} entries, expected {rows} × {cols}",
@@ -265,14 +274,28 @@ mod tests {
     #[test]
     fn ties_prune_lower_index_first() {
         let s = vec![1.0f32; 4];
-        let m = select(&s, 1, 4, &Pattern::Unstructured { percent: 50.0 }, Group::Matrix).unwrap();
+        let m = select(
+            &s,
+            1,
+            4,
+            &Pattern::Unstructured { percent: 50.0 },
+            Group::Matrix,
+        )
+        .unwrap();
         assert_eq!(m.pruned, vec![true, true, false, false]);
     }
 
     #[test]
     fn non_finite_scores_are_refused() {
         let s = vec![1.0, f32::NAN, 2.0, 3.0];
-        assert!(select(&s, 2, 2, &Pattern::Unstructured { percent: 50.0 }, Group::Row).is_err());
+        assert!(select(
+            &s,
+            2,
+            2,
+            &Pattern::Unstructured { percent: 50.0 },
+            Group::Row
+        )
+        .is_err());
     }
 
     #[test]
@@ -282,7 +305,10 @@ mod tests {
             Pattern::NM { n: 2, m: 4 }
         );
         assert!(Pattern::parse("2:4", Some(60.0)).is_err());
-        assert!(Pattern::parse("unstructured", Some(0.5)).unwrap_err().to_string().contains("50"));
+        assert!(Pattern::parse("unstructured", Some(0.5))
+            .unwrap_err()
+            .to_string()
+            .contains("50"));
         for bad in [0.0, 100.0, -5.0, f64::NAN] {
             assert!(Pattern::parse("unstructured", Some(bad)).is_err(), "{bad}");
         }

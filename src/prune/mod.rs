@@ -83,10 +83,18 @@ pub trait LayerPruner {
 }
 
 /// Selects the mask from `score` (same shape as `w`) and applies it to `w`.
-pub fn mask_by_score(w: &Tensor, score: &Tensor, pattern: &Pattern, group: Group) -> Result<(Tensor, Mask)> {
+pub fn mask_by_score(
+    w: &Tensor,
+    score: &Tensor,
+    pattern: &Pattern,
+    group: Group,
+) -> Result<(Tensor, Mask)> {
     let (rows, cols) = w.dims2()?;
     ensure!(score.dims() == w.dims(), "score and weight shapes differ");
-    let s = score.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let s = score
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     let mask = mask::select(&s, rows, cols, pattern, group)?;
     let keep = Tensor::from_vec(mask.keep_f32(), (rows, cols), w.device())?;
     Ok(((w.to_dtype(DType::F32)? * keep)?, mask))

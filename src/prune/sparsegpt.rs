@@ -28,7 +28,10 @@ pub struct SparseGptConfig {
 
 impl Default for SparseGptConfig {
     fn default() -> Self {
-        Self { percdamp: 0.01, blocksize: 128 }
+        Self {
+            percdamp: 0.01,
+            blocksize: 128,
+        }
     }
 }
 
@@ -43,12 +46,25 @@ pub struct SparseGptPruner {
 impl SparseGptPruner {
     pub fn new(w: &Tensor, cfg: SparseGptConfig) -> Result<Self> {
         ensure!(cfg.blocksize > 0, "SparseGPT block size must be positive");
-        ensure!(cfg.percdamp >= 0.0 && cfg.percdamp.is_finite(), "--percdamp must be ≥ 0");
-        Ok(Self { w: w.to_dtype(DType::F32)?, xtx: None, tokens: 0, cfg })
+        ensure!(
+            cfg.percdamp >= 0.0 && cfg.percdamp.is_finite(),
+            "--percdamp must be ≥ 0"
+        );
+        Ok(Self {
+            w: w.to_dtype(DType::F32)?,
+            xtx: None,
+            tokens: 0,
+            cfg,
+        })
     }
 
     /// Builds a pruner from an already accumulated Σ xxᵀ and token count.
-    pub fn with_stats(w: &Tensor, xtx: Tensor, tokens: usize, cfg: SparseGptConfig) -> Result<Self> {
+    pub fn with_stats(
+        w: &Tensor,
+        xtx: Tensor,
+        tokens: usize,
+        cfg: SparseGptConfig,
+    ) -> Result<Self> {
         let mut p = Self::new(w, cfg)?;
         p.xtx = Some(xtx);
         p.tokens = tokens;
@@ -69,7 +85,9 @@ impl LayerPruner for SparseGptPruner {
     }
 
     fn finish(self: Box<Self>, pattern: &Pattern, _group: Group) -> Result<Pruned> {
-        let Some(xtx) = self.xtx else { bail!("SparseGPT saw no calibration tokens") };
+        let Some(xtx) = self.xtx else {
+            bail!("SparseGPT saw no calibration tokens")
+        };
         let (rows, cols) = self.w.dims2()?;
         let scale = 2.0 / self.tokens.max(1) as f64;
         let h: Vec<f64> = xtx
@@ -81,7 +99,11 @@ impl LayerPruner for SparseGptPruner {
         let mut w = self.w.flatten_all()?.to_vec1::<f32>()?;
         let w0 = self.w.clone();
         let mut hm = Mat { n: cols, a: h };
-        let h_undamped = Tensor::from_vec(hm.a.iter().map(|&v| v as f32).collect::<Vec<_>>(), (cols, cols), &Device::Cpu)?;
+        let h_undamped = Tensor::from_vec(
+            hm.a.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            (cols, cols),
+            &Device::Cpu,
+        )?;
         for j in 0..cols {
             if hm.a[j * cols + j] == 0.0 {
                 hm.a[j * cols + j] = 1.0;
@@ -101,21 +123,30 @@ impl LayerPruner for SparseGptPruner {
             match upper_cholesky_of_inverse(&hd) {
                 Ok(u) => break u,
                 Err(e) if tries < 6 => {
-                    let next = if damp > 0.0 { damp * 10.0 } else { 1e-6 * mean_diag.max(1e-12) };
+                    let next = if damp > 0.0 {
+                        damp * 10.0
+                    } else {
+                        1e-6 * mean_diag.max(1e-12)
+                    };
                     crate::ui::info(format!(
                         "warning: SparseGPT Cholesky failed ({e}); raising damping from {damp:e} to {next:e}"
                     ));
                     damp = next;
                     tries += 1;
                 }
-                Err(e) => bail!("SparseGPT: H is not positive definite even with damping {damp:e}: {e}"),
+                Err(e) => {
+                    bail!("SparseGPT: H is not positive definite even with damping {damp:e}: {e}")
+                }
             }
         };
         let u32: Vec<f32> = u.a.iter().map(|&v| v as f32).collect();
         let mut pruned = vec![false; rows * cols];
         let bs = match pattern {
             Pattern::NM { m, .. } => {
-                ensure!(cols % m == 0, "the {pattern} pattern needs an input width divisible by {m}, got {cols}");
+                ensure!(
+                    cols % m == 0,
+                    "the {pattern} pattern needs an input width divisible by {m}, got {cols}"
+                );
                 // Blocks must hold whole N:M groups.
                 self.cfg.blocksize.div_ceil(*m) * m
             }
@@ -136,7 +167,13 @@ impl LayerPruner for SparseGptPruner {
                         v * v / (diag[c] * diag[c])
                     })
                     .collect();
-                let m = mask::select(&score, 1, rows * b, &Pattern::Unstructured { percent: *percent }, Group::Matrix)?;
+                let m = mask::select(
+                    &score,
+                    1,
+                    rows * b,
+                    &Pattern::Unstructured { percent: *percent },
+                    Group::Matrix,
+                )?;
                 block_mask = m.pruned;
             }
             // Rows are independent inside a block.
@@ -185,11 +222,13 @@ impl LayerPruner for SparseGptPruner {
                 }
                 let ublk = Tensor::from_vec(ublk, (b, rest), &Device::Cpu)?;
                 let upd = e.matmul(&ublk)?.flatten_all()?.to_vec1::<f32>()?;
-                w.par_chunks_mut(cols).zip(upd.par_chunks(rest)).for_each(|(row, u)| {
-                    for (a, d) in row[i2..].iter_mut().zip(u) {
-                        *a -= d;
-                    }
-                });
+                w.par_chunks_mut(cols)
+                    .zip(upd.par_chunks(rest))
+                    .for_each(|(row, u)| {
+                        for (a, d) in row[i2..].iter_mut().zip(u) {
+                            *a -= d;
+                        }
+                    });
             }
             i1 = i2;
         }
@@ -228,7 +267,12 @@ mod tests {
 
     fn output_error(x: &Tensor, w0: &Tensor, w: &Tensor) -> f64 {
         let d = (x.matmul(&w0.t().unwrap()).unwrap() - x.matmul(&w.t().unwrap()).unwrap()).unwrap();
-        d.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64
+        d.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
     }
 
     #[test]
@@ -236,8 +280,18 @@ mod tests {
         let (o, i, t) = (16, 64, 512);
         let w = Tensor::from_vec(gaussian(5, o * i), (o, i), &Device::Cpu).unwrap();
         let x = correlated(t, i, 9);
-        for pattern in [Pattern::Unstructured { percent: 50.0 }, Pattern::NM { n: 2, m: 4 }] {
-            let mut p = SparseGptPruner::new(&w, SparseGptConfig { percdamp: 0.01, blocksize: 16 }).unwrap();
+        for pattern in [
+            Pattern::Unstructured { percent: 50.0 },
+            Pattern::NM { n: 2, m: 4 },
+        ] {
+            let mut p = SparseGptPruner::new(
+                &w,
+                SparseGptConfig {
+                    percdamp: 0.01,
+                    blocksize: 16,
+                },
+            )
+            .unwrap();
             p.observe(&x, &x).unwrap();
             let done = Box::new(p).finish(&pattern, Group::Matrix).unwrap();
             // Exact count and zeros exactly on the mask.
@@ -258,10 +312,24 @@ mod tests {
             let masked = (&w * keep).unwrap();
             let e_sgpt = output_error(&x, &w, &done.weight);
             let e_mask = output_error(&x, &w, &masked);
-            assert!(e_sgpt < 0.8 * e_mask, "{pattern}: SparseGPT {e_sgpt} vs mask only {e_mask}");
+            assert!(
+                e_sgpt < 0.8 * e_mask,
+                "{pattern}: SparseGPT {e_sgpt} vs mask only {e_mask}"
+            );
             let rel = done.recon_error.unwrap();
-            let direct = e_sgpt / x.matmul(&w.t().unwrap()).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
-            assert!((rel - direct).abs() < 1e-3 * direct.max(1e-6) + 1e-6, "{rel} vs {direct}");
+            let direct = e_sgpt
+                / x.matmul(&w.t().unwrap())
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap() as f64;
+            assert!(
+                (rel - direct).abs() < 1e-3 * direct.max(1e-6) + 1e-6,
+                "{rel} vs {direct}"
+            );
         }
     }
 
@@ -276,7 +344,9 @@ mod tests {
         let x = Tensor::from_vec(xv, (t, i), &Device::Cpu).unwrap();
         let mut p = SparseGptPruner::new(&w, SparseGptConfig::default()).unwrap();
         p.observe(&x, &x).unwrap();
-        let done = Box::new(p).finish(&Pattern::Unstructured { percent: 50.0 }, Group::Matrix).unwrap();
+        let done = Box::new(p)
+            .finish(&Pattern::Unstructured { percent: 50.0 }, Group::Matrix)
+            .unwrap();
         let v = done.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(v.iter().all(|x| x.is_finite()));
         for r in 0..o {

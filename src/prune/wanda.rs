@@ -18,7 +18,11 @@ pub struct WandaPruner {
 
 impl WandaPruner {
     pub fn new(w: &Tensor) -> Result<Self> {
-        Ok(Self { w: w.to_dtype(DType::F32)?, sumsq: None, tokens: 0 })
+        Ok(Self {
+            w: w.to_dtype(DType::F32)?,
+            sumsq: None,
+            tokens: 0,
+        })
     }
 
     /// The accumulated Σ_t x_tj².
@@ -46,7 +50,12 @@ impl LayerPruner for WandaPruner {
         };
         let score = self.w.abs()?.broadcast_mul(&norm.unsqueeze(0)?)?;
         let (weight, mask) = mask_by_score(&self.w, &score, pattern, group)?;
-        Ok(Pruned { weight, mask, state: self.sumsq, recon_error: None })
+        Ok(Pruned {
+            weight,
+            mask,
+            state: self.sumsq,
+            recon_error: None,
+        })
     }
 }
 
@@ -63,7 +72,9 @@ mod tests {
         let xs: Vec<Tensor> = [5usize, 3, 8]
             .iter()
             .enumerate()
-            .map(|(k, &t)| Tensor::from_vec(gaussian(10 + k as u64, t * i), (t, i), &Device::Cpu).unwrap())
+            .map(|(k, &t)| {
+                Tensor::from_vec(gaussian(10 + k as u64, t * i), (t, i), &Device::Cpu).unwrap()
+            })
             .collect();
         let mut p = WandaPruner::new(&w).unwrap();
         for x in &xs {
@@ -81,11 +92,18 @@ mod tests {
         let wv = w.to_vec2::<f32>().unwrap();
         let sumsq = p.sumsq().unwrap().to_vec1::<f32>().unwrap();
         for j in 0..i {
-            assert!((sumsq[j] as f64 - norm[j]).abs() < 1e-4 * norm[j], "column {j}");
+            assert!(
+                (sumsq[j] as f64 - norm[j]).abs() < 1e-4 * norm[j],
+                "column {j}"
+            );
         }
-        let pruned = Box::new(p).finish(&Pattern::Unstructured { percent: 40.0 }, Group::Row).unwrap();
+        let pruned = Box::new(p)
+            .finish(&Pattern::Unstructured { percent: 40.0 }, Group::Row)
+            .unwrap();
         for r in 0..o {
-            let score: Vec<f64> = (0..i).map(|j| (wv[r][j] as f64).abs() * norm[j].sqrt()).collect();
+            let score: Vec<f64> = (0..i)
+                .map(|j| (wv[r][j] as f64).abs() * norm[j].sqrt())
+                .collect();
             let mut idx: Vec<usize> = (0..i).collect();
             idx.sort_by(|&a, &b| score[a].partial_cmp(&score[b]).unwrap());
             let row = &pruned.mask.pruned[r * i..(r + 1) * i];

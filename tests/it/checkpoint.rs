@@ -20,11 +20,24 @@ fn sharded_and_bf16_checkpoints_load() {
     let sharded = tiny_model(false, 3);
     let ids: Vec<u32> = (0..10).collect();
     let a = logits_of(&single.dir, &ids);
-    assert_close(&a, &logits_of(&sharded.dir, &ids), 0.0, "sharded vs single file");
+    assert_close(
+        &a,
+        &logits_of(&sharded.dir, &ids),
+        0.0,
+        "sharded vs single file",
+    );
     let bf = single.tmp.path().join("bf16");
     write_model(&bf, &tiny_config(false), &single.tensors, DType::BF16, 1);
-    assert_eq!(Checkpoint::open(&bf).unwrap().weight_dtype().unwrap(), DType::BF16);
-    assert_close(&a, &logits_of(&bf, &ids), 0.5, "bf16 weights computed in f32");
+    assert_eq!(
+        Checkpoint::open(&bf).unwrap().weight_dtype().unwrap(),
+        DType::BF16
+    );
+    assert_close(
+        &a,
+        &logits_of(&bf, &ids),
+        0.5,
+        "bf16 weights computed in f32",
+    );
 }
 
 #[test]
@@ -35,7 +48,11 @@ fn writer_copies_untouched_tensors_and_marks_format() {
     std::fs::create_dir_all(&out).unwrap();
     let mut w = CheckpointWriter::create(&ck, &out, &BTreeMap::new()).unwrap();
     let name = Linear::Up.tensor_name(1);
-    let zeros = ck.load(&name, DType::F32, &Device::Cpu).unwrap().zeros_like().unwrap();
+    let zeros = ck
+        .load(&name, DType::F32, &Device::Cpu)
+        .unwrap()
+        .zeros_like()
+        .unwrap();
     w.put(&name, &zeros).unwrap();
     w.finish(&ck, &ck.config_json).unwrap();
     let back = Checkpoint::open(&out).unwrap();
@@ -47,16 +64,37 @@ fn writer_copies_untouched_tensors_and_marks_format() {
         } else {
             assert_eq!(a, b, "{n} must be byte-identical");
         }
-        assert_eq!(ck.shard_of(n).map(|i| &ck.shards[i].file_name), back.shard_of(n).map(|i| &back.shards[i].file_name));
+        assert_eq!(
+            ck.shard_of(n).map(|i| &ck.shards[i].file_name),
+            back.shard_of(n).map(|i| &back.shards[i].file_name)
+        );
     }
     for s in &back.shards {
-        assert_eq!(s.user_metadata().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+        assert_eq!(
+            s.user_metadata()
+                .and_then(|m| m.get("format"))
+                .map(String::as_str),
+            Some("pt")
+        );
     }
-    assert!(out.join("model.safetensors.index.json").exists() && out.join("tokenizer.json").exists());
+    assert!(
+        out.join("model.safetensors.index.json").exists() && out.join("tokenizer.json").exists()
+    );
 }
 
 fn eval_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["eval", "--model", dir, "--datasets", "ptb", "--seqlen", "32", "--max-windows", "2", "--quiet"];
+    let mut v = vec![
+        "eval",
+        "--model",
+        dir,
+        "--datasets",
+        "ptb",
+        "--seqlen",
+        "32",
+        "--max-windows",
+        "2",
+        "--quiet",
+    ];
     v.extend_from_slice(extra);
     v
 }
@@ -77,13 +115,19 @@ fn bad_model_inputs_are_clear_errors() {
     let shard = t.dir.join("model-00002-of-00002.safetensors");
     let saved = std::fs::read(&shard).unwrap();
     std::fs::remove_file(&shard).unwrap();
-    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "model-00002-of-00002.safetensors");
+    assert_user_error(
+        &run_cli(&eval_args(&d, &[]), &env),
+        "model-00002-of-00002.safetensors",
+    );
     // Truncated shard.
     std::fs::write(&shard, &saved[..saved.len() / 2]).unwrap();
     assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "truncated or corrupt");
     // Header offsets past the end (file cut inside the data, header intact): same message.
     std::fs::write(&shard, &saved[..saved.len() - 4]).unwrap();
-    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "model-00002-of-00002.safetensors");
+    assert_user_error(
+        &run_cli(&eval_args(&d, &[]), &env),
+        "model-00002-of-00002.safetensors",
+    );
     std::fs::write(&shard, &saved).unwrap();
 
     // Missing tokenizer.
@@ -108,7 +152,10 @@ fn bad_model_inputs_are_clear_errors() {
     std::fs::write(&cfgp, tiny_config(false).to_string()).unwrap();
 
     // Not a directory / alias / hub id.
-    assert_user_error(&run_cli(&eval_args("./no/such/dir", &[]), &env), "not found");
+    assert_user_error(
+        &run_cli(&eval_args("./no/such/dir", &[]), &env),
+        "not found",
+    );
 }
 
 #[test]
@@ -121,18 +168,55 @@ fn bad_data_and_window_inputs_are_clear_errors() {
     // seqlen above max_position_embeddings (256).
     let mut a = eval_args(&d, &[]);
     a[6] = "512";
-    assert_user_error(&run_cli(&a, &env), "--seqlen 512 exceeds the model's max_position_embeddings (256)");
+    assert_user_error(
+        &run_cli(&a, &env),
+        "--seqlen 512 exceeds the model's max_position_embeddings (256)",
+    );
     // Unknown dataset: the valid ones are listed.
-    let r = run_cli(&["eval", "--model", &d, "--datasets", "wikitext103", "--quiet"], &env);
+    let r = run_cli(
+        &[
+            "eval",
+            "--model",
+            &d,
+            "--datasets",
+            "wikitext103",
+            "--quiet",
+        ],
+        &env,
+    );
     assert_user_error(&r, "wikitext2, ptb, c4");
     // An evaluation text shorter than one window.
     let short = t.tmp.path().join("short.txt");
     std::fs::write(&short, "too short").unwrap();
     let spec = format!("text:{}", short.display());
-    let r = run_cli(&["eval", "--model", &d, "--datasets", &spec, "--seqlen", "64", "--quiet"], &env);
+    let r = run_cli(
+        &[
+            "eval",
+            "--model",
+            &d,
+            "--datasets",
+            &spec,
+            "--seqlen",
+            "64",
+            "--quiet",
+        ],
+        &env,
+    );
     assert_user_error(&r, "fewer than one window");
     // Missing data directory: the file and the env var are named.
-    let r = run_cli(&["eval", "--model", &d, "--datasets", "ptb", "--data-dir", "/nonexistent", "--quiet"], &[]);
+    let r = run_cli(
+        &[
+            "eval",
+            "--model",
+            &d,
+            "--datasets",
+            "ptb",
+            "--data-dir",
+            "/nonexistent",
+            "--quiet",
+        ],
+        &[],
+    );
     assert_user_error(&r, "ptb.test.txt");
 }
 
@@ -142,7 +226,18 @@ fn eval_json_has_the_documented_fields() {
     let t = tiny_model(true, 1);
     let d = t.dir.to_str().unwrap();
     let (code, out, err) = run_cli(
-        &["eval", "--model", d, "--datasets", "ptb,wikitext2", "--seqlen", "32", "--max-windows", "3", "--json"],
+        &[
+            "eval",
+            "--model",
+            d,
+            "--datasets",
+            "ptb,wikitext2",
+            "--seqlen",
+            "32",
+            "--max-windows",
+            "3",
+            "--json",
+        ],
         &[("COPAL_DATA_DIR", data.to_str().unwrap())],
     );
     assert_eq!(code, 0, "{err}");
@@ -166,7 +261,13 @@ fn help_states_the_conventions() {
     assert_eq!(code, 0);
     // Help is wrapped to the terminal width: compare with whitespace collapsed.
     let out = out.split_whitespace().collect::<Vec<_>>().join(" ");
-    for needle in ["2:4 zeroes 2 of every 4", "--calib-split", "--state", "percent", "--propagate"] {
+    for needle in [
+        "2:4 zeroes 2 of every 4",
+        "--calib-split",
+        "--state",
+        "percent",
+        "--propagate",
+    ] {
         assert!(out.contains(needle), "prune --help lacks {needle:?}");
     }
     // A usage error keeps clap's exit code 2.

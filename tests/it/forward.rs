@@ -31,9 +31,21 @@ fn last_position_matches_candle_transformers() {
         let vb = candle_nn::VarBuilder::from_tensors(t.clone(), DType::F32, &Device::Cpu);
         let reference = ct::Llama::load(vb, &ctc).unwrap();
         let mut cache = ct::Cache::new(false, DType::F32, &ctc, &Device::Cpu).unwrap();
-        let x = Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let theirs = reference.forward(&x, 0, &mut cache).unwrap().squeeze(0).unwrap();
-        assert_close(&ours_last, &theirs, 1e-4, &format!("last-position logits vs candle-transformers (tied={tied})"));
+        let x = Tensor::new(input.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let theirs = reference
+            .forward(&x, 0, &mut cache)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        assert_close(
+            &ours_last,
+            &theirs,
+            1e-4,
+            &format!("last-position logits vs candle-transformers (tied={tied})"),
+        );
     }
 }
 
@@ -50,7 +62,9 @@ fn gqa_equals_explicitly_repeated_heads() {
     for l in 0..cfg.num_hidden_layers {
         for lin in [Linear::K, Linear::V] {
             let w = &t[&lin.tensor_name(l)];
-            let heads: Vec<Tensor> = (0..4).map(|h| w.narrow(0, (h / 2) * d, d).unwrap()).collect();
+            let heads: Vec<Tensor> = (0..4)
+                .map(|h| w.narrow(0, (h / 2) * d, d).unwrap())
+                .collect();
             t2.insert(lin.tensor_name(l), Tensor::cat(&heads, 0).unwrap());
         }
     }
@@ -71,9 +85,24 @@ fn causal_mask_hides_later_tokens() {
     b[15] = (b[15] + 7) % 256;
     let la = m.forward(&t, &a).unwrap();
     let lb = m.forward(&t, &b).unwrap();
-    assert_close(&la.narrow(0, 0, 15).unwrap(), &lb.narrow(0, 0, 15).unwrap(), 1e-6, "positions before the change");
-    let diff = (la.i(19).unwrap() - lb.i(19).unwrap()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!(diff > 1e-3, "the changed positions must change (Δ = {diff})");
+    assert_close(
+        &la.narrow(0, 0, 15).unwrap(),
+        &lb.narrow(0, 0, 15).unwrap(),
+        1e-6,
+        "positions before the change",
+    );
+    let diff = (la.i(19).unwrap() - lb.i(19).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        diff > 1e-3,
+        "the changed positions must change (Δ = {diff})"
+    );
 }
 
 #[test]
@@ -105,9 +134,19 @@ fn rope_matches_the_rotation_formula() {
     let k = randn(6, &[1, 1, 1, d], 1.0).repeat((1, 1, t, 1)).unwrap();
     let (rq, rk) = (rope.apply(&q).unwrap(), rope.apply(&k).unwrap());
     let dot = |m: usize, n: usize| -> f32 {
-        (rq.i((0, 0, m)).unwrap() * rk.i((0, 0, n)).unwrap()).unwrap().sum_all().unwrap().to_scalar().unwrap()
+        (rq.i((0, 0, m)).unwrap() * rk.i((0, 0, n)).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     };
-    assert!((dot(3, 1) - dot(8, 6)).abs() < 1e-4, "{} vs {}", dot(3, 1), dot(8, 6));
+    assert!(
+        (dot(3, 1) - dot(8, 6)).abs() < 1e-4,
+        "{} vs {}",
+        dot(3, 1),
+        dot(8, 6)
+    );
 }
 
 #[test]
@@ -125,15 +164,25 @@ fn layer_streamed_evaluation_equals_whole_forward() {
         windows: 5,
     };
     // One window per chunk (budget of a single window) and all windows in one chunk.
-    let one = copal::eval::evaluate_with_budget(&m, &t, std::slice::from_ref(&set), "t", 1).unwrap();
-    let all = copal::eval::evaluate_with_budget(&m, &t, std::slice::from_ref(&set), "t", 1 << 30).unwrap();
+    let one =
+        copal::eval::evaluate_with_budget(&m, &t, std::slice::from_ref(&set), "t", 1).unwrap();
+    let all = copal::eval::evaluate_with_budget(&m, &t, std::slice::from_ref(&set), "t", 1 << 30)
+        .unwrap();
     let mut p = copal::eval::Perplexity::default();
     for w in stream.chunks_exact(16) {
         let logits = m.forward(&t, w).unwrap();
         p.add_window(&copal::eval::window_nll(&logits, w).unwrap());
     }
-    assert_eq!(one[0].ppl, all[0].ppl, "chunking must not change the result");
-    assert!((one[0].ppl - p.ppl()).abs() < 1e-9 * p.ppl(), "{} vs {}", one[0].ppl, p.ppl());
+    assert_eq!(
+        one[0].ppl, all[0].ppl,
+        "chunking must not change the result"
+    );
+    assert!(
+        (one[0].ppl - p.ppl()).abs() < 1e-9 * p.ppl(),
+        "{} vs {}",
+        one[0].ppl,
+        p.ppl()
+    );
     assert_eq!((one[0].windows, one[0].tokens), (5, 80));
 }
 
@@ -147,14 +196,33 @@ fn taps_are_what_the_linears_see() {
     let h = m.embed(&ids(12, 5)).unwrap();
     let (out, taps) = layer.forward_tapped(&h, &pos).unwrap();
     for lin in Linear::ALL {
-        let y = taps.input(lin).matmul(&layer.weight(lin).t().unwrap()).unwrap();
+        let y = taps
+            .input(lin)
+            .matmul(&layer.weight(lin).t().unwrap())
+            .unwrap();
         assert_close(&y, taps.output(lin), 1e-5, &format!("{lin:?}: Y = X Wᵀ"));
     }
     // Replacing a weight changes the output; putting it back restores it.
     let mut l2 = layer.clone();
-    l2.set_weight(Linear::Down, layer.weight(Linear::Down).zeros_like().unwrap()).unwrap();
+    l2.set_weight(
+        Linear::Down,
+        layer.weight(Linear::Down).zeros_like().unwrap(),
+    )
+    .unwrap();
     let out2 = l2.forward(&h, &pos).unwrap();
-    let d = (out2 - &out).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (out2 - &out)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(d > 0.0);
-    assert!(l2.set_weight(Linear::Down, Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap()).is_err());
+    assert!(l2
+        .set_weight(
+            Linear::Down,
+            Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap()
+        )
+        .is_err());
 }

@@ -4,6 +4,8 @@
 //! - `prune`: pruning runs of the tiny model through the CLI (state, masks, determinism);
 //! - `real_model`: the converted SmolLM2-135M test model and the real datasets.
 
+#![allow(clippy::needless_range_loop)]
+
 mod checkpoint;
 mod common;
 mod forward;

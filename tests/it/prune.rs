@@ -20,19 +20,38 @@ fn setup(tied: bool) -> Setup {
     Setup { t, a, b }
 }
 
-fn prune(s: &Setup, datasets: &str, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+fn prune(
+    s: &Setup,
+    datasets: &str,
+    out: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
     let model = s.t.dir.to_str().unwrap().to_string();
     let out = out.to_str().unwrap().to_string();
     let mut args: Vec<&str> = vec![
-        "prune", "--model", &model, "--datasets", datasets, "--out", &out,
-        "--nsamples", "4", "--seqlen", "32", "--quiet",
+        "prune",
+        "--model",
+        &model,
+        "--datasets",
+        datasets,
+        "--out",
+        &out,
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "32",
+        "--quiet",
     ];
     args.extend_from_slice(extra);
     run_cli(&args, env)
 }
 
 fn ds(s: &Setup) -> (String, String) {
-    (format!("text:{}", s.a.display()), format!("text:{}", s.b.display()))
+    (
+        format!("text:{}", s.a.display()),
+        format!("text:{}", s.b.display()),
+    )
 }
 
 fn files_of(dir: &Path) -> Vec<String> {
@@ -49,7 +68,13 @@ fn output_has_exact_sparsity_masks_and_untouched_tensors() {
     let s = setup(false);
     let (a, _) = ds(&s);
     let out = s.t.tmp.path().join("out");
-    let r = prune(&s, &a, &out, &["--sparsity", "50", "--save-masks", "--json"], &[]);
+    let r = prune(
+        &s,
+        &a,
+        &out,
+        &["--sparsity", "50", "--save-masks", "--json"],
+        &[],
+    );
     assert_eq!(r.0, 0, "{}", r.2);
     let v: serde_json::Value = serde_json::from_str(&r.1).unwrap();
     assert_eq!(v["sparsity"], 0.5);
@@ -61,9 +86,16 @@ fn output_has_exact_sparsity_masks_and_untouched_tensors() {
         for lin in Linear::ALL {
             let name = lin.tensor_name(l);
             let (info, bytes) = pruned.raw(&name).unwrap();
-            let w: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let w: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             let zeros = w.iter().filter(|&&x| x == 0.0).count();
-            assert_eq!(zeros * 2, w.len(), "{name}: exactly half zeroed (matrix group)");
+            assert_eq!(
+                zeros * 2,
+                w.len(),
+                "{name}: exactly half zeroed (matrix group)"
+            );
             // The packed mask says kept exactly where the weight is non-zero.
             let cols = info.shape[1];
             let bits = masks.bytes(&name).unwrap();
@@ -83,16 +115,32 @@ fn output_has_exact_sparsity_masks_and_untouched_tensors() {
         }
     }
     for name in input.tensor_names().filter(|n| !n.contains("_proj")) {
-        assert_eq!(input.raw(name).unwrap().1, pruned.raw(name).unwrap().1, "{name} must be untouched");
+        assert_eq!(
+            input.raw(name).unwrap().1,
+            pruned.raw(name).unwrap().1,
+            "{name} must be untouched"
+        );
     }
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["sparsity_config"]["copal"]["method"], "copal");
     assert_eq!(cfg["sparsity_config"]["global_sparsity"], 0.5);
     assert_eq!(cfg["sparsity_config"]["copal"]["datasets"][0], a.as_str());
-    let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("copal.json")).unwrap()).unwrap();
-    assert_eq!(rec["steps"][0]["report"]["layer_sparsity"].as_array().unwrap().len(), 2);
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("copal.json")).unwrap()).unwrap();
+    assert_eq!(
+        rec["steps"][0]["report"]["layer_sparsity"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     assert!(rec["peak_rss_bytes"].as_u64().unwrap() > 0);
-    assert_eq!(rec["model_files"].as_array().unwrap().len(), 3, "two shards + config");
+    assert_eq!(
+        rec["model_files"].as_array().unwrap().len(),
+        3,
+        "two shards + config"
+    );
 
     let (code, js, _) = run_cli(&["inspect", out.to_str().unwrap(), "--json"], &[]);
     assert_eq!(code, 0);
@@ -112,14 +160,26 @@ fn state_continues_bit_identically_and_refuses_mismatches() {
     assert_eq!(r2.0, 0, "{}", r2.2);
     let state_one = tmp.join("one.safetensors");
     let both = format!("{a},{b}");
-    let r3 = prune(&s, &both, &tmp.join("o3"), &["--state", state_one.to_str().unwrap()], &[]);
+    let r3 = prune(
+        &s,
+        &both,
+        &tmp.join("o3"),
+        &["--state", state_one.to_str().unwrap()],
+        &[],
+    );
     assert_eq!(r3.0, 0, "{}", r3.2);
     let (o2, o3) = (tmp.join("o2"), tmp.join("o3"));
     assert_eq!(files_of(&o2), files_of(&o3));
     for f in files_of(&o2).into_iter().filter(|f| f != "copal.json") {
-        assert!(std::fs::read(o2.join(&f)).unwrap() == std::fs::read(o3.join(&f)).unwrap(), "{f} differs between two runs and one");
+        assert!(
+            std::fs::read(o2.join(&f)).unwrap() == std::fs::read(o3.join(&f)).unwrap(),
+            "{f} differs between two runs and one"
+        );
     }
-    assert!(std::fs::read(&state).unwrap() == std::fs::read(&state_one).unwrap(), "state files differ");
+    assert!(
+        std::fs::read(&state).unwrap() == std::fs::read(&state_one).unwrap(),
+        "state files differ"
+    );
     // The continued run really changed the model (ptb slice b was folded in).
     let o1 = std::fs::read(tmp.join("o1/model-00001-of-00002.safetensors")).unwrap();
     assert!(o1 != std::fs::read(o2.join("model-00001-of-00002.safetensors")).unwrap());
@@ -128,21 +188,54 @@ fn state_continues_bit_identically_and_refuses_mismatches() {
     let c = tmp.join("c.txt");
     std::fs::copy(&s.b, &c).unwrap();
     let cs = format!("text:{}", c.display());
-    let r = prune(&s, &cs, &tmp.join("x1"), &["--state", st, "--perturbation", "gaussian"], &[]);
+    let r = prune(
+        &s,
+        &cs,
+        &tmp.join("x1"),
+        &["--state", st, "--perturbation", "gaussian"],
+        &[],
+    );
     assert_user_error(&r, "perturbation");
-    let r = prune(&s, &cs, &tmp.join("x2"), &["--state", st, "--sparsity", "60"], &[]);
+    let r = prune(
+        &s,
+        &cs,
+        &tmp.join("x2"),
+        &["--state", st, "--sparsity", "60"],
+        &[],
+    );
     assert_user_error(&r, "pattern");
     let r = prune(&s, &b, &tmp.join("x3"), &["--state", st], &[]);
     assert_user_error(&r, "already contains");
     let other = tiny_model(true, 1);
     let om = other.dir.to_str().unwrap();
     let r = run_cli(
-        &["prune", "--model", om, "--datasets", &cs, "--out", tmp.join("x4").to_str().unwrap(), "--nsamples", "4", "--seqlen", "32", "--state", st, "--quiet"],
+        &[
+            "prune",
+            "--model",
+            om,
+            "--datasets",
+            &cs,
+            "--out",
+            tmp.join("x4").to_str().unwrap(),
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--state",
+            st,
+            "--quiet",
+        ],
         &[],
     );
     assert_user_error(&r, "another model");
     std::fs::write(tmp.join("bad.safetensors"), b"not a state").unwrap();
-    let r = prune(&s, &cs, &tmp.join("x5"), &["--state", tmp.join("bad.safetensors").to_str().unwrap()], &[]);
+    let r = prune(
+        &s,
+        &cs,
+        &tmp.join("x5"),
+        &["--state", tmp.join("bad.safetensors").to_str().unwrap()],
+        &[],
+    );
     assert_user_error(&r, "bad.safetensors");
     for x in ["x1", "x2", "x3", "x4", "x5"] {
         assert!(!tmp.join(x).exists(), "a failed run left {x} behind");
@@ -159,10 +252,22 @@ fn thread_count_does_not_change_the_result() {
         let o1 = tmp.join(format!("t1-{kind}"));
         let o2 = tmp.join(format!("t2-{kind}"));
         let extra = ["--perturbation", kind, "--group", "row"];
-        assert_eq!(prune(&s, &both, &o1, &extra, &[("RAYON_NUM_THREADS", "1")]).0, 0);
-        assert_eq!(prune(&s, &both, &o2, &extra, &[("RAYON_NUM_THREADS", "2")]).0, 0);
-        for f in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
-            assert!(std::fs::read(o1.join(f)).unwrap() == std::fs::read(o2.join(f)).unwrap(), "{kind}: {f} differs between 1 and 2 threads");
+        assert_eq!(
+            prune(&s, &both, &o1, &extra, &[("RAYON_NUM_THREADS", "1")]).0,
+            0
+        );
+        assert_eq!(
+            prune(&s, &both, &o2, &extra, &[("RAYON_NUM_THREADS", "2")]).0,
+            0
+        );
+        for f in [
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ] {
+            assert!(
+                std::fs::read(o1.join(f)).unwrap() == std::fs::read(o2.join(f)).unwrap(),
+                "{kind}: {f} differs between 1 and 2 threads"
+            );
         }
     }
 }
@@ -179,16 +284,31 @@ fn nm_patterns_hold_in_every_group() {
         for l in 0..2 {
             for lin in Linear::ALL {
                 let (_, bytes) = ck.raw(&lin.tensor_name(l)).unwrap();
-                let w: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                let w: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
                 for g in w.chunks(m) {
                     assert_eq!(g.iter().filter(|&&x| x == 0.0).count(), n, "{pat} {lin:?}");
                 }
             }
         }
     }
-    let r = prune(&s, &a, &s.t.tmp.path().join("bad"), &["--pattern", "2:4", "--sparsity", "60"], &[]);
+    let r = prune(
+        &s,
+        &a,
+        &s.t.tmp.path().join("bad"),
+        &["--pattern", "2:4", "--sparsity", "60"],
+        &[],
+    );
     assert_user_error(&r, "--sparsity");
-    let r = prune(&s, &a, &s.t.tmp.path().join("bad"), &["--pattern", "3:7"], &[]);
+    let r = prune(
+        &s,
+        &a,
+        &s.t.tmp.path().join("bad"),
+        &["--pattern", "3:7"],
+        &[],
+    );
     assert_user_error(&r, "divisible by 7");
 }
 
@@ -203,15 +323,30 @@ fn output_directory_rules() {
     assert!(out.join("keep.txt").exists());
     assert_eq!(prune(&s, &a, &out, &["--force"], &[]).0, 0);
     assert!(!out.join("keep.txt").exists() && out.join("copal.json").exists());
-    assert_user_error(&prune(&s, &a, &s.t.dir.clone(), &["--force"], &[]), "is the input model");
+    assert_user_error(
+        &prune(&s, &a, &s.t.dir.clone(), &["--force"], &[]),
+        "is the input model",
+    );
     // A run that fails midway (missing second dataset) leaves nothing behind.
     let failing = s.t.tmp.path().join("failing");
-    let r = prune(&s, &format!("{a},text:/no/such/file.txt"), &failing, &[], &[]);
+    let r = prune(
+        &s,
+        &format!("{a},text:/no/such/file.txt"),
+        &failing,
+        &[],
+        &[],
+    );
     assert_user_error(&r, "/no/such/file.txt");
     assert!(!failing.exists());
-    let leftovers: Vec<String> = files_of(s.t.tmp.path()).into_iter().filter(|f| f.contains("copal-partial")).collect();
+    let leftovers: Vec<String> = files_of(s.t.tmp.path())
+        .into_iter()
+        .filter(|f| f.contains("copal-partial"))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     for bad in ["0", "100", "-5", "NaN"] {
-        assert_user_error(&prune(&s, &a, &s.t.tmp.path().join("z"), &["--sparsity", bad], &[]), "--sparsity");
+        assert_user_error(
+            &prune(&s, &a, &s.t.tmp.path().join("z"), &["--sparsity", bad], &[]),
+            "--sparsity",
+        );
     }
 }

@@ -19,7 +19,15 @@ fn open() -> (Checkpoint, Llama, Tokenizer) {
 }
 
 fn ptb_set(tok: &Tokenizer, windows: usize) -> EvalSet {
-    EvalSet::load(&Dataset::Ptb, Split::Test, &data_dir(), tok, 512, Some(windows)).unwrap()
+    EvalSet::load(
+        &Dataset::Ptb,
+        Split::Test,
+        &data_dir(),
+        tok,
+        512,
+        Some(windows),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -32,10 +40,16 @@ fn ptb_perplexity_is_in_the_tens_and_needs_the_unpermute() {
     // The same weights with q/k left rope-permuted, as llama.cpp stores them.
     let mut t: HashMap<String, Tensor> = HashMap::new();
     for name in ck.tensor_names() {
-        t.insert(name.clone(), ck.load(name, DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            name.clone(),
+            ck.load(name, DType::F32, &Device::Cpu).unwrap(),
+        );
     }
     for l in 0..ck.config.num_hidden_layers {
-        for (lin, heads) in [(Linear::Q, ck.config.num_attention_heads), (Linear::K, ck.config.num_kv_heads())] {
+        for (lin, heads) in [
+            (Linear::Q, ck.config.num_attention_heads),
+            (Linear::K, ck.config.num_kv_heads()),
+        ] {
             let n = lin.tensor_name(l);
             let p = gguf::permute(&t[&n], heads).unwrap();
             t.insert(n, p);
@@ -43,7 +57,12 @@ fn ptb_perplexity_is_in_the_tens_and_needs_the_unpermute() {
     }
     let bad = eval::evaluate(&m, &t, std::slice::from_ref(&set), "ptb permuted").unwrap();
     eprintln!("PTB test with permuted q/k: PPL {:.3}", bad[0].ppl);
-    assert!(bad[0].ppl > 3.0 * r[0].ppl, "permuted {} vs {}", bad[0].ppl, r[0].ppl);
+    assert!(
+        bad[0].ppl > 3.0 * r[0].ppl,
+        "permuted {} vs {}",
+        bad[0].ppl,
+        r[0].ppl
+    );
 }
 
 #[test]
@@ -67,7 +86,10 @@ fn known_token_ids() {
     // SmolLM: no BOS, no prefix space, digits split one by one.
     assert_eq!(tok.encode("Hello").unwrap(), vec![19556]);
     assert_eq!(tok.token_to_id("Hello"), Some(19556));
-    let digits: Vec<u32> = ["2", "0", "2", "4"].iter().map(|d| tok.token_to_id(d).unwrap()).collect();
+    let digits: Vec<u32> = ["2", "0", "2", "4"]
+        .iter()
+        .map(|d| tok.token_to_id(d).unwrap())
+        .collect();
     assert_eq!(tok.encode("2024").unwrap(), digits);
     assert_eq!(tok.encode("<|im_start|>").unwrap(), vec![1]);
     assert!(!tok.adds_bos().unwrap());
@@ -77,18 +99,38 @@ fn known_token_ids() {
 fn the_three_datasets_load_with_the_protocol() {
     let (_, _, tok) = open();
     let dir = data_dir();
-    for (ds, split, windows) in [(Dataset::WikiText2, Split::Test, 100), (Dataset::Ptb, Split::Test, 100), (Dataset::C4, Split::Valid, 256)] {
+    for (ds, split, windows) in [
+        (Dataset::WikiText2, Split::Test, 100),
+        (Dataset::Ptb, Split::Test, 100),
+        (Dataset::C4, Split::Valid, 256),
+    ] {
         let set = EvalSet::load(&ds, split, &dir, &tok, 512, None).unwrap();
-        eprintln!("{ds} {split}: {} tokens, {} windows of 512", set.split_tokens, set.windows);
+        eprintln!(
+            "{ds} {split}: {} tokens, {} windows of 512",
+            set.split_tokens, set.windows
+        );
         assert!(set.windows >= windows, "{ds}: {} windows", set.windows);
     }
     // C4 evaluation is capped at 256 × seqlen tokens.
     let c4 = EvalSet::load(&Dataset::C4, Split::Valid, &dir, &tok, 512, None).unwrap();
     assert_eq!(c4.windows, 256);
     // Calibration splits: WikiText-2 train is not shipped here, so its error names the flag.
-    let e = corpus::load(&Dataset::WikiText2, Split::Train, corpus::Purpose::Calibration, &dir).unwrap_err();
-    assert!(e.to_string().contains("--calib-split wikitext2=valid"), "{e}");
-    for (ds, split) in [(Dataset::WikiText2, Split::Valid), (Dataset::Ptb, Split::Train), (Dataset::C4, Split::Train)] {
+    let e = corpus::load(
+        &Dataset::WikiText2,
+        Split::Train,
+        corpus::Purpose::Calibration,
+        &dir,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("--calib-split wikitext2=valid"),
+        "{e}"
+    );
+    for (ds, split) in [
+        (Dataset::WikiText2, Split::Valid),
+        (Dataset::Ptb, Split::Train),
+        (Dataset::C4, Split::Train),
+    ] {
         let (c, _) = corpus::load(&ds, split, corpus::Purpose::Calibration, &dir).unwrap();
         let set = data::calibration_windows(&c, &tok, &ds.name(), 8, 512, 0).unwrap();
         assert_eq!(set.windows.len(), 8);
@@ -100,21 +142,41 @@ fn the_three_datasets_load_with_the_protocol() {
 fn calibration_sampler_is_deterministic_and_seeded() {
     let (_, _, tok) = open();
     let dir = data_dir();
-    let (c, _) = corpus::load(&Dataset::Ptb, Split::Train, corpus::Purpose::Calibration, &dir).unwrap();
+    let (c, _) = corpus::load(
+        &Dataset::Ptb,
+        Split::Train,
+        corpus::Purpose::Calibration,
+        &dir,
+    )
+    .unwrap();
     let a = data::calibration_windows(&c, &tok, "ptb", 6, 256, 0).unwrap();
     let b = data::calibration_windows(&c, &tok, "ptb", 6, 256, 0).unwrap();
     assert_eq!(a.windows, b.windows);
     let other_seed = data::calibration_windows(&c, &tok, "ptb", 6, 256, 1).unwrap();
     assert_ne!(a.windows, other_seed.windows);
     let other_name = data::calibration_windows(&c, &tok, "wikitext2", 6, 256, 0).unwrap();
-    assert_ne!(a.windows, other_name.windows, "the dataset name seeds the generator");
+    assert_ne!(
+        a.windows, other_name.windows,
+        "the dataset name seeds the generator"
+    );
     // The first window starts where the specified generator says.
-    let ids = tok.encode(match &c { corpus::Corpus::Joined(s) => s, _ => unreachable!() }).unwrap();
+    let ids = tok
+        .encode(match &c {
+            corpus::Corpus::Joined(s) => s,
+            _ => unreachable!(),
+        })
+        .unwrap();
     let mut rng = data::SplitMix64::for_dataset(0, "ptb");
     let start = (rng.next() % (ids.len() - 256) as u64) as usize;
     assert_eq!(a.windows[0], ids[start..start + 256].to_vec());
     // C4: documents longer than seqlen only.
-    let (c4, _) = corpus::load(&Dataset::C4, Split::Train, corpus::Purpose::Calibration, &dir).unwrap();
+    let (c4, _) = corpus::load(
+        &Dataset::C4,
+        Split::Train,
+        corpus::Purpose::Calibration,
+        &dir,
+    )
+    .unwrap();
     let x = data::calibration_windows(&c4, &tok, "c4", 4, 512, 0).unwrap();
     let y = data::calibration_windows(&c4, &tok, "c4", 4, 512, 0).unwrap();
     assert_eq!(x.windows, y.windows);
@@ -129,22 +191,45 @@ fn prune_end_to_end_at_half_sparsity() {
     let data = data_dir();
     let (code, stdout, stderr) = run_cli(
         &[
-            "prune", "--model", model.to_str().unwrap(), "--datasets", "wikitext2,ptb",
-            "--calib-split", "wikitext2=valid", "--sparsity", "50", "--nsamples", "4", "--seqlen", "256",
-            "--out", out.to_str().unwrap(), "--eval", "--max-windows", "4", "--json", "--quiet",
+            "prune",
+            "--model",
+            model.to_str().unwrap(),
+            "--datasets",
+            "wikitext2,ptb",
+            "--calib-split",
+            "wikitext2=valid",
+            "--sparsity",
+            "50",
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "256",
+            "--out",
+            out.to_str().unwrap(),
+            "--eval",
+            "--max-windows",
+            "4",
+            "--json",
+            "--quiet",
         ],
         &[("COPAL_DATA_DIR", data.to_str().unwrap())],
     );
     assert_eq!(code, 0, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(v["sparsity"], 0.5, "measured sparsity over the pruned linears");
+    assert_eq!(
+        v["sparsity"], 0.5,
+        "measured sparsity over the pruned linears"
+    );
     let r = v["ppl_matrix"].as_array().unwrap();
     assert_eq!(r.len(), 2);
     let dense = v["dense_ppl"].as_array().unwrap();
     for (row, step) in r.iter().zip(1..) {
         for (p, d) in row.as_array().unwrap().iter().zip(dense) {
             let (p, d) = (p.as_f64().unwrap(), d.as_f64().unwrap());
-            assert!(p.is_finite() && p > d, "step {step}: pruned {p} vs dense {d}");
+            assert!(
+                p.is_finite() && p > d,
+                "step {step}: pruned {p} vs dense {d}"
+            );
         }
     }
     assert!(v["bwt"].as_f64().unwrap().is_finite());

@@ -83,7 +83,10 @@ pub fn tiny_config(tied: bool) -> serde_json::Value {
 /// Deterministic pseudo-random normal values.
 pub fn randn(seed: u64, shape: &[usize], scale: f32) -> Tensor {
     let n: usize = shape.iter().product();
-    let v: Vec<f32> = copal::prune::noise::gaussian(seed, n).into_iter().map(|x| x * scale).collect();
+    let v: Vec<f32> = copal::prune::noise::gaussian(seed, n)
+        .into_iter()
+        .map(|x| x * scale)
+        .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
@@ -91,8 +94,14 @@ pub fn randn(seed: u64, shape: &[usize], scale: f32) -> Tensor {
 pub fn tiny_tensors(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
     let mut m = HashMap::new();
     let (v, h) = (cfg.vocab_size, cfg.hidden_size);
-    m.insert("model.embed_tokens.weight".into(), randn(seed, &[v, h], 0.5));
-    m.insert("model.norm.weight".into(), (randn(seed + 1, &[h], 0.1) + 1.0).unwrap());
+    m.insert(
+        "model.embed_tokens.weight".into(),
+        randn(seed, &[v, h], 0.5),
+    );
+    m.insert(
+        "model.norm.weight".into(),
+        (randn(seed + 1, &[h], 0.1) + 1.0).unwrap(),
+    );
     if !cfg.tie_word_embeddings {
         m.insert("lm_head.weight".into(), randn(seed + 2, &[v, h], 0.2));
     }
@@ -100,7 +109,10 @@ pub fn tiny_tensors(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
     for l in 0..cfg.num_hidden_layers {
         for lin in Linear::ALL {
             let (o, i) = lin.shape(cfg);
-            m.insert(lin.tensor_name(l), randn(s, &[o, i], 1.0 / (i as f32).sqrt()));
+            m.insert(
+                lin.tensor_name(l),
+                randn(s, &[o, i], 1.0 / (i as f32).sqrt()),
+            );
             s += 1;
         }
         for n in copal::model::block::norm_names(l) {
@@ -113,20 +125,38 @@ pub fn tiny_tensors(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
 
 /// Writes a checkpoint directory: config.json, tokenizer files and the weights in `dtype`,
 /// in one file or split over `shards` files with an index.
-pub fn write_model(dir: &Path, cfg: &serde_json::Value, tensors: &HashMap<String, Tensor>, dtype: DType, shards: usize) {
+pub fn write_model(
+    dir: &Path,
+    cfg: &serde_json::Value,
+    tensors: &HashMap<String, Tensor>,
+    dtype: DType,
+    shards: usize,
+) {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(cfg).unwrap()).unwrap();
-    std::fs::write(dir.join("tokenizer.json"), tiny_tokenizer_json(true).to_string()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(cfg).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        tiny_tokenizer_json(true).to_string(),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("tokenizer_config.json"),
-        serde_json::json!({"add_bos_token": true, "bos_token": "<s>", "eos_token": "</s>"}).to_string(),
+        serde_json::json!({"add_bos_token": true, "bos_token": "<s>", "eos_token": "</s>"})
+            .to_string(),
     )
     .unwrap();
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let meta = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
     if shards <= 1 {
-        let data: Vec<(&str, Tensor)> = names.iter().map(|n| (n.as_str(), tensors[*n].to_dtype(dtype).unwrap())).collect();
+        let data: Vec<(&str, Tensor)> = names
+            .iter()
+            .map(|n| (n.as_str(), tensors[*n].to_dtype(dtype).unwrap()))
+            .collect();
         safetensors::serialize_to_file(data, meta, &dir.join("model.safetensors")).unwrap();
         return;
     }
@@ -166,7 +196,12 @@ pub fn tiny_model(tied: bool, shards: usize) -> Tiny {
     let cfg = LlamaConfig::from_json(&cfg_json.to_string()).unwrap();
     let tensors = tiny_tensors(&cfg, 7);
     write_model(&dir, &cfg_json, &tensors, DType::F32, shards);
-    Tiny { tmp, dir, cfg, tensors }
+    Tiny {
+        tmp,
+        dir,
+        cfg,
+        tensors,
+    }
 }
 
 /// Runs the built `copal` binary; returns (exit code, stdout, stderr).
@@ -188,8 +223,14 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 pub fn assert_user_error(res: &(i32, String, String), needle: &str) {
     let (code, _, err) = res;
     assert_eq!(*code, 1, "expected exit code 1, stderr:\n{err}");
-    assert!(err.starts_with("error: "), "stderr should start with 'error: ':\n{err}");
-    assert!(err.contains(needle), "stderr should mention {needle:?}:\n{err}");
+    assert!(
+        err.starts_with("error: "),
+        "stderr should start with 'error: ':\n{err}"
+    );
+    assert!(
+        err.contains(needle),
+        "stderr should mention {needle:?}:\n{err}"
+    );
     assert!(!err.contains("panicked"), "panic:\n{err}");
 }
 
@@ -227,7 +268,9 @@ pub fn data_dir() -> PathBuf {
 pub fn test_model() -> PathBuf {
     let p = std::env::var_os("COPAL_TEST_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| copal::checkpoint::resolve::copal_home().join("models/SmolLM2-135M-Instruct-Q4_1"));
+        .unwrap_or_else(|| {
+            copal::checkpoint::resolve::copal_home().join("models/SmolLM2-135M-Instruct-Q4_1")
+        });
     assert!(
         p.join("model.safetensors").exists(),
         "the test model is not at {}: run scripts/fetch-test-model.sh (or set COPAL_TEST_MODEL)",

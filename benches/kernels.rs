@@ -1,0 +1,90 @@
+//! Kernel benchmarks at the test model's shapes (SmolLM2-135M: hidden 576, intermediate
+//! 1536) and LLaMA-7B's (hidden 4096, intermediate 11008). Names carry backend and shape.
+//!
+//!   cargo bench --bench kernels            (all)
+//!   cargo bench --bench kernels -- 576     (test-model shapes only)
+
+use candle_core::{Device, Tensor};
+use copal::prune::copal::{CopalPruner, Perturbation, PerturbationKind};
+use copal::prune::mask::{select, Group, Pattern};
+use copal::prune::noise::gaussian;
+use copal::prune::sparsegpt::{SparseGptConfig, SparseGptPruner};
+use copal::prune::LayerPruner;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+fn randn(seed: u64, r: usize, c: usize) -> Tensor {
+    Tensor::from_vec(gaussian(seed, r * c), (r, c), &Device::Cpu).unwrap()
+}
+
+/// COPAL's score increment for one batch: dY, |dY|ᵀ|X| (one GEMM) and the accumulation.
+fn copal_score(c: &mut Criterion) {
+    let mut g = c.benchmark_group("copal_score");
+    g.sample_size(10);
+    for &(out, t, inp) in &[
+        (576, 2048, 576),
+        (1536, 2048, 576),
+        (576, 2048, 1536),
+        (4096, 2048, 4096),
+        (11008, 2048, 4096),
+    ] {
+        let w = randn(1, out, inp);
+        let x = randn(2, t, inp);
+        let y = x.matmul(&w.t().unwrap()).unwrap();
+        g.throughput(Throughput::Elements((2 * out * t * inp) as u64)); // FLOPs of the GEMM
+        let pert = Perturbation {
+            kind: PerturbationKind::Scaled,
+            eps_w: 0.01,
+            eps_x: 0.01,
+        };
+        let mut p = CopalPruner::new(&w, None, pert, 0).unwrap();
+        g.bench_function(
+            BenchmarkId::new(format!("cpu_scaled_{out}x{t}x{inp}"), "flops"),
+            |b| b.iter(|| p.observe(&x, &y).unwrap()),
+        );
+    }
+    g.finish();
+}
+
+/// Mask selection over a whole matrix and per row.
+fn mask_select(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mask_select");
+    g.sample_size(10);
+    for &(r, cols) in &[(1536, 576), (11008, 4096)] {
+        let s = gaussian(3, r * cols);
+        g.throughput(Throughput::Elements((r * cols) as u64));
+        for (name, group) in [("matrix", Group::Matrix), ("row", Group::Row)] {
+            g.bench_function(format!("cpu_{name}_{r}x{cols}"), |b| {
+                b.iter(|| {
+                    select(&s, r, cols, &Pattern::Unstructured { percent: 50.0 }, group).unwrap()
+                })
+            });
+        }
+        g.bench_function(format!("cpu_2of4_{r}x{cols}"), |b| {
+            b.iter(|| select(&s, r, cols, &Pattern::NM { n: 2, m: 4 }, Group::Row).unwrap())
+        });
+    }
+    g.finish();
+}
+
+/// SparseGPT's finish (Cholesky, blocked OBS update) for one linear.
+fn sparsegpt_finish(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sparsegpt_finish");
+    g.sample_size(10);
+    for &(out, inp) in &[(576, 576), (576, 1536), (4096, 4096)] {
+        let w = randn(4, out, inp);
+        let x = randn(5, 2 * inp, inp);
+        g.bench_function(format!("cpu_{out}x{inp}"), |b| {
+            b.iter(|| {
+                let mut p = SparseGptPruner::new(&w, SparseGptConfig::default()).unwrap();
+                p.observe(&x, &x).unwrap();
+                Box::new(p)
+                    .finish(&Pattern::Unstructured { percent: 50.0 }, Group::Matrix)
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, copal_score, mask_select, sparsegpt_finish);
+criterion_main!(benches);

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to a continually pruned model: builds copal, fetches the
+# test model (SmolLM2-135M-Instruct), and prunes it with COPAL over wikitext2 → ptb → c4 at
+# 50% unstructured sparsity, evaluating perplexity after every step.
+#
+#   COPAL_DATA_DIR  the datasets (default: ../shared/data beside the repository, else ./data)
+#   OUT             output directory (default: out/smollm2-135m-copal50)
+#   NSAMPLES SEQLEN WINDOWS   calibration windows, window length, eval windows (16, 512, 40)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+if [ -z "${COPAL_DATA_DIR:-}" ]; then
+  for d in "$root/../shared/data" "$root/data"; do
+    if [ -d "$d" ]; then export COPAL_DATA_DIR=$(cd "$d" && pwd); break; fi
+  done
+fi
+cargo build --release --locked
+./scripts/fetch-test-model.sh > /dev/null
+./target/release/copal prune --model smollm2-135m --datasets wikitext2,ptb,c4 \
+  --calib-split wikitext2=valid --sparsity 50 \
+  --nsamples "${NSAMPLES:-16}" --seqlen "${SEQLEN:-512}" \
+  --eval --max-windows "${WINDOWS:-40}" \
+  --out "${OUT:-out/smollm2-135m-copal50}" --force "$@"
