@@ -27,6 +27,7 @@ pub enum Command {
     Eval(EvalArgs),
     ImportGguf(ImportArgs),
     Inspect(InspectArgs),
+    Experiment(ExperimentArgs),
 }
 
 /// Where the model comes from and how it is computed.
@@ -259,6 +260,11 @@ pub struct PruneArgs {
     #[arg(long, value_name = "N", requires = "eval")]
     pub max_windows: Option<usize>,
 
+    /// With --eval: after step k, evaluate only the datasets seen so far (enough for average
+    /// PPL and BWT; the matrix's upper triangle is left empty).
+    #[arg(long, requires = "eval")]
+    pub eval_seen_only: bool,
+
     /// SparseGPT damping, as a fraction of the mean Hessian diagonal.
     #[arg(long, default_value_t = 0.01, value_name = "FRACTION")]
     pub percdamp: f64,
@@ -274,6 +280,51 @@ pub struct PruneArgs {
     /// Print the resolved plan as JSON and exit.
     #[arg(long)]
     pub dry_run: bool,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Run the paper's grid: every dataset order × methods × modes × patterns × sparsities.
+///
+/// The grid comes from a JSON file (see configs/experiments/). Each run leaves
+/// RESULTS/runs/ID.json when it finishes; runs already finished are skipped, so an
+/// interrupted experiment continues where it stopped. Without --run, every pending run is
+/// executed (each in its own process) and the report is written: RESULTS/table.md,
+/// runs.csv, runs.json and plots/*.svg.
+///
+/// In parallel: `copal experiment --config F --list --pending | parallel -j N copal experiment
+/// --config F --run {}`, then `copal experiment --config F --report`. In a job array:
+/// `copal experiment --config F --run-index $SLURM_ARRAY_TASK_ID`.
+#[derive(Debug, Args)]
+pub struct ExperimentArgs {
+    /// The experiment file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: PathBuf,
+
+    /// Print the run ids of the grid and exit.
+    #[arg(long)]
+    pub list: bool,
+
+    /// With --list: only runs that have not finished.
+    #[arg(long, requires = "list")]
+    pub pending: bool,
+
+    /// Run only this run (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub run: Vec<String>,
+
+    /// Run only the run at this 0-based position of --list (for job arrays).
+    #[arg(long, value_name = "N")]
+    pub run_index: Option<usize>,
+
+    /// Only aggregate the finished runs into the report.
+    #[arg(long)]
+    pub report: bool,
+
+    /// Directory with the dataset files [env: COPAL_DATA_DIR] [default: ./data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 
     #[command(flatten)]
     pub output: OutputArgs,

@@ -43,6 +43,13 @@ pub struct PrunePlan {
     pub save_masks: bool,
     pub eval: bool,
     pub max_windows: Option<usize>,
+    /// Evaluate after step k only the datasets seen so far (the lower triangle of R, which
+    /// is all that average PPL and BWT need).
+    #[serde(default)]
+    pub eval_seen_only: bool,
+    /// Reuse perplexities of identical models (experiments).
+    #[serde(default)]
+    pub eval_cache: Option<PathBuf>,
     pub device: String,
     pub dtype: Option<ComputeDtype>,
 }
@@ -141,6 +148,8 @@ impl PrunePlan {
             save_masks: a.save_masks,
             eval: a.eval,
             max_windows: a.max_windows,
+            eval_seen_only: a.eval_seen_only,
+            eval_cache: None,
             device: a.model.device.clone(),
             dtype: a.model.dtype,
         })

@@ -235,10 +235,7 @@ pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
         }
     };
 
-    let r: Vec<Vec<f64>> = steps
-        .iter()
-        .filter_map(|s| s.eval.as_ref().map(|e| e.iter().map(|x| x.ppl).collect()))
-        .collect();
+    let r = ppl_matrix(&steps, &all_names);
     let offset = all_names.len() - datasets.len();
     let (avg_ppl, bwt) = if plan.eval {
         continual_metrics(&r, offset)
@@ -297,11 +294,22 @@ fn run_steps(
     settings: &StateSettings,
 ) -> Result<StepsOut> {
     let seqlen = plan.seqlen.unwrap_or(2048);
+    let mut cache = match &plan.eval_cache {
+        Some(p) => Some(eval::EvalCache::open(p)?),
+        None => None,
+    };
     let dense_eval = if plan.eval {
-        Some(eval::evaluate(model, dense, eval_sets, "eval dense")?)
+        Some(evaluate_checkpoint(
+            model,
+            dense,
+            eval_sets,
+            "eval dense",
+            cache.as_mut(),
+        )?)
     } else {
         None
     };
+    let seen_before = eval_sets.len().saturating_sub(datasets.len());
     let mut steps: Vec<StepRecordOut> = Vec::new();
     let mut data_files = Vec::new();
     let mut prev_dir: Option<PathBuf> = None;
@@ -463,7 +471,18 @@ fn run_steps(
 
         let eval = if plan.eval {
             let pruned = Checkpoint::open(&step_dir)?;
-            let res = eval::evaluate(model, &pruned, eval_sets, &format!("eval {}", k + 1))?;
+            let sets = if plan.eval_seen_only {
+                &eval_sets[..seen_before + k + 1]
+            } else {
+                eval_sets
+            };
+            let res = evaluate_checkpoint(
+                model,
+                &pruned,
+                sets,
+                &format!("eval {}", k + 1),
+                cache.as_mut(),
+            )?;
             for r in &res {
                 crate::ui::info(format!("  {}", r.line()));
             }
@@ -514,6 +533,42 @@ fn run_steps(
         }
     }
     Ok((final_dir, steps, dense_eval, data_files))
+}
+
+/// Perplexities of a checkpoint, through the cache when there is one.
+fn evaluate_checkpoint(
+    model: &Llama,
+    ckpt: &Checkpoint,
+    sets: &[EvalSet],
+    label: &str,
+    cache: Option<&mut eval::EvalCache>,
+) -> Result<Vec<EvalResult>> {
+    match cache {
+        Some(c) => {
+            let fp = report::fingerprint(&report::checksum_model(ckpt)?);
+            c.evaluate(&fp, model, ckpt, sets, label)
+        }
+        None => eval::evaluate(model, ckpt, sets, label),
+    }
+}
+
+/// The R matrix: one row per step, one column per dataset, NaN where not evaluated.
+pub fn ppl_matrix(steps: &[StepRecordOut], columns: &[String]) -> Vec<Vec<f64>> {
+    steps
+        .iter()
+        .filter_map(|s| s.eval.as_ref())
+        .map(|ev| {
+            columns
+                .iter()
+                .map(|c| {
+                    ev.iter()
+                        .find(|e| &e.dataset == c)
+                        .map(|e| e.ppl)
+                        .unwrap_or(f64::NAN)
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn sanitize(s: &str) -> String {

@@ -303,3 +303,85 @@ mod tests {
         assert!(p.stderr() > 0.0);
     }
 }
+
+/// Perplexities already measured, keyed by (model fingerprint, dataset, split, seqlen,
+/// windows), so that identical models (the dense reference, magnitude at every step) are
+/// evaluated once across the runs of an experiment. Stored as JSON, replaced atomically.
+#[derive(Debug, Default)]
+pub struct EvalCache {
+    path: std::path::PathBuf,
+    map: std::collections::BTreeMap<String, EvalResult>,
+}
+
+impl EvalCache {
+    pub fn open(path: &Path) -> Result<Self> {
+        let map = match std::fs::read_to_string(path) {
+            Ok(t) => serde_json::from_str(&t).unwrap_or_default(),
+            Err(_) => Default::default(),
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    fn key(fingerprint: &str, s: &EvalSet) -> String {
+        format!(
+            "{fingerprint}|{}|{}|{}|{}",
+            s.dataset.name(),
+            s.split,
+            s.seqlen,
+            s.windows
+        )
+    }
+
+    /// Evaluates the sets not in the cache, stores them, and returns all in order.
+    pub fn evaluate(
+        &mut self,
+        fingerprint: &str,
+        model: &Llama,
+        src: &dyn TensorSource,
+        sets: &[EvalSet],
+        label: &str,
+    ) -> Result<Vec<EvalResult>> {
+        let missing: Vec<EvalSet> = sets
+            .iter()
+            .filter(|s| !self.map.contains_key(&Self::key(fingerprint, s)))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let fresh = evaluate(model, src, &missing, label)?;
+            for (s, r) in missing.iter().zip(fresh) {
+                self.map.insert(Self::key(fingerprint, s), r);
+            }
+            self.save()?;
+        } else {
+            crate::ui::info(format!(
+                "{label}: all {} results from the cache",
+                sets.len()
+            ));
+        }
+        Ok(sets
+            .iter()
+            .map(|s| self.map[&Self::key(fingerprint, s)].clone())
+            .collect())
+    }
+
+    /// Merges with what other processes saved meanwhile, then replaces the file.
+    fn save(&mut self) -> Result<()> {
+        if let Ok(t) = std::fs::read_to_string(&self.path) {
+            if let Ok(other) =
+                serde_json::from_str::<std::collections::BTreeMap<String, EvalResult>>(&t)
+            {
+                for (k, v) in other {
+                    self.map.entry(k).or_insert(v);
+                }
+            }
+        }
+        let tmp =
+            crate::fsutil::sibling(&self.path, &format!("copal-partial-{}", std::process::id()));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.map)?)?;
+        std::fs::rename(&tmp, &self.path)?;
+        Ok(())
+    }
+}

@@ -125,7 +125,11 @@ pub fn ppl_table(rec: &RunRecord) -> String {
     for (row, step) in r.iter().zip(&rec.steps) {
         out.push_str(&format!("{:<24}", step.dataset));
         for v in row {
-            out.push_str(&format!(" {v:>w$.3}"));
+            if v.is_nan() {
+                out.push_str(&format!(" {:>w$}", "-"));
+            } else {
+                out.push_str(&format!(" {v:>w$.3}"));
+            }
         }
         out.push('\n');
     }

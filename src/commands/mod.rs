@@ -1,6 +1,7 @@
 //! One function per subcommand: resolve the arguments, call the library, print the results.
 
 mod eval;
+mod experiment;
 mod import;
 mod inspect;
 mod prune;
@@ -17,6 +18,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::ImportGguf(a) => import::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Prune(a) => prune::run(a),
+        Command::Experiment(a) => experiment::run(a),
     }
 }
 

@@ -6,6 +6,7 @@
 
 #![allow(clippy::needless_range_loop)]
 
+mod baselines;
 mod checkpoint;
 mod common;
 mod forward;

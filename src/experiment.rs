@@ -1,0 +1,736 @@
+//! The paper's experiment grid: every permutation of a dataset list × methods × modes ×
+//! patterns × sparsities. Each run is independent and leaves one JSON file in
+//! `RESULTS/runs/` (written atomically, so a killed run leaves nothing and a rerun skips what
+//! is finished); `report` aggregates whatever is finished into a CSV, a JSON, a Markdown table
+//! (average PPL and BWT per method and mode, mean ± sd and range over the permutations) and
+//! SVG plots. Runs can be spread over processes or machines: `--list` prints the run ids for
+//! GNU parallel, `--run-index` picks one for a job array.
+
+use crate::calib::Propagate;
+use crate::config::{CalibSource, PrunePlan};
+use crate::continual::{self, Mode};
+use crate::data::{Dataset, Split};
+use crate::plot;
+use crate::prune::copal::{Perturbation, PerturbationKind};
+use crate::prune::sparsegpt::SparseGptConfig;
+use crate::prune::{Group, Method, Pattern};
+use anyhow::{bail, ensure, Context as _, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A method and how it is used across datasets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodMode {
+    pub method: Method,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub group: Option<Group>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_patterns() -> Vec<String> {
+    vec!["unstructured".into()]
+}
+fn default_sparsities() -> Vec<f64> {
+    vec![50.0]
+}
+fn default_nsamples() -> usize {
+    128
+}
+fn default_eps() -> f64 {
+    0.01
+}
+
+/// COPAL settings for the grid's COPAL runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CopalSettings {
+    #[serde(default = "default_kind")]
+    pub perturbation: PerturbationKind,
+    #[serde(default = "default_eps")]
+    pub eps_w: f64,
+    #[serde(default = "default_eps")]
+    pub eps_x: f64,
+}
+
+fn default_kind() -> PerturbationKind {
+    PerturbationKind::Scaled
+}
+
+impl Default for CopalSettings {
+    fn default() -> Self {
+        Self {
+            perturbation: default_kind(),
+            eps_w: 0.01,
+            eps_x: 0.01,
+        }
+    }
+}
+
+/// An experiment file (see `configs/experiments/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentConfig {
+    pub name: String,
+    pub model: String,
+    pub datasets: Vec<String>,
+    /// Calibration split per dataset (default train).
+    #[serde(default)]
+    pub calib_split: BTreeMap<String, Split>,
+    /// Every order of the datasets (true) or only the given one.
+    #[serde(default = "yes")]
+    pub permutations: bool,
+    pub methods: Vec<MethodMode>,
+    #[serde(default = "default_patterns")]
+    pub patterns: Vec<String>,
+    /// Percentages for unstructured patterns (N:M implies its own).
+    #[serde(default = "default_sparsities")]
+    pub sparsities: Vec<f64>,
+    #[serde(default = "default_nsamples")]
+    pub nsamples: usize,
+    #[serde(default)]
+    pub seqlen: Option<usize>,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub max_windows: Option<usize>,
+    #[serde(default = "yes")]
+    pub eval_seen_only: bool,
+    #[serde(default)]
+    pub copal: CopalSettings,
+    #[serde(default = "default_propagate")]
+    pub propagate: Propagate,
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Results directory (default results/NAME).
+    #[serde(default)]
+    pub results: Option<PathBuf>,
+}
+
+fn default_propagate() -> Propagate {
+    Propagate::Pruned
+}
+
+impl ExperimentConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: Self =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        ensure!(!cfg.datasets.is_empty(), "{}: no datasets", path.display());
+        ensure!(!cfg.methods.is_empty(), "{}: no methods", path.display());
+        for d in &cfg.datasets {
+            Dataset::parse(d).with_context(|| path.display().to_string())?;
+        }
+        for m in &cfg.methods {
+            continual::check_method_mode(m.method, m.mode.unwrap_or(default_mode(m.method)))?;
+        }
+        Ok(cfg)
+    }
+
+    pub fn results_dir(&self) -> PathBuf {
+        self.results
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("results").join(&self.name))
+    }
+}
+
+fn default_mode(m: Method) -> Mode {
+    if m == Method::Copal {
+        Mode::Accumulate
+    } else {
+        Mode::Global
+    }
+}
+
+/// One run of the grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub id: String,
+    pub method: Method,
+    pub mode: Mode,
+    pub group: Group,
+    pub pattern: Pattern,
+    pub order: Vec<String>,
+}
+
+/// Every order of `items` (lexicographic in their positions).
+pub fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+    if items.len() <= 1 {
+        return vec![items.to_vec()];
+    }
+    let mut out = Vec::new();
+    for i in 0..items.len() {
+        let mut rest = items.to_vec();
+        let first = rest.remove(i);
+        for mut p in permutations(&rest) {
+            p.insert(0, first.clone());
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Accumulate => "accumulate",
+        Mode::Global => "global",
+        Mode::Sequential => "sequential",
+    }
+}
+
+fn pattern_tag(p: &Pattern) -> String {
+    match p {
+        Pattern::Unstructured { percent } => format!("u{percent}"),
+        Pattern::NM { n, m } => format!("{n}of{m}"),
+    }
+}
+
+fn safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The grid, in a fixed order.
+pub fn expand(cfg: &ExperimentConfig) -> Result<Vec<RunSpec>> {
+    let orders = if cfg.permutations {
+        permutations(&cfg.datasets)
+    } else {
+        vec![cfg.datasets.clone()]
+    };
+    let mut patterns = Vec::new();
+    for p in &cfg.patterns {
+        if p == "unstructured" {
+            for s in &cfg.sparsities {
+                patterns.push(Pattern::parse(p, Some(*s))?);
+            }
+        } else {
+            patterns.push(Pattern::parse(p, None)?);
+        }
+    }
+    let mut runs = Vec::new();
+    for pattern in &patterns {
+        for mm in &cfg.methods {
+            let mode = mm.mode.unwrap_or(default_mode(mm.method));
+            let group = mm.group.unwrap_or(mm.method.default_group());
+            for order in &orders {
+                let gtag = if mm.group.is_some() {
+                    format!("-{group:?}").to_lowercase()
+                } else {
+                    String::new()
+                };
+                let id = format!(
+                    "{}-{}{}-{}-{}",
+                    mm.method.name(),
+                    mode_name(mode),
+                    gtag,
+                    pattern_tag(pattern),
+                    order.iter().map(|d| safe(d)).collect::<Vec<_>>().join("+")
+                );
+                runs.push(RunSpec {
+                    id,
+                    method: mm.method,
+                    mode,
+                    group,
+                    pattern: *pattern,
+                    order: order.clone(),
+                });
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for r in &runs {
+        ensure!(
+            seen.insert(r.id.clone()),
+            "the grid lists run {} twice",
+            r.id
+        );
+    }
+    Ok(runs)
+}
+
+/// What one finished run leaves behind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub id: String,
+    pub method: Method,
+    pub mode: Mode,
+    pub group: Group,
+    pub pattern: Pattern,
+    pub order: Vec<String>,
+    /// R[step][dataset], columns in `order`; null where not evaluated.
+    pub ppl_matrix: Vec<Vec<Option<f64>>>,
+    pub dense_ppl: Vec<f64>,
+    pub avg_ppl: f64,
+    pub bwt: Option<f64>,
+    pub sparsity: f64,
+    pub seconds: f64,
+    pub step_seconds: Vec<f64>,
+    pub peak_rss_bytes: Option<u64>,
+    pub copal_version: String,
+}
+
+pub fn run_path(results: &Path, id: &str) -> PathBuf {
+    results.join("runs").join(format!("{id}.json"))
+}
+
+/// Runs one grid entry (skipped if its result exists) and stores its result.
+pub fn run_one(cfg: &ExperimentConfig, spec: &RunSpec, data_dir: &Path) -> Result<RunResult> {
+    let results = cfg.results_dir();
+    let done = run_path(&results, &spec.id);
+    if let Ok(text) = std::fs::read_to_string(&done) {
+        if let Ok(r) = serde_json::from_str::<RunResult>(&text) {
+            return Ok(r);
+        }
+    }
+    std::fs::create_dir_all(results.join("runs"))?;
+    std::fs::create_dir_all(results.join("work"))?;
+    let out = results.join("work").join(&spec.id);
+    let mut plan = PrunePlan {
+        model: cfg.model.clone(),
+        datasets: spec
+            .order
+            .iter()
+            .map(|d| {
+                let ds = Dataset::parse(d)?;
+                Ok(CalibSource {
+                    dataset: ds.name(),
+                    split: cfg
+                        .calib_split
+                        .get(d)
+                        .copied()
+                        .unwrap_or(ds.default_calib_split()),
+                })
+            })
+            .collect::<Result<_>>()?,
+        data_dir: data_dir.to_path_buf(),
+        nsamples: cfg.nsamples,
+        seqlen: cfg.seqlen,
+        seed: cfg.seed,
+        method: spec.method,
+        mode: spec.mode,
+        pattern: spec.pattern,
+        group: spec.group,
+        perturbation: Perturbation {
+            kind: cfg.copal.perturbation,
+            eps_w: cfg.copal.eps_w,
+            eps_x: cfg.copal.eps_x,
+        },
+        propagate: cfg.propagate,
+        sparsegpt: SparseGptConfig::default(),
+        state: None,
+        out: out.clone(),
+        force: true,
+        save_steps: false,
+        save_masks: false,
+        eval: true,
+        max_windows: cfg.max_windows,
+        eval_seen_only: cfg.eval_seen_only,
+        eval_cache: Some(results.join("eval-cache.json")),
+        device: "cpu".into(),
+        dtype: None,
+    };
+    let rec = continual::run(&mut plan)?;
+    let _ = std::fs::remove_dir_all(&out);
+    let r = rec.ppl_matrix.clone().unwrap_or_default();
+    let result = RunResult {
+        id: spec.id.clone(),
+        method: spec.method,
+        mode: spec.mode,
+        group: spec.group,
+        pattern: spec.pattern,
+        order: rec.datasets.clone(),
+        ppl_matrix: r
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|v| if v.is_nan() { None } else { Some(*v) })
+                    .collect()
+            })
+            .collect(),
+        dense_ppl: rec
+            .dense_eval
+            .as_ref()
+            .map(|d| d.iter().map(|e| e.ppl).collect())
+            .unwrap_or_default(),
+        avg_ppl: rec.avg_ppl.unwrap_or(f64::NAN),
+        bwt: rec.bwt,
+        sparsity: rec.sparsity,
+        seconds: rec.seconds,
+        step_seconds: rec.steps.iter().map(|s| s.report.seconds).collect(),
+        peak_rss_bytes: rec.peak_rss_bytes,
+        copal_version: rec.copal_version.clone(),
+    };
+    let tmp = crate::fsutil::sibling(&done, &format!("copal-partial-{}", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&result)?)?;
+    std::fs::rename(&tmp, &done)?;
+    Ok(result)
+}
+
+/// Finished results of the grid, in grid order.
+pub fn finished(cfg: &ExperimentConfig, runs: &[RunSpec]) -> Vec<RunResult> {
+    let dir = cfg.results_dir();
+    runs.iter()
+        .filter_map(|s| std::fs::read_to_string(run_path(&dir, &s.id)).ok())
+        .filter_map(|t| serde_json::from_str(&t).ok())
+        .collect()
+}
+
+/// Mean, sample standard deviation, min and max.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub mean: f64,
+    pub sd: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+pub fn stats(xs: &[f64]) -> Stats {
+    let n = xs.len();
+    let mean = xs.iter().sum::<f64>() / n.max(1) as f64;
+    let sd = if n > 1 {
+        (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+    } else {
+        0.0
+    };
+    Stats {
+        mean,
+        sd,
+        min: xs.iter().cloned().fold(f64::INFINITY, f64::min),
+        max: xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        n,
+    }
+}
+
+/// One line of the paper-style table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub method: Method,
+    pub mode: Mode,
+    pub group: Group,
+    pub pattern: Pattern,
+    pub avg_ppl: Stats,
+    pub bwt: Option<Stats>,
+    pub seconds: Stats,
+}
+
+impl Row {
+    pub fn label(&self) -> String {
+        if self.method == Method::Dense {
+            return "dense".into();
+        }
+        format!("{} {}", self.method.name(), mode_name(self.mode))
+    }
+}
+
+/// Averages over permutations, one row per (pattern, method, mode, group), in grid order.
+pub fn aggregate(results: &[RunResult]) -> Vec<Row> {
+    let mut keys: Vec<(Pattern, Method, Mode, Group)> = Vec::new();
+    for r in results {
+        let k = (r.pattern, r.method, r.mode, r.group);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.into_iter()
+        .map(|(pattern, method, mode, group)| {
+            let rs: Vec<&RunResult> = results
+                .iter()
+                .filter(|r| {
+                    r.pattern == pattern && r.method == method && r.mode == mode && r.group == group
+                })
+                .collect();
+            let bwts: Vec<f64> = rs.iter().filter_map(|r| r.bwt).collect();
+            Row {
+                method,
+                mode,
+                group,
+                pattern,
+                avg_ppl: stats(&rs.iter().map(|r| r.avg_ppl).collect::<Vec<_>>()),
+                bwt: if bwts.is_empty() {
+                    None
+                } else {
+                    Some(stats(&bwts))
+                },
+                seconds: stats(&rs.iter().map(|r| r.seconds).collect::<Vec<_>>()),
+            }
+        })
+        .collect()
+}
+
+/// The Markdown table.
+pub fn markdown(rows: &[Row], results: &[RunResult]) -> String {
+    let mut s = String::new();
+    s.push_str("| pattern | method | mode | group | avg PPL (mean ± sd) | avg PPL range | BWT (mean ± sd) | BWT range | runs | s/run |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let (bwt, bwt_range) = match &r.bwt {
+            Some(b) => (
+                format!("{:+.2} ± {:.2}", b.mean, b.sd),
+                format!("[{:+.2}, {:+.2}]", b.min, b.max),
+            ),
+            None => ("–".into(), "–".into()),
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {:.2} ± {:.2} | [{:.2}, {:.2}] | {} | {} | {} | {:.0} |\n",
+            r.pattern,
+            r.method.name(),
+            if r.method == Method::Dense {
+                "–"
+            } else {
+                mode_name(r.mode)
+            },
+            format!("{:?}", r.group).to_lowercase(),
+            r.avg_ppl.mean,
+            r.avg_ppl.sd,
+            r.avg_ppl.min,
+            r.avg_ppl.max,
+            bwt,
+            bwt_range,
+            r.avg_ppl.n,
+            r.seconds.mean
+        ));
+    }
+    if let Some(r) = results.first() {
+        let mut dense: Vec<(String, f64)> = r
+            .order
+            .iter()
+            .cloned()
+            .zip(r.dense_ppl.iter().cloned())
+            .collect();
+        dense.sort_by(|a, b| a.0.cmp(&b.0));
+        s.push_str(&format!(
+            "\nDense model: {} (average {:.2}).\n",
+            dense
+                .iter()
+                .map(|(d, p)| format!("{d} {p:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            dense.iter().map(|x| x.1).sum::<f64>() / dense.len().max(1) as f64
+        ));
+    }
+    s
+}
+
+/// CSV: one row per run, with R flattened as `R<step>_<dataset>` in the run's order.
+pub fn csv(results: &[RunResult]) -> String {
+    let k = results.iter().map(|r| r.order.len()).max().unwrap_or(0);
+    let mut s = String::from(
+        "id,method,mode,group,pattern,order,avg_ppl,bwt,sparsity,seconds,peak_rss_bytes",
+    );
+    for step in 1..=k {
+        for col in 1..=k {
+            s.push_str(&format!(",R{step}_{col}"));
+        }
+    }
+    s.push('\n');
+    for r in results {
+        s.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{:.1},{}",
+            r.id,
+            r.method.name(),
+            mode_name(r.mode),
+            format!("{:?}", r.group).to_lowercase(),
+            r.pattern.to_string().replace(' ', ""),
+            r.order.join(">"),
+            r.avg_ppl,
+            r.bwt.map(|b| b.to_string()).unwrap_or_default(),
+            r.sparsity,
+            r.seconds,
+            r.peak_rss_bytes.map(|b| b.to_string()).unwrap_or_default()
+        ));
+        for row in &r.ppl_matrix {
+            for v in row {
+                s.push_str(&format!(
+                    ",{}",
+                    v.map(|x| x.to_string()).unwrap_or_default()
+                ));
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Writes table.md, runs.csv, runs.json and the plots from the finished runs.
+pub fn report(cfg: &ExperimentConfig, runs: &[RunSpec]) -> Result<(Vec<Row>, usize)> {
+    let results = finished(cfg, runs);
+    let dir = cfg.results_dir();
+    std::fs::create_dir_all(dir.join("plots"))?;
+    let rows = aggregate(&results);
+    let md = format!(
+        "# {}\n\nModel {}, datasets {} ({} orders), nsamples {} × seqlen {}, {} eval windows per dataset; {} of {} runs finished.\nAverages are over the dataset orders; ranges are min–max.\n\n{}",
+        cfg.name,
+        cfg.model,
+        cfg.datasets.join(", "),
+        if cfg.permutations { permutations(&cfg.datasets).len() } else { 1 },
+        cfg.nsamples,
+        cfg.seqlen.map(|s| s.to_string()).unwrap_or_else(|| "2048".into()),
+        cfg.max_windows.map(|w| w.to_string()).unwrap_or_else(|| "all".into()),
+        results.len(),
+        runs.len(),
+        markdown(&rows, &results)
+    );
+    std::fs::write(dir.join("table.md"), md)?;
+    std::fs::write(dir.join("runs.csv"), csv(&results))?;
+    std::fs::write(dir.join("runs.json"), serde_json::to_vec_pretty(&results)?)?;
+    if !results.is_empty() {
+        plots(cfg, &dir.join("plots"), &rows, &results)?;
+    }
+    Ok((rows, results.len()))
+}
+
+fn plots(cfg: &ExperimentConfig, dir: &Path, rows: &[Row], results: &[RunResult]) -> Result<()> {
+    let patterns: Vec<Pattern> = rows.iter().fold(Vec::new(), |mut v, r| {
+        if !v.contains(&r.pattern) {
+            v.push(r.pattern);
+        }
+        v
+    });
+    for pattern in patterns {
+        let tag = pattern_tag(&pattern);
+        let rs: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.pattern == pattern && r.method != Method::Dense)
+            .collect();
+        let bars: Vec<plot::Bar> = rs
+            .iter()
+            .filter_map(|r| {
+                r.bwt.map(|b| plot::Bar {
+                    label: r.label(),
+                    mean: b.mean,
+                    min: b.min,
+                    max: b.max,
+                })
+            })
+            .collect();
+        plot::bars(
+            &dir.join(format!("bwt-{tag}.svg")),
+            &format!("BWT ({pattern}), mean and range over orders"),
+            "BWT (PPL, lower is better)",
+            &bars,
+        )?;
+        let bars: Vec<plot::Bar> = rs
+            .iter()
+            .map(|r| plot::Bar {
+                label: r.label(),
+                mean: r.avg_ppl.mean,
+                min: r.avg_ppl.min,
+                max: r.avg_ppl.max,
+            })
+            .collect();
+        plot::bars(
+            &dir.join(format!("avg-ppl-{tag}.svg")),
+            &format!("Average PPL after the last step ({pattern})"),
+            "perplexity",
+            &bars,
+        )?;
+        // Trajectories in the first order of the grid: perplexity of each dataset after every
+        // step from the one where it arrives.
+        let order = if cfg.permutations {
+            permutations(&cfg.datasets)[0].clone()
+        } else {
+            cfg.datasets.clone()
+        };
+        let panels: Vec<plot::Panel> = rs
+            .iter()
+            .filter_map(|row| {
+                let r = results.iter().find(|x| {
+                    x.pattern == pattern
+                        && x.method == row.method
+                        && x.mode == row.mode
+                        && x.group == row.group
+                        && x.order == order
+                })?;
+                let lines = r
+                    .order
+                    .iter()
+                    .enumerate()
+                    .map(|(col, d)| {
+                        let pts = r
+                            .ppl_matrix
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(k, row)| row[col].map(|p| ((k + 1) as f64, p)))
+                            .collect();
+                        (d.clone(), pts)
+                    })
+                    .collect();
+                Some(plot::Panel {
+                    title: row.label(),
+                    lines,
+                })
+            })
+            .collect();
+        if !panels.is_empty() {
+            plot::line_panels(
+                &dir.join(format!("ppl-steps-{tag}.svg")),
+                &format!(
+                    "Perplexity per dataset after each step ({pattern}; order {})",
+                    order.join(" → ")
+                ),
+                "step",
+                "perplexity (log)",
+                &panels,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Selects runs by id or by index (job arrays).
+pub fn select<'a>(
+    runs: &'a [RunSpec],
+    ids: &[String],
+    index: Option<usize>,
+) -> Result<Vec<&'a RunSpec>> {
+    let mut out = Vec::new();
+    if let Some(i) = index {
+        match runs.get(i) {
+            Some(r) => out.push(r),
+            None => bail!(
+                "--run-index {i} is out of range: the grid has {} runs (0..{})",
+                runs.len(),
+                runs.len()
+            ),
+        }
+    }
+    for id in ids {
+        match runs.iter().find(|r| &r.id == id) {
+            Some(r) => out.push(r),
+            None => bail!("no run {id:?} in this grid; list them with --list"),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutations_are_complete_and_distinct() {
+        let p = permutations(&["a", "b", "c"]);
+        assert_eq!(p.len(), 6);
+        let set: std::collections::HashSet<_> = p.iter().collect();
+        assert_eq!(set.len(), 6);
+        assert_eq!(p[0], vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn stats_of_known_values() {
+        let s = stats(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!((s.mean, s.min, s.max, s.n), (2.5, 1.0, 4.0, 4));
+        assert!((s.sd - 1.2909944487358056).abs() < 1e-12);
+    }
+}

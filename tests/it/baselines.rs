@@ -1,0 +1,221 @@
+//! Baselines in their continual modes, and the experiment grid runner, on the tiny model.
+
+use crate::common::*;
+use std::path::Path;
+
+fn three_texts(dir: &Path) -> String {
+    let a = small_text(dir, "a.txt", 0, 150);
+    let b = small_text(dir, "b.txt", 9000, 150);
+    let c = small_text(dir, "c.txt", 30000, 150);
+    format!(
+        "text:{},text:{},text:{}",
+        a.display(),
+        b.display(),
+        c.display()
+    )
+}
+
+fn masks(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("masks.safetensors")).unwrap()
+}
+
+/// Mask files of steps 1..3 of a `--save-steps --save-masks` run.
+fn step_masks(out: &Path) -> Vec<Vec<u8>> {
+    let steps = out.join("steps");
+    let mut dirs: Vec<_> = std::fs::read_dir(&steps)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    let mut v: Vec<Vec<u8>> = dirs.iter().map(|d| masks(d)).collect();
+    v.push(masks(out));
+    v
+}
+
+#[test]
+fn sequential_mode_freezes_the_mask_and_copal_does_not() {
+    let t = tiny_model(true, 1);
+    let data = three_texts(t.tmp.path());
+    let model = t.dir.to_str().unwrap();
+    let run = |method: &str, mode: &str, name: &str| -> Vec<Vec<u8>> {
+        let out = t.tmp.path().join(name);
+        let r = run_cli(
+            &[
+                "prune",
+                "--model",
+                model,
+                "--datasets",
+                &data,
+                "--method",
+                method,
+                "--mode",
+                mode,
+                "--nsamples",
+                "4",
+                "--seqlen",
+                "32",
+                "--save-steps",
+                "--save-masks",
+                "--out",
+                out.to_str().unwrap(),
+                "--quiet",
+            ],
+            &[],
+        );
+        assert_eq!(r.0, 0, "{method} {mode}: {}", r.2);
+        step_masks(&out)
+    };
+    for method in ["magnitude", "wanda", "sparsegpt"] {
+        let m = run(method, "sequential", &format!("{method}-seq"));
+        assert_eq!(m.len(), 3);
+        assert!(
+            m[0] == m[1] && m[1] == m[2],
+            "{method} sequential: the mask must stay frozen (weight stasis)"
+        );
+    }
+    // Wanda-global follows the newest dataset, so its masks move; so do COPAL's.
+    for (method, mode) in [("wanda", "global"), ("copal", "accumulate")] {
+        let m = run(method, mode, &format!("{method}-{mode}"));
+        assert!(
+            m[0] != m[1] || m[1] != m[2],
+            "{method} {mode}: masks never changed"
+        );
+    }
+}
+
+#[test]
+fn every_method_handles_every_pattern() {
+    let t = tiny_model(false, 2);
+    let data = small_text(t.tmp.path(), "a.txt", 0, 150);
+    let data = format!("text:{}", data.display());
+    let model = t.dir.to_str().unwrap();
+    for method in ["copal", "wanda", "sparsegpt", "magnitude"] {
+        for pattern in ["unstructured", "2:4", "4:8"] {
+            let out = t
+                .tmp
+                .path()
+                .join(format!("{method}-{}", pattern.replace(':', "of")));
+            let r = run_cli(
+                &[
+                    "prune",
+                    "--model",
+                    model,
+                    "--datasets",
+                    &data,
+                    "--method",
+                    method,
+                    "--pattern",
+                    pattern,
+                    "--nsamples",
+                    "4",
+                    "--seqlen",
+                    "32",
+                    "--out",
+                    out.to_str().unwrap(),
+                    "--json",
+                    "--quiet",
+                ],
+                &[],
+            );
+            assert_eq!(r.0, 0, "{method} {pattern}: {}", r.2);
+            let v: serde_json::Value = serde_json::from_str(&r.1).unwrap();
+            assert_eq!(v["sparsity"], 0.5, "{method} {pattern}");
+        }
+    }
+}
+
+#[test]
+fn experiment_grid_is_complete_resumable_and_averaged() {
+    let t = tiny_model(true, 1);
+    let tmp = t.tmp.path();
+    let a = small_text(tmp, "a.txt", 0, 150);
+    let b = small_text(tmp, "b.txt", 9000, 150);
+    let results = tmp.join("results");
+    let cfg = serde_json::json!({
+        "name": "tiny",
+        "model": t.dir,
+        "datasets": [format!("text:{}", a.display()), format!("text:{}", b.display())],
+        "methods": [
+            {"method": "copal"},
+            {"method": "wanda", "mode": "global"},
+            {"method": "wanda", "mode": "sequential"},
+            {"method": "magnitude"},
+            {"method": "dense"}
+        ],
+        "nsamples": 4, "seqlen": 32, "max_windows": 2,
+        "results": results,
+    });
+    let cfg_path = tmp.join("grid.json");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let c = cfg_path.to_str().unwrap();
+
+    let (code, list, err) = run_cli(&["experiment", "--config", c, "--list"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let ids: Vec<&str> = list.lines().collect();
+    assert_eq!(ids.len(), 10, "5 method-modes × 2 orders");
+
+    let r = run_cli(&["experiment", "--config", c, "--quiet"], &[]);
+    assert_eq!(r.0, 0, "{}", r.2);
+    let runs: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(results.join("runs.json")).unwrap()).unwrap();
+    assert_eq!(runs.len(), 10, "the grid is complete");
+    for f in [
+        "table.md",
+        "runs.csv",
+        "plots/bwt-u50.svg",
+        "plots/avg-ppl-u50.svg",
+        "plots/ppl-steps-u50.svg",
+    ] {
+        assert!(results.join(f).exists(), "{f} missing");
+    }
+    let svg = std::fs::read_to_string(results.join("plots/bwt-u50.svg")).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("copal accumulate"),
+        "plot has labels"
+    );
+
+    // A rerun skips every finished run: the run files are not rewritten.
+    let stamp = |id: &str| {
+        std::fs::metadata(results.join("runs").join(format!("{id}.json")))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let before: Vec<_> = ids.iter().map(|i| stamp(i)).collect();
+    let (code, pending, _) = run_cli(&["experiment", "--config", c, "--list", "--pending"], &[]);
+    assert_eq!((code, pending.trim()), (0, ""));
+    let r = run_cli(&["experiment", "--config", c], &[]);
+    assert_eq!(r.0, 0, "{}", r.2);
+    assert!(r.2.contains("10 finished, 0 to go"), "{}", r.2);
+    assert_eq!(before, ids.iter().map(|i| stamp(i)).collect::<Vec<_>>());
+
+    // The table's averages are the means of the per-run figures.
+    let (code, js, _) = run_cli(&["experiment", "--config", c, "--report", "--json"], &[]);
+    assert_eq!(code, 0);
+    let js: serde_json::Value = serde_json::from_str(&js).unwrap();
+    for row in js["rows"].as_array().unwrap() {
+        let same: Vec<&serde_json::Value> = runs
+            .iter()
+            .filter(|r| {
+                r["method"] == row["method"]
+                    && r["mode"] == row["mode"]
+                    && r["group"] == row["group"]
+            })
+            .collect();
+        assert_eq!(same.len(), 2);
+        let mean = same
+            .iter()
+            .map(|r| r["avg_ppl"].as_f64().unwrap())
+            .sum::<f64>()
+            / 2.0;
+        assert!((row["avg_ppl"]["mean"].as_f64().unwrap() - mean).abs() < 1e-9 * mean);
+        if row["method"] != "dense" {
+            let bwt = same.iter().map(|r| r["bwt"].as_f64().unwrap()).sum::<f64>() / 2.0;
+            assert!((row["bwt"]["mean"].as_f64().unwrap() - bwt).abs() < 1e-9);
+        }
+    }
+    // The dense reference's matrix equals its dense row at every step.
+    let dense = runs.iter().find(|r| r["method"] == "dense").unwrap();
+    let d0 = dense["dense_ppl"][0].as_f64().unwrap();
+    assert_eq!(dense["ppl_matrix"][1][0].as_f64().unwrap(), d0);
+}
