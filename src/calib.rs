@@ -10,7 +10,7 @@
 
 use crate::checkpoint::writer::{CheckpointWriter, ShardWriter};
 use crate::model::{Linear, Llama, TensorSource};
-use crate::prune::copal::{noise_seed, CopalPruner, Perturbation};
+use crate::prune::copal::{noise_seed, CopalPruner, CopalVariant, Perturbation};
 use crate::prune::magnitude::MagnitudePruner;
 use crate::prune::sparsegpt::{SparseGptConfig, SparseGptPruner};
 use crate::prune::wanda::WandaPruner;
@@ -39,6 +39,7 @@ pub struct StepSettings {
     pub group: Group,
     pub propagate: Propagate,
     pub perturbation: Perturbation,
+    pub variant: CopalVariant,
     pub sparsegpt: SparseGptConfig,
     pub seed: u64,
     /// The dataset's name (seeds the COPAL noise).
@@ -80,14 +81,17 @@ fn pruner_for(
     prior: Option<Tensor>,
 ) -> Result<Box<dyn LayerPruner>> {
     Ok(match s.method {
-        Method::Copal => Box::new(CopalPruner::new(
-            w,
-            prior,
-            s.perturbation,
-            noise_seed(s.seed, &s.dataset, name),
-        )?),
-        Method::Wanda => Box::new(WandaPruner::new(w)?),
-        Method::SparseGpt => Box::new(SparseGptPruner::new(w, s.sparsegpt)?),
+        Method::Copal => Box::new(
+            CopalPruner::new(
+                w,
+                prior,
+                s.perturbation,
+                noise_seed(s.seed, &s.dataset, name),
+            )?
+            .with_variant(s.variant),
+        ),
+        Method::Wanda => Box::new(WandaPruner::new(w)?.with_prior(prior)?),
+        Method::SparseGpt => Box::new(SparseGptPruner::new(w, s.sparsegpt)?.with_prior(prior)?),
         Method::Magnitude => Box::new(MagnitudePruner::new(w)?),
         Method::Dense => bail!("internal: the dense method prunes nothing"),
     })

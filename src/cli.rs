@@ -221,6 +221,18 @@ pub struct PruneArgs {
     #[arg(long, default_value_t = 0.01, value_name = "EPS")]
     pub eps_x: f64,
 
+    /// COPAL aggregation over tokens: l1 = Σ|W ⊙ ∇| (the paper), l2 = Σ(W ⊙ ∇)².
+    #[arg(long, value_enum, default_value = "l1")]
+    pub copal_agg: crate::prune::copal::Aggregation,
+
+    /// COPAL: divide each dataset's importance increment by its mean over the matrix.
+    #[arg(long)]
+    pub copal_normalize: bool,
+
+    /// Decay γ of the accumulated importance per new dataset: W* = γ·W*_prev + increment.
+    #[arg(long, default_value_t = 1.0, value_name = "GAMMA")]
+    pub decay: f64,
+
     /// Which activations feed the next layer: those of the pruned layer, or the dense one.
     #[arg(long, value_enum, default_value = "pruned")]
     pub propagate: crate::calib::Propagate,

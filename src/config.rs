@@ -6,7 +6,7 @@ use crate::calib::Propagate;
 use crate::cli::{ComputeDtype, PruneArgs};
 use crate::continual::Mode;
 use crate::data::{self, Dataset, Split};
-use crate::prune::copal::Perturbation;
+use crate::prune::copal::{CopalVariant, Perturbation};
 use crate::prune::sparsegpt::SparseGptConfig;
 use crate::prune::{Group, Method, Pattern};
 use anyhow::{bail, ensure, Result};
@@ -34,6 +34,9 @@ pub struct PrunePlan {
     pub pattern: Pattern,
     pub group: Group,
     pub perturbation: Perturbation,
+    /// COPAL's aggregation over tokens, per-dataset normalisation and decay.
+    #[serde(default)]
+    pub variant: CopalVariant,
     pub propagate: Propagate,
     pub sparsegpt: SparseGptConfig,
     pub state: Option<PathBuf>,
@@ -84,19 +87,19 @@ impl PrunePlan {
             Method::Copal => Mode::Accumulate,
             _ => Mode::Global,
         });
-        if mode == Mode::Accumulate && a.method != Method::Copal {
+        crate::continual::check_method_mode(a.method, mode)?;
+        if a.state.is_some() && mode != Mode::Accumulate {
             bail!(
-                "--mode accumulate is implemented for --method copal; use --mode global or \
-                 sequential for {}",
-                a.method.name()
+                "--state carries the statistics of --mode accumulate; in {} mode there is none \
+                 (to continue a sequential run, pass the previous output as --model)",
+                serde_json::to_string(&mode)?.trim_matches('"')
             );
         }
-        if a.state.is_some() && a.method != Method::Copal {
-            bail!("--state carries COPAL's importance; {} has no state (use --mode sequential with --model set to the previous output to continue it)", a.method.name());
-        }
-        if a.state.is_some() && mode != Mode::Accumulate {
-            bail!("--state needs --mode accumulate");
-        }
+        ensure!(
+            a.decay > 0.0 && a.decay <= 1.0,
+            "--decay must be in (0, 1], got {}",
+            a.decay
+        );
         let group = a.group.unwrap_or(a.method.default_group());
         if matches!(pattern, Pattern::NM { .. }) && a.group.is_some() {
             bail!("--group applies to unstructured sparsity; {pattern} groups are fixed by the pattern");
@@ -135,6 +138,11 @@ impl PrunePlan {
                 kind: a.perturbation,
                 eps_w: a.eps_w,
                 eps_x: a.eps_x,
+            },
+            variant: CopalVariant {
+                agg: a.copal_agg,
+                normalize: a.copal_normalize,
+                decay: a.decay,
             },
             propagate: a.propagate,
             sparsegpt: SparseGptConfig {

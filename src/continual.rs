@@ -170,6 +170,7 @@ pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
     let settings = StateSettings {
         method: plan.method,
         perturbation: plan.perturbation,
+        variant: plan.variant,
         pattern: plan.pattern,
         group: plan.group,
         propagate: plan.propagate,
@@ -181,7 +182,7 @@ pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
     if let Some(path) = plan.state.as_ref().filter(|p| p.exists()) {
         let r = StateReader::open(path)?;
         r.meta.check_continues(&fingerprint, &settings, path)?;
-        r.check_shapes(&cfg)?;
+        r.check_shapes(&cfg, plan.method)?;
         for d in &datasets {
             ensure!(
                 !r.meta.datasets().contains(&d.name()),
@@ -389,6 +390,7 @@ fn run_steps(
             Some(state::create_writer(
                 &state_tmp,
                 &dense.config,
+                plan.method,
                 &state_meta,
             )?)
         } else {
@@ -409,6 +411,7 @@ fn run_steps(
             group: plan.group,
             propagate: plan.propagate,
             perturbation: plan.perturbation,
+            variant: plan.variant,
             sparsegpt: plan.sparsegpt,
             seed: plan.seed,
             dataset: ds.name(),
@@ -603,8 +606,11 @@ fn mask_writer(dense: &Checkpoint, dir: &Path) -> Result<ShardWriter> {
 
 /// Checks a method/mode pair makes sense (used by the experiment grid too).
 pub fn check_method_mode(method: Method, mode: Mode) -> Result<()> {
-    if mode == Mode::Accumulate && method != Method::Copal {
-        bail!("{} has no accumulate mode", method.name());
+    if mode == Mode::Accumulate && !method.needs_data() {
+        bail!(
+            "{} has no statistics to accumulate; use --mode global",
+            method.name()
+        );
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use crate::config::{CalibSource, PrunePlan};
 use crate::continual::{self, Mode};
 use crate::data::{Dataset, Split};
 use crate::plot;
-use crate::prune::copal::{Perturbation, PerturbationKind};
+use crate::prune::copal::{Aggregation, CopalVariant, Perturbation, PerturbationKind};
 use crate::prune::sparsegpt::SparseGptConfig;
 use crate::prune::{Group, Method, Pattern};
 use anyhow::{bail, ensure, Context as _, Result};
@@ -27,6 +27,15 @@ pub struct MethodMode {
     pub mode: Option<Mode>,
     #[serde(default)]
     pub group: Option<Group>,
+    /// COPAL only: overrides of the experiment-wide `copal` settings for this entry.
+    #[serde(default)]
+    pub perturbation: Option<PerturbationKind>,
+    #[serde(default)]
+    pub agg: Option<Aggregation>,
+    #[serde(default)]
+    pub normalize: Option<bool>,
+    #[serde(default)]
+    pub decay: Option<f64>,
 }
 
 fn yes() -> bool {
@@ -50,6 +59,8 @@ fn default_eps() -> f64 {
 pub struct CopalSettings {
     #[serde(default = "default_kind")]
     pub perturbation: PerturbationKind,
+    #[serde(default)]
+    pub variant: CopalVariant,
     #[serde(default = "default_eps")]
     pub eps_w: f64,
     #[serde(default = "default_eps")]
@@ -64,6 +75,7 @@ impl Default for CopalSettings {
     fn default() -> Self {
         Self {
             perturbation: default_kind(),
+            variant: CopalVariant::default(),
             eps_w: 0.01,
             eps_x: 0.01,
         }
@@ -149,11 +161,16 @@ fn default_mode(m: Method) -> Mode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
     pub id: String,
+    /// Method, mode and any overrides: the row of the table this run belongs to.
+    pub setting: String,
     pub method: Method,
     pub mode: Mode,
     pub group: Group,
     pub pattern: Pattern,
     pub order: Vec<String>,
+    /// COPAL's perturbation and variant for this run.
+    pub perturbation: PerturbationKind,
+    pub variant: CopalVariant,
 }
 
 /// Every order of `items` (lexicographic in their positions).
@@ -223,26 +240,55 @@ pub fn expand(cfg: &ExperimentConfig) -> Result<Vec<RunSpec>> {
             let mode = mm.mode.unwrap_or(default_mode(mm.method));
             let group = mm.group.unwrap_or(mm.method.default_group());
             for order in &orders {
-                let gtag = if mm.group.is_some() {
+                let mut gtag = if mm.group.is_some() {
                     format!("-{group:?}").to_lowercase()
                 } else {
                     String::new()
                 };
+                let perturbation = mm.perturbation.unwrap_or(cfg.copal.perturbation);
+                let mut variant = cfg.copal.variant;
+                if let Some(a) = mm.agg {
+                    variant.agg = a;
+                }
+                if let Some(n) = mm.normalize {
+                    variant.normalize = n;
+                }
+                if let Some(d) = mm.decay {
+                    variant.decay = d;
+                }
+                // Entries that override COPAL settings are told apart in their ids.
+                if let Some(p) = mm.perturbation {
+                    gtag.push_str(&format!("-{p:?}").to_lowercase());
+                }
+                if mm.agg.is_some() {
+                    gtag.push_str(&format!("-{:?}", variant.agg).to_lowercase());
+                }
+                if mm.normalize == Some(true) {
+                    gtag.push_str("-norm");
+                }
+                if let Some(d) = mm.decay {
+                    gtag.push_str(&format!("-decay{d}"));
+                }
+                let setting = if mm.method == Method::Dense {
+                    "dense".to_string()
+                } else {
+                    format!("{}-{}{}", mm.method.name(), mode_name(mode), gtag)
+                };
                 let id = format!(
-                    "{}-{}{}-{}-{}",
-                    mm.method.name(),
-                    mode_name(mode),
-                    gtag,
+                    "{setting}-{}-{}",
                     pattern_tag(pattern),
                     order.iter().map(|d| safe(d)).collect::<Vec<_>>().join("+")
                 );
                 runs.push(RunSpec {
                     id,
+                    setting,
                     method: mm.method,
                     mode,
                     group,
                     pattern: *pattern,
                     order: order.clone(),
+                    perturbation,
+                    variant,
                 });
             }
         }
@@ -262,6 +308,7 @@ pub fn expand(cfg: &ExperimentConfig) -> Result<Vec<RunSpec>> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
     pub id: String,
+    pub setting: String,
     pub method: Method,
     pub mode: Mode,
     pub group: Group,
@@ -320,8 +367,9 @@ pub fn run_one(cfg: &ExperimentConfig, spec: &RunSpec, data_dir: &Path) -> Resul
         mode: spec.mode,
         pattern: spec.pattern,
         group: spec.group,
+        variant: spec.variant,
         perturbation: Perturbation {
-            kind: cfg.copal.perturbation,
+            kind: spec.perturbation,
             eps_w: cfg.copal.eps_w,
             eps_x: cfg.copal.eps_x,
         },
@@ -344,6 +392,7 @@ pub fn run_one(cfg: &ExperimentConfig, spec: &RunSpec, data_dir: &Path) -> Resul
     let r = rec.ppl_matrix.clone().unwrap_or_default();
     let result = RunResult {
         id: spec.id.clone(),
+        setting: spec.setting.clone(),
         method: spec.method,
         mode: spec.mode,
         group: spec.group,
@@ -415,6 +464,7 @@ pub fn stats(xs: &[f64]) -> Stats {
 /// One line of the paper-style table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
+    pub setting: String,
     pub method: Method,
     pub mode: Mode,
     pub group: Group,
@@ -426,35 +476,31 @@ pub struct Row {
 
 impl Row {
     pub fn label(&self) -> String {
-        if self.method == Method::Dense {
-            return "dense".into();
-        }
-        format!("{} {}", self.method.name(), mode_name(self.mode))
+        self.setting.replace('-', " ")
     }
 }
 
-/// Averages over permutations, one row per (pattern, method, mode, group), in grid order.
+/// Averages over permutations, one row per (pattern, setting), in grid order.
 pub fn aggregate(results: &[RunResult]) -> Vec<Row> {
-    let mut keys: Vec<(Pattern, Method, Mode, Group)> = Vec::new();
+    let mut keys: Vec<(Pattern, String)> = Vec::new();
     for r in results {
-        let k = (r.pattern, r.method, r.mode, r.group);
+        let k = (r.pattern, r.setting.clone());
         if !keys.contains(&k) {
             keys.push(k);
         }
     }
     keys.into_iter()
-        .map(|(pattern, method, mode, group)| {
+        .map(|(pattern, setting)| {
             let rs: Vec<&RunResult> = results
                 .iter()
-                .filter(|r| {
-                    r.pattern == pattern && r.method == method && r.mode == mode && r.group == group
-                })
+                .filter(|r| r.pattern == pattern && r.setting == setting)
                 .collect();
             let bwts: Vec<f64> = rs.iter().filter_map(|r| r.bwt).collect();
             Row {
-                method,
-                mode,
-                group,
+                method: rs[0].method,
+                mode: rs[0].mode,
+                group: rs[0].group,
+                setting,
                 pattern,
                 avg_ppl: stats(&rs.iter().map(|r| r.avg_ppl).collect::<Vec<_>>()),
                 bwt: if bwts.is_empty() {
@@ -471,8 +517,8 @@ pub fn aggregate(results: &[RunResult]) -> Vec<Row> {
 /// The Markdown table.
 pub fn markdown(rows: &[Row], results: &[RunResult]) -> String {
     let mut s = String::new();
-    s.push_str("| pattern | method | mode | group | avg PPL (mean ± sd) | avg PPL range | BWT (mean ± sd) | BWT range | runs | s/run |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| pattern | setting | group | avg PPL (mean ± sd) | avg PPL range | BWT (mean ± sd) | BWT range | runs | s/run |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let (bwt, bwt_range) = match &r.bwt {
             Some(b) => (
@@ -482,15 +528,14 @@ pub fn markdown(rows: &[Row], results: &[RunResult]) -> String {
             None => ("–".into(), "–".into()),
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} ± {:.2} | [{:.2}, {:.2}] | {} | {} | {} | {:.0} |\n",
+            "| {} | {} | {} | {:.2} ± {:.2} | [{:.2}, {:.2}] | {} | {} | {} | {:.0} |\n",
             r.pattern,
-            r.method.name(),
+            r.label(),
             if r.method == Method::Dense {
-                "–"
+                "–".to_string()
             } else {
-                mode_name(r.mode)
+                format!("{:?}", r.group).to_lowercase()
             },
-            format!("{:?}", r.group).to_lowercase(),
             r.avg_ppl.mean,
             r.avg_ppl.sd,
             r.avg_ppl.min,
@@ -646,11 +691,7 @@ fn plots(cfg: &ExperimentConfig, dir: &Path, rows: &[Row], results: &[RunResult]
             .iter()
             .filter_map(|row| {
                 let r = results.iter().find(|x| {
-                    x.pattern == pattern
-                        && x.method == row.method
-                        && x.mode == row.mode
-                        && x.group == row.group
-                        && x.order == order
+                    x.pattern == pattern && x.setting == row.setting && x.order == order
                 })?;
                 let lines = r
                     .order

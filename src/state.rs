@@ -1,7 +1,8 @@
-//! The continual importance state: what COPAL carries from one dataset to the next.
+//! The continual state: what `--mode accumulate` carries from one dataset to the next.
 //!
-//! A safetensors file holding, under each pruned weight's own name, COPAL's accumulated
-//! importance W*_i (f32, same shape as the weight), with its provenance in `__metadata__`
+//! A safetensors file holding, under each pruned weight's own name, the method's running sums
+//! in f32 (COPAL's importance W*_i, shaped like the weight; Wanda's Σ x² per input column;
+//! SparseGPT's Σ x xᵀ), with its provenance in `__metadata__`
 //! (key `copal.state`, JSON): the model fingerprint, the settings that shaped the sums, and
 //! every dataset seen with its calibration settings and token count (llama.cpp's imatrix
 //! keeps sums plus the list of datasets for the same reason). Adding a dataset is addition,
@@ -13,7 +14,7 @@ use crate::checkpoint::writer::ShardWriter;
 use crate::checkpoint::Shard;
 use crate::data::Split;
 use crate::model::{Linear, LlamaConfig};
-use crate::prune::copal::Perturbation;
+use crate::prune::copal::{CopalVariant, Perturbation};
 use crate::prune::{Group, Method, Pattern};
 use anyhow::{bail, ensure, Context as _, Result};
 use candle_core::{DType, Device, Tensor};
@@ -31,6 +32,8 @@ pub const FORMAT: &str = "copal-state/1";
 pub struct StateSettings {
     pub method: Method,
     pub perturbation: Perturbation,
+    #[serde(default)]
+    pub variant: CopalVariant,
     pub pattern: Pattern,
     pub group: Group,
     pub propagate: Propagate,
@@ -101,6 +104,12 @@ impl StateMeta {
                 a.perturbation.kind,
                 a.perturbation.eps_w,
                 a.perturbation.eps_x
+            ));
+        }
+        if a.variant != settings.variant {
+            diffs.push(format!(
+                "COPAL variant {:?} (state: {:?})",
+                settings.variant, a.variant
             ));
         }
         if a.pattern != settings.pattern {
@@ -182,19 +191,20 @@ impl StateReader {
         Ok(t.to_device(device)?)
     }
 
-    /// Checks that the state holds every linear of `cfg` with the right shape.
-    pub fn check_shapes(&self, cfg: &LlamaConfig) -> Result<()> {
+    /// Checks that the state holds every linear of `cfg` with the shape `method` keeps.
+    pub fn check_shapes(&self, cfg: &LlamaConfig, method: Method) -> Result<()> {
         for l in 0..cfg.num_hidden_layers {
             for lin in Linear::ALL {
                 let name = lin.tensor_name(l);
                 let info = self.shard.info(&name).with_context(|| {
                     format!("state {} has no tensor {name}", self.shard.path.display())
                 })?;
-                let (o, i) = lin.shape(cfg);
+                let want = state_shape(method, lin, cfg);
                 ensure!(
-                    info.shape == [o, i],
-                    "state tensor {name} has shape {:?}, the model's weight [{o}, {i}]",
-                    info.shape
+                    info.shape == want,
+                    "state tensor {name} has shape {:?}, {} keeps {want:?} for this model",
+                    info.shape,
+                    method.name()
                 );
             }
         }
@@ -202,13 +212,32 @@ impl StateReader {
     }
 }
 
+/// The statistic each method carries per linear: COPAL's importance (out × in), Wanda's
+/// Σ x² per input (in), SparseGPT's Σ x xᵀ (in × in).
+pub fn state_shape(method: Method, lin: Linear, cfg: &LlamaConfig) -> Vec<usize> {
+    let (o, i) = lin.shape(cfg);
+    match method {
+        Method::Wanda => vec![i],
+        Method::SparseGpt => vec![i, i],
+        _ => vec![o, i],
+    }
+}
+
 /// A state file being written: all linears of `cfg`, f32, provenance in the header.
-pub fn create_writer(path: &Path, cfg: &LlamaConfig, meta: &StateMeta) -> Result<ShardWriter> {
+pub fn create_writer(
+    path: &Path,
+    cfg: &LlamaConfig,
+    method: Method,
+    meta: &StateMeta,
+) -> Result<ShardWriter> {
     let mut layout = Vec::with_capacity(cfg.num_hidden_layers * 7);
     for l in 0..cfg.num_hidden_layers {
         for lin in Linear::ALL {
-            let (o, i) = lin.shape(cfg);
-            layout.push((lin.tensor_name(l), Dtype::F32, vec![o, i]));
+            layout.push((
+                lin.tensor_name(l),
+                Dtype::F32,
+                state_shape(method, lin, cfg),
+            ));
         }
     }
     let mut md = BTreeMap::new();

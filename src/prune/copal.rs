@@ -8,6 +8,10 @@
 //! one GEMM of absolute values per batch (dY: tokens × out, X: tokens × in). Masks are always
 //! taken from W*_i and applied to the **dense** W; W*_i is the state carried forward.
 //!
+//! Variants (off by default): L2 aggregation Σ_t (W ⊙ ∇_t)² instead of Σ_t |W ⊙ ∇_t|;
+//! per-dataset normalisation of the increment by its mean; a decay γ on the prior
+//! (W*_i = γ W*_{i−1} + increment_i).
+//!
 //! Perturbations:
 //! - `scaled`: ΔW = ε_W W, Δx_t = ε_x x_t, so dy_t = (ε_W + ε_x) y_t; ε only scales the score.
 //! - `gaussian`: ΔW = ε_W σ_row(W) Z, Δx_t = ε_x σ(x_t) Z′_t (σ = RMS of the row / token,
@@ -29,6 +33,38 @@ pub enum PerturbationKind {
     Gaussian,
 }
 
+/// How the per-token sensitivities are summed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    /// Σ_t |W ⊙ ∇_t| (the paper).
+    #[default]
+    L1,
+    /// Σ_t (W ⊙ ∇_t)², ranked as its square root (same order).
+    L2,
+}
+
+/// COPAL variants beyond the paper's defaults (all off by default).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CopalVariant {
+    pub agg: Aggregation,
+    /// Divide each dataset's increment by its mean over the matrix, so that a dataset with
+    /// larger activations does not dominate the sum.
+    pub normalize: bool,
+    /// W*_i = decay · W*_{i−1} + increment_i (1 = no decay).
+    pub decay: f64,
+}
+
+impl Default for CopalVariant {
+    fn default() -> Self {
+        Self {
+            agg: Aggregation::L1,
+            normalize: false,
+            decay: 1.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Perturbation {
     pub kind: PerturbationKind,
@@ -47,6 +83,7 @@ pub struct CopalPruner {
     seed: u64,
     delta_w: Option<Tensor>,
     batch: usize,
+    variant: CopalVariant,
 }
 
 impl CopalPruner {
@@ -69,7 +106,13 @@ impl CopalPruner {
             seed,
             delta_w: None,
             batch: 0,
+            variant: CopalVariant::default(),
         })
+    }
+
+    pub fn with_variant(mut self, v: CopalVariant) -> Self {
+        self.variant = v;
+        self
     }
 
     /// dY for one batch (tokens × out), as the chosen perturbation defines it.
@@ -118,8 +161,12 @@ impl LayerPruner for CopalPruner {
     fn observe(&mut self, x: &Tensor, y: &Tensor) -> Result<()> {
         let x = f32_rows(x)?;
         let dy = self.delta_y(&x, y)?;
-        // |dY|ᵀ |X|: (out × tokens)(tokens × in), the transposed view goes to the GEMM as is.
-        let inc = dy.abs()?.t()?.matmul(&x.abs()?)?;
+        // |dY|ᵀ |X| (L1) or (dY²)ᵀ (X²) (L2): (out × tokens)(tokens × in), one GEMM; the
+        // transposed view goes to the GEMM as is.
+        let inc = match self.variant.agg {
+            Aggregation::L1 => dy.abs()?.t()?.matmul(&x.abs()?)?,
+            Aggregation::L2 => dy.sqr()?.t()?.matmul(&x.sqr()?)?,
+        };
         self.g = Some(match self.g.take() {
             None => inc,
             Some(g) => (g + inc)?,
@@ -129,15 +176,32 @@ impl LayerPruner for CopalPruner {
     }
 
     fn finish(self: Box<Self>, pattern: &Pattern, group: Group) -> Result<Pruned> {
-        let w = self.w;
-        // W*_i = W*_{i−1} + 2 |W| ⊙ Σ|dY|ᵀ|X|
-        let mut importance = match self.g {
-            Some(g) => (w.abs()? * 2.0)?.mul(&g)?,
-            None => w.zeros_like()?,
+        let CopalPruner {
+            w,
+            g,
+            prior,
+            variant: v,
+            ..
+        } = *self;
+        // L1: increment = 2 |W| ⊙ Σ|dY|ᵀ|X| = Σ_t |W ⊙ 2 dy_t x_tᵀ|;
+        // L2: increment = 4 W² ⊙ Σ(dY²)ᵀ(X²) = Σ_t (W ⊙ 2 dy_t x_tᵀ)².
+        let mut inc = match (g, v.agg) {
+            (Some(g), Aggregation::L1) => (w.abs()? * 2.0)?.mul(&g)?,
+            (Some(g), Aggregation::L2) => (w.sqr()? * 4.0)?.mul(&g)?,
+            (None, _) => w.zeros_like()?,
         };
-        if let Some(p) = self.prior {
-            importance = (p + importance)?;
+        if v.normalize {
+            let mean = inc.mean_all()?.to_scalar::<f32>()?;
+            if mean > 0.0 {
+                inc = (inc / mean as f64)?;
+            }
         }
+        // W*_i = decay · W*_{i−1} + increment_i
+        let importance = match prior {
+            Some(p) if v.decay == 1.0 => (p + inc)?,
+            Some(p) => ((p * v.decay)? + inc)?,
+            None => inc,
+        };
         let (weight, mask) = mask_by_score(&w, &importance, pattern, group)?;
         Ok(Pruned {
             weight,
@@ -158,22 +222,31 @@ mod tests {
         Tensor::from_vec(z, shape, &Device::Cpu).unwrap()
     }
 
-    /// Σ_t |W ⊙ 2 dy_t x_tᵀ| by explicit loops.
-    fn brute_force(w: &[Vec<f32>], dy: &[Vec<f32>], x: &[Vec<f32>]) -> Vec<Vec<f64>> {
+    /// Σ_t |W ⊙ 2 dy_t x_tᵀ| (L1) or Σ_t (W ⊙ 2 dy_t x_tᵀ)² (L2) by explicit loops.
+    fn brute_force(
+        w: &[Vec<f32>],
+        dy: &[Vec<f32>],
+        x: &[Vec<f32>],
+        agg: Aggregation,
+    ) -> Vec<Vec<f64>> {
         let (o, i) = (w.len(), w[0].len());
         let mut s = vec![vec![0f64; i]; o];
         for t in 0..x.len() {
             for r in 0..o {
                 for c in 0..i {
                     let grad = 2.0 * dy[t][r] as f64 * x[t][c] as f64;
-                    s[r][c] += (w[r][c] as f64 * grad).abs();
+                    let d = w[r][c] as f64 * grad;
+                    s[r][c] += match agg {
+                        Aggregation::L1 => d.abs(),
+                        Aggregation::L2 => d * d,
+                    };
                 }
             }
         }
         s
     }
 
-    fn check(kind: PerturbationKind) {
+    fn check(kind: PerturbationKind, variant: CopalVariant) {
         let (o, i, t) = (6, 5, 7);
         let w = rand((o, i), 1);
         let pert = Perturbation {
@@ -181,41 +254,44 @@ mod tests {
             eps_w: 0.01,
             eps_x: 0.02,
         };
-        let mut p = CopalPruner::new(&w, None, pert, 42).unwrap();
-        let mut expected = vec![vec![0f64; i]; o];
+        // A prior importance, as left by an earlier dataset.
+        let prior = rand((o, i), 99).abs().unwrap();
+        let mut p = CopalPruner::new(&w, Some(prior.clone()), pert, 42)
+            .unwrap()
+            .with_variant(variant);
+        let mut inc = vec![vec![0f64; i]; o];
         for batch in 0..2 {
             let x = rand((t, i), 10 + batch);
             let y = x.matmul(&w.t().unwrap()).unwrap();
             // dY by the definition dy_t = f(W+ΔW, x_t) − y_t + f(W, x_t+Δx_t) − y_t.
-            let dy = match kind {
-                PerturbationKind::Scaled => {
-                    let dw = (&w * 0.01).unwrap();
-                    let dx = (&x * 0.02).unwrap();
-                    let s_w = (x.matmul(&(&w + &dw).unwrap().t().unwrap()).unwrap() - &y).unwrap();
-                    let s_x = ((&x + &dx).unwrap().matmul(&w.t().unwrap()).unwrap() - &y).unwrap();
-                    (s_w + s_x).unwrap()
-                }
-                PerturbationKind::Gaussian => {
-                    let dw = gaussian_delta_w(&w, 0.01, 42).unwrap();
-                    let dx = gaussian_delta_x(&x, 0.02, derive_seed(42, &format!("dx/{batch}")))
-                        .unwrap();
-                    let s_w = (x.matmul(&(&w + &dw).unwrap().t().unwrap()).unwrap() - &y).unwrap();
-                    let s_x = ((&x + &dx).unwrap().matmul(&w.t().unwrap()).unwrap() - &y).unwrap();
-                    (s_w + s_x).unwrap()
-                }
+            let (dw, dx) = match kind {
+                PerturbationKind::Scaled => ((&w * 0.01).unwrap(), (&x * 0.02).unwrap()),
+                PerturbationKind::Gaussian => (
+                    gaussian_delta_w(&w, 0.01, 42).unwrap(),
+                    gaussian_delta_x(&x, 0.02, derive_seed(42, &format!("dx/{batch}"))).unwrap(),
+                ),
             };
+            let s_w = (x.matmul(&(&w + &dw).unwrap().t().unwrap()).unwrap() - &y).unwrap();
+            let s_x = ((&x + &dx).unwrap().matmul(&w.t().unwrap()).unwrap() - &y).unwrap();
+            let dy = (s_w + s_x).unwrap();
             let bf = brute_force(
                 &w.to_vec2().unwrap(),
                 &dy.to_vec2().unwrap(),
                 &x.to_vec2().unwrap(),
+                variant.agg,
             );
             for r in 0..o {
                 for c in 0..i {
-                    expected[r][c] += bf[r][c];
+                    inc[r][c] += bf[r][c];
                 }
             }
             p.observe(&x, &y).unwrap();
         }
+        if variant.normalize {
+            let mean = inc.iter().flatten().sum::<f64>() / (o * i) as f64;
+            inc.iter_mut().flatten().for_each(|v| *v /= mean);
+        }
+        let prior = prior.to_vec2::<f32>().unwrap();
         let pruned = Box::new(p)
             .finish(&Pattern::Unstructured { percent: 50.0 }, Group::Matrix)
             .unwrap();
@@ -223,21 +299,44 @@ mod tests {
         let mut max_rel = 0f64;
         for r in 0..o {
             for c in 0..i {
-                let e = expected[r][c];
+                let e = variant.decay * prior[r][c] as f64 + inc[r][c];
                 max_rel = max_rel.max((got[r][c] as f64 - e).abs() / e.abs().max(1e-12));
             }
         }
-        assert!(max_rel < 1e-4, "{kind:?}: max relative |Δ| = {max_rel}");
+        assert!(
+            max_rel < 1e-4,
+            "{kind:?} {variant:?}: max relative |Δ| = {max_rel}"
+        );
     }
 
     #[test]
     fn scaled_increment_equals_per_token_loop() {
-        check(PerturbationKind::Scaled);
+        check(PerturbationKind::Scaled, CopalVariant::default());
     }
 
     #[test]
     fn gaussian_increment_equals_per_token_loop() {
-        check(PerturbationKind::Gaussian);
+        check(PerturbationKind::Gaussian, CopalVariant::default());
+    }
+
+    #[test]
+    fn variants_equal_per_token_loops() {
+        for kind in [PerturbationKind::Scaled, PerturbationKind::Gaussian] {
+            for agg in [Aggregation::L1, Aggregation::L2] {
+                for normalize in [false, true] {
+                    for decay in [1.0, 0.5] {
+                        check(
+                            kind,
+                            CopalVariant {
+                                agg,
+                                normalize,
+                                decay,
+                            },
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

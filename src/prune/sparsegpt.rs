@@ -1,6 +1,6 @@
 //! SparseGPT (Frantar & Alistarh 2023): one-shot OBS pruning with weight reconstruction.
 //!
-//! H = 2XᵀX/n over the calibration tokens (statistics in f32, algebra in f64). Dead inputs
+//! H ∝ XᵀX over the calibration tokens (statistics in f32, algebra in f64). Dead inputs
 //! (H_jj = 0) get H_jj = 1 and W[:, j] = 0; then H += λI with λ = percdamp · mean(diag H).
 //! With U the upper Cholesky factor of H⁻¹, columns are processed in blocks of `blocksize`:
 //! the mask of a block is chosen from w² / U_jj² (exactly ⌊s · rows · block⌋ weights of the
@@ -39,7 +39,6 @@ pub struct SparseGptPruner {
     w: Tensor,
     /// Σ_t x_t x_tᵀ (in × in), f32.
     xtx: Option<Tensor>,
-    tokens: usize,
     cfg: SparseGptConfig,
 }
 
@@ -53,22 +52,23 @@ impl SparseGptPruner {
         Ok(Self {
             w: w.to_dtype(DType::F32)?,
             xtx: None,
-            tokens: 0,
             cfg,
         })
     }
 
-    /// Builds a pruner from an already accumulated Σ xxᵀ and token count.
-    pub fn with_stats(
-        w: &Tensor,
-        xtx: Tensor,
-        tokens: usize,
-        cfg: SparseGptConfig,
-    ) -> Result<Self> {
-        let mut p = Self::new(w, cfg)?;
-        p.xtx = Some(xtx);
-        p.tokens = tokens;
-        Ok(p)
+    /// Starts from Σ x xᵀ of earlier datasets (`--mode accumulate`): H is the sum over all
+    /// datasets, i.e. each weighted by its token count.
+    pub fn with_prior(mut self, prior: Option<Tensor>) -> Result<Self> {
+        if let Some(p) = prior {
+            let i = self.w.dim(1)?;
+            ensure!(
+                p.dims() == [i, i],
+                "SparseGPT prior has shape {:?}",
+                p.dims()
+            );
+            self.xtx = Some(p);
+        }
+        Ok(self)
     }
 }
 
@@ -80,7 +80,6 @@ impl LayerPruner for SparseGptPruner {
             None => s,
             Some(a) => (a + s)?,
         });
-        self.tokens += x.dim(0)?;
         Ok(())
     }
 
@@ -88,13 +87,15 @@ impl LayerPruner for SparseGptPruner {
         let Some(xtx) = self.xtx else {
             bail!("SparseGPT saw no calibration tokens")
         };
+        let state = xtx.clone();
         let (rows, cols) = self.w.dims2()?;
-        let scale = 2.0 / self.tokens.max(1) as f64;
+        // H = XᵀX: the OBS update, the mask scores and the relative damping are all invariant
+        // to the scale of H, so the anchors' 2/n factor is left out (sums then merge by addition).
         let h: Vec<f64> = xtx
             .flatten_all()?
             .to_vec1::<f32>()?
             .into_iter()
-            .map(|v| v as f64 * scale)
+            .map(|v| v as f64)
             .collect();
         let mut w = self.w.flatten_all()?.to_vec1::<f32>()?;
         let w0 = self.w.clone();
@@ -237,7 +238,7 @@ impl LayerPruner for SparseGptPruner {
         Ok(Pruned {
             weight,
             mask: Mask { rows, cols, pruned },
-            state: None,
+            state: Some(state),
             recon_error: Some(recon_error),
         })
     }
@@ -352,5 +353,51 @@ mod tests {
         for r in 0..o {
             assert_eq!(v[r * i + 3], 0.0, "dead column is zeroed");
         }
+    }
+
+    #[test]
+    fn hessian_sums_carried_through_a_prior_equal_one_pass() {
+        let (o, i) = (8, 16);
+        let w = Tensor::from_vec(gaussian(1, o * i), (o, i), &Device::Cpu).unwrap();
+        let a = correlated(40, i, 3);
+        let b = correlated(60, i, 5);
+        let cfg = SparseGptConfig {
+            percdamp: 0.01,
+            blocksize: 8,
+        };
+        let half = Pattern::Unstructured { percent: 50.0 };
+        let mut first = SparseGptPruner::new(&w, cfg).unwrap();
+        first.observe(&a, &a).unwrap();
+        let s1 = Box::new(first).finish(&half, Group::Matrix).unwrap().state;
+        let mut second = SparseGptPruner::new(&w, cfg)
+            .unwrap()
+            .with_prior(s1)
+            .unwrap();
+        second.observe(&b, &b).unwrap();
+        let two = Box::new(second).finish(&half, Group::Matrix).unwrap();
+        let mut once = SparseGptPruner::new(&w, cfg).unwrap();
+        once.observe(&Tensor::cat(&[&a, &b], 0).unwrap(), &a)
+            .unwrap();
+        let one = Box::new(once).finish(&half, Group::Matrix).unwrap();
+        let d = (two.state.unwrap() - one.state.unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-3, "Σxxᵀ differs by {d}");
+        assert_eq!(two.mask, one.mask);
+        // Pruning from the dense weights each time: the result does not depend on history.
+        let dw = (two.weight - one.weight)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(dw < 1e-3, "weights differ by {dw}");
     }
 }

@@ -25,6 +25,19 @@ impl WandaPruner {
         })
     }
 
+    /// Starts from the sums of earlier datasets (`--mode accumulate`).
+    pub fn with_prior(mut self, prior: Option<Tensor>) -> Result<Self> {
+        if let Some(p) = prior {
+            anyhow::ensure!(
+                p.dims() == [self.w.dim(1)?],
+                "Wanda prior has shape {:?}",
+                p.dims()
+            );
+            self.sumsq = Some(p);
+        }
+        Ok(self)
+    }
+
     /// The accumulated Σ_t x_tj².
     pub fn sumsq(&self) -> Option<&Tensor> {
         self.sumsq.as_ref()
@@ -112,5 +125,32 @@ mod tests {
                 assert!(row[j], "row {r}: lowest-score column {j} not pruned");
             }
         }
+    }
+
+    #[test]
+    fn sums_carried_through_a_prior_equal_one_pass() {
+        let (o, i) = (4, 6);
+        let w = Tensor::from_vec(gaussian(1, o * i), (o, i), &Device::Cpu).unwrap();
+        let a = Tensor::from_vec(gaussian(2, 5 * i), (5, i), &Device::Cpu).unwrap();
+        let b = Tensor::from_vec(gaussian(3, 9 * i), (9, i), &Device::Cpu).unwrap();
+        let half = Pattern::Unstructured { percent: 50.0 };
+        let mut first = WandaPruner::new(&w).unwrap();
+        first.observe(&a, &a).unwrap();
+        let s1 = Box::new(first).finish(&half, Group::Row).unwrap().state;
+        let mut second = WandaPruner::new(&w).unwrap().with_prior(s1).unwrap();
+        second.observe(&b, &b).unwrap();
+        let two = Box::new(second).finish(&half, Group::Row).unwrap();
+        let mut once = WandaPruner::new(&w).unwrap();
+        once.observe(&Tensor::cat(&[&a, &b], 0).unwrap(), &a)
+            .unwrap();
+        let one = Box::new(once).finish(&half, Group::Row).unwrap();
+        let (x, y) = (
+            two.state.unwrap().to_vec1::<f32>().unwrap(),
+            one.state.unwrap().to_vec1::<f32>().unwrap(),
+        );
+        for (p, q) in x.iter().zip(&y) {
+            assert!((p - q).abs() <= 1e-5 * q.abs(), "{p} vs {q}");
+        }
+        assert_eq!(two.mask, one.mask);
     }
 }
