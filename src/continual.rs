@@ -23,6 +23,7 @@ use crate::eval::{self, EvalResult, EvalSet};
 use crate::model::{Linear, Llama, TensorSource};
 use crate::prune::Method;
 use crate::report::{self, DataFile, RunRecord, StepRecordOut};
+use crate::resume::{self, DoneStep, Manifest, Workdir};
 use crate::state::{self, StateMeta, StateReader, StateSettings, StepRecord};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context as _, Result};
@@ -94,6 +95,7 @@ fn install_file(src: &Path, dst: &Path) -> Result<()> {
     let tmp = crate::fsutil::sibling(dst, &format!("copal-partial-{}", std::process::id()));
     std::fs::copy(src, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::File::open(&tmp)?.sync_all()?;
+    crate::fsutil::fault_point();
     std::fs::rename(&tmp, dst).with_context(|| format!("replacing {}", dst.display()))?;
     if let Some(p) = dst.parent().filter(|p| !p.as_os_str().is_empty()) {
         crate::checkpoint::writer::sync_dir(p)?;
@@ -101,7 +103,23 @@ fn install_file(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What stays fixed over the steps of one run.
+struct RunCtx<'a> {
+    plan: &'a PrunePlan,
+    dense: &'a Checkpoint,
+    model: &'a Llama,
+    tok: &'a Tokenizer,
+    datasets: &'a [Dataset],
+    eval_sets: &'a [EvalSet],
+    fingerprint: &'a str,
+    settings: &'a StateSettings,
+    work: &'a Workdir,
+}
+
 /// Runs a whole plan and returns the run record (also written to `<out>/copal.json`).
+///
+/// A run that stops with an error after finishing some steps keeps its staging directory,
+/// and the same command resumes it (see [`crate::resume`]).
 pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
     let started = Instant::now();
     let device = crate::commands::parse_device(&plan.device)?;
@@ -176,366 +194,443 @@ pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
         propagate: plan.propagate,
     };
 
-    // The prior state, if continuing.
-    let mut prior: Option<StateReader> = None;
-    let mut history: Vec<StepRecord> = Vec::new();
+    // The state the run starts from, if continuing one.
+    let mut user_state: Option<StateReader> = None;
     if let Some(path) = plan.state.as_ref().filter(|p| p.exists()) {
         let r = StateReader::open(path)?;
         r.meta.check_continues(&fingerprint, &settings, path)?;
         r.check_shapes(&cfg, plan.method)?;
-        for d in &datasets {
+        user_state = Some(r);
+    }
+
+    let hash = resume::plan_hash(plan)?;
+    let (work, manifest) = Workdir::open(&out, &hash)?;
+    let need_state = plan.mode == Mode::Accumulate;
+    let (initial_history, done) = match &manifest {
+        Some(m) => (m.initial_history.clone(), work.finished(need_state)),
+        None => (
+            user_state
+                .as_ref()
+                .map(|r| r.meta.steps.clone())
+                .unwrap_or_default(),
+            Vec::new(),
+        ),
+    };
+    let result = (|| {
+        if let (Some(m), Some(r), Some(path)) = (&manifest, &user_state, &plan.state) {
+            // The state file may have moved on by the steps this run already finished.
+            let expected: Vec<StepRecord> = m
+                .initial_history
+                .iter()
+                .cloned()
+                .chain(done.iter().map(|d| d.history.clone()))
+                .collect();
+            let n = r.meta.steps.len();
             ensure!(
-                !r.meta.datasets().contains(&d.name()),
+                n >= m.initial_history.len()
+                    && n <= expected.len()
+                    && r.meta.steps[..] == expected[..n],
+                "{} changed since the interrupted run in {} started; delete that directory to \
+                 start over",
+                path.display(),
+                work.dir.display()
+            );
+        }
+        for d in datasets.iter().skip(done.len()) {
+            ensure!(
+                !initial_history.iter().any(|h| h.dataset == d.name()),
                 "{} already contains {}; a dataset is folded in once (use a new state file to \
                  start over)",
-                path.display(),
+                plan.state
+                    .as_deref()
+                    .unwrap_or(Path::new("the state"))
+                    .display(),
                 d.name()
             );
         }
-        crate::ui::info(format!(
-            "continuing {} (datasets so far: {})",
-            path.display(),
-            r.meta.datasets().join(", ")
-        ));
-        history = r.meta.steps.clone();
-        prior = Some(r);
-    }
-
-    // Evaluation sets: every dataset seen so far, tokenised once.
-    let mut all_names: Vec<String> = history.iter().map(|s| s.dataset.clone()).collect();
-    all_names.extend(datasets.iter().map(Dataset::name));
-    let eval_sets: Vec<EvalSet> = if plan.eval {
-        let ds: Vec<Dataset> = all_names
-            .iter()
-            .map(|n| Dataset::parse(n))
-            .collect::<Result<_>>()?;
-        eval::load_sets(&ds, &plan.data_dir, &tok, seqlen, plan.max_windows)?
-    } else {
-        Vec::new()
-    };
-
-    let work = crate::fsutil::staging_dir(&out)?;
-    let result = run_steps(
-        plan,
-        &dense,
-        &model,
-        &tok,
-        &datasets,
-        &eval_sets,
-        prior,
-        history,
-        &work,
-        &fingerprint,
-        &settings,
-    );
-    let (final_dir, steps, dense_eval, data_files) = match result {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&work);
-            return Err(e);
+        if manifest.is_none() {
+            work.write_manifest(&Manifest {
+                plan_hash: hash.clone(),
+                copal_version: env!("CARGO_PKG_VERSION").into(),
+                initial_history: initial_history.clone(),
+            })?;
         }
-    };
+        if !initial_history.is_empty() {
+            crate::ui::info(format!(
+                "continuing the state (datasets so far: {})",
+                initial_history
+                    .iter()
+                    .map(|h| h.dataset.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if !done.is_empty() {
+            crate::ui::info(format!(
+                "resuming {}: {} of {} steps already finished",
+                work.dir.display(),
+                done.len(),
+                datasets.len()
+            ));
+        }
 
-    let r = ppl_matrix(&steps, &all_names);
-    let offset = all_names.len() - datasets.len();
-    let (avg_ppl, bwt) = if plan.eval {
-        continual_metrics(&r, offset)
-    } else {
-        (f64::NAN, None)
-    };
-    let sparsity = steps.last().map(|s| s.report.sparsity).unwrap_or(0.0);
-    let record = RunRecord {
-        copal_version: env!("CARGO_PKG_VERSION").to_string(),
-        command: std::env::args().collect(),
-        plan: plan.clone(),
-        model_dir: model_dir.clone(),
-        model_fingerprint: fingerprint.clone(),
-        model_files,
-        data_files,
-        compute: format!("{:?} {:?}", device, dtype),
-        threads: rayon::current_num_threads(),
-        datasets: all_names.clone(),
-        steps,
-        dense_eval,
-        ppl_matrix: if plan.eval { Some(r) } else { None },
-        avg_ppl: if plan.eval { Some(avg_ppl) } else { None },
-        bwt,
-        sparsity,
-        seconds: started.elapsed().as_secs_f64(),
-        peak_rss_bytes: report::peak_rss_bytes(),
-    };
-    crate::checkpoint::writer::write_json(
-        &final_dir.join("copal.json"),
-        &serde_json::to_value(&record)?,
-    )?;
-    crate::fsutil::replace_dir(&final_dir, &out)?;
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(record)
+        // Evaluation sets: every dataset seen so far, tokenised once.
+        let mut all_names: Vec<String> =
+            initial_history.iter().map(|s| s.dataset.clone()).collect();
+        all_names.extend(datasets.iter().map(Dataset::name));
+        let eval_sets: Vec<EvalSet> = if plan.eval {
+            let ds: Vec<Dataset> = all_names
+                .iter()
+                .map(|n| Dataset::parse(n))
+                .collect::<Result<_>>()?;
+            eval::load_sets(&ds, &plan.data_dir, &tok, seqlen, plan.max_windows)?
+        } else {
+            Vec::new()
+        };
+        let ctx = RunCtx {
+            plan,
+            dense: &dense,
+            model: &model,
+            tok: &tok,
+            datasets: &datasets,
+            eval_sets: &eval_sets,
+            fingerprint: &fingerprint,
+            settings: &settings,
+            work: &work,
+        };
+        let prior = match (done.len(), need_state) {
+            (0, _) => user_state,
+            (k, true) => Some(StateReader::open(&work.state_file(k))?),
+            (_, false) => None,
+        };
+        let (steps, dense_eval, data_files) =
+            run_steps(&ctx, done.clone(), prior, &initial_history)?;
+        let final_dir = work.step_dir(datasets.len());
+
+        let r = ppl_matrix(&steps, &all_names);
+        let offset = all_names.len() - datasets.len();
+        let (avg_ppl, bwt) = if plan.eval {
+            continual_metrics(&r, offset)
+        } else {
+            (f64::NAN, None)
+        };
+        let record = RunRecord {
+            copal_version: env!("CARGO_PKG_VERSION").to_string(),
+            command: std::env::args().collect(),
+            plan: plan.clone(),
+            model_dir: model_dir.clone(),
+            model_fingerprint: fingerprint.clone(),
+            model_files: model_files.clone(),
+            data_files,
+            compute: format!("{:?} {:?}", device, dtype),
+            threads: rayon::current_num_threads(),
+            datasets: all_names.clone(),
+            sparsity: steps.last().map(|s| s.report.sparsity).unwrap_or(0.0),
+            steps,
+            dense_eval,
+            ppl_matrix: if plan.eval { Some(r) } else { None },
+            avg_ppl: if plan.eval { Some(avg_ppl) } else { None },
+            bwt,
+            resumed_steps: done.len(),
+            seconds: started.elapsed().as_secs_f64(),
+            peak_rss_bytes: report::peak_rss_bytes(),
+        };
+        crate::checkpoint::writer::write_json(
+            &final_dir.join("copal.json"),
+            &serde_json::to_value(&record)?,
+        )?;
+        crate::fsutil::replace_dir(&final_dir, &out)?;
+        Ok(record)
+    })();
+    match result {
+        Ok(rec) => {
+            work.remove();
+            Ok(rec)
+        }
+        Err(e) if work.finished(need_state).is_empty() => {
+            work.remove();
+            Err(e)
+        }
+        Err(e) => {
+            let dir = work.dir.clone();
+            work.keep();
+            Err(e.context(format!(
+                "finished steps are kept in {}: rerun the same command to resume, or delete it",
+                dir.display()
+            )))
+        }
+    }
 }
 
-type StepsOut = (
-    PathBuf,
-    Vec<StepRecordOut>,
-    Option<Vec<EvalResult>>,
-    Vec<DataFile>,
-);
+type StepsOut = (Vec<StepRecordOut>, Option<Vec<EvalResult>>, Vec<DataFile>);
 
-#[allow(clippy::too_many_arguments)]
+/// Runs the steps not yet done; returns every step's record (reused ones included).
 fn run_steps(
-    plan: &PrunePlan,
-    dense: &Checkpoint,
-    model: &Llama,
-    tok: &Tokenizer,
-    datasets: &[Dataset],
-    eval_sets: &[EvalSet],
+    c: &RunCtx,
+    done: Vec<DoneStep>,
     mut prior: Option<StateReader>,
-    mut history: Vec<StepRecord>,
-    work: &Path,
-    fingerprint: &str,
-    settings: &StateSettings,
+    initial_history: &[StepRecord],
 ) -> Result<StepsOut> {
-    let seqlen = plan.seqlen.unwrap_or(2048);
+    let plan = c.plan;
     let mut cache = match &plan.eval_cache {
         Some(p) => Some(eval::EvalCache::open(p)?),
         None => None,
     };
-    let dense_eval = if plan.eval {
-        Some(evaluate_checkpoint(
-            model,
-            dense,
-            eval_sets,
-            "eval dense",
-            cache.as_mut(),
-        )?)
-    } else {
-        None
+    let dense_eval = match (plan.eval, c.work.dense_eval()) {
+        (false, _) => None,
+        (true, Some(r)) => Some(r),
+        (true, None) => {
+            let r =
+                evaluate_checkpoint(c.model, c.dense, c.eval_sets, "eval dense", cache.as_mut())?;
+            c.work.save_dense_eval(&r)?;
+            Some(r)
+        }
     };
-    let seen_before = eval_sets.len().saturating_sub(datasets.len());
-    let mut steps: Vec<StepRecordOut> = Vec::new();
+    let mut history: Vec<StepRecord> = initial_history.to_vec();
+    let mut steps = Vec::new();
     let mut data_files = Vec::new();
-    let mut prev_dir: Option<PathBuf> = None;
-    let k_total = datasets.len();
-    for (k, ds) in datasets.iter().enumerate() {
-        let src = &plan.datasets[k];
-        let label = format!("{}/{} {}", k + 1, k_total, ds.name());
-        // Calibration windows (magnitude and dense need none).
-        let (windows, record) = if plan.method.needs_data() {
-            let (corpus, path) =
-                corpus::load(ds, src.split, corpus::Purpose::Calibration, &plan.data_dir)
-                    .with_context(|| format!("loading the {} calibration split", ds.name()))?;
-            let set = data::calibration_windows(
-                &corpus,
-                tok,
-                &ds.name(),
-                plan.nsamples,
-                seqlen,
-                plan.seed,
-            )?;
-            let sha = crate::fsutil::sha256_file(&path)?;
-            data_files.push(DataFile {
-                dataset: ds.name(),
-                split: src.split,
-                path: path.clone(),
-                sha256: sha.clone(),
-            });
-            let rec = StepRecord {
-                dataset: ds.name(),
-                split: src.split,
-                file: path
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                file_sha256: sha,
-                nsamples: plan.nsamples,
-                seqlen,
-                seed: plan.seed,
-                tokens: plan.nsamples * seqlen,
-                source_tokens: set.source_tokens,
-            };
-            (set.windows, rec)
-        } else {
-            let rec = StepRecord {
-                dataset: ds.name(),
-                split: src.split,
-                file: String::new(),
-                file_sha256: String::new(),
-                nsamples: 0,
-                seqlen,
-                seed: plan.seed,
-                tokens: 0,
-                source_tokens: 0,
-            };
-            (Vec::new(), rec)
-        };
-        history.push(record);
-        let names: Vec<String> = history.iter().map(|h| h.dataset.clone()).collect();
-
-        let step_dir = work.join(format!("step-{}", k + 1));
-        std::fs::create_dir_all(&step_dir)?;
-        let mut writer = CheckpointWriter::create(dense, &step_dir, &BTreeMap::new())?;
-        let mut masks = if plan.save_masks {
-            Some(mask_writer(dense, &step_dir)?)
-        } else {
-            None
-        };
-        let state_meta = StateMeta {
-            format: state::FORMAT.into(),
-            copal_version: env!("CARGO_PKG_VERSION").into(),
-            model_fingerprint: fingerprint.to_string(),
-            settings: settings.clone(),
-            steps: history.clone(),
-        };
-        let state_tmp = work.join(format!("state-{}.safetensors", k + 1));
-        let mut state_w = if plan.mode == Mode::Accumulate {
-            Some(state::create_writer(
-                &state_tmp,
-                &dense.config,
-                plan.method,
-                &state_meta,
-            )?)
-        } else {
-            None
-        };
-
-        let prev_ckpt = match (plan.mode, &prev_dir) {
-            (Mode::Sequential, Some(d)) => Some(Checkpoint::open(d)?),
-            _ => None,
-        };
-        let base: &dyn TensorSource = prev_ckpt
-            .as_ref()
-            .map(|c| c as &dyn TensorSource)
-            .unwrap_or(dense);
-        let step_settings = StepSettings {
-            method: plan.method,
-            pattern: plan.pattern,
-            group: plan.group,
-            propagate: plan.propagate,
-            perturbation: plan.perturbation,
-            variant: plan.variant,
-            sparsegpt: plan.sparsegpt,
-            seed: plan.seed,
-            dataset: ds.name(),
-        };
-        let report = if plan.method == Method::Dense {
-            StepReport {
-                linears: vec![],
-                layer_sparsity: vec![0.0; dense.config.num_hidden_layers],
-                sparsity: 0.0,
-                seconds: 0.0,
-                calib_tokens: 0,
-            }
-        } else {
-            let prior_ref = if plan.mode == Mode::Accumulate {
-                prior.as_ref()
-            } else {
-                None
-            };
-            let mut sinks = Sinks {
-                model: &mut writer,
-                state: state_w.as_mut(),
-                masks: masks.as_mut(),
-            };
-            calib::run_step(
-                model,
-                base,
-                &windows,
-                &step_settings,
-                prior_ref,
-                &mut sinks,
-                &label,
-            )?
-        };
-        let cfg_json = {
-            let mut c = dense.config_json.clone();
-            c["sparsity_config"] = sparsity_config(plan, &names, report.sparsity);
-            c
-        };
-        let base_ckpt: &Checkpoint = prev_ckpt.as_ref().unwrap_or(dense);
-        writer.finish(base_ckpt, &cfg_json)?;
-        if let Some(m) = masks {
-            m.finish()?;
-        }
-        if let Some(sw) = state_w {
-            sw.finish()?;
-            if let Some(path) = &plan.state {
-                install_file(&state_tmp, path)?;
-            }
-            drop(prior.take());
-            prior = Some(StateReader::open(&state_tmp)?);
-        }
-        crate::ui::info(format!(
-            "step {}/{} {}: sparsity {:.4} in {:.1}s",
-            k + 1,
-            k_total,
-            ds.name(),
-            report.sparsity,
-            report.seconds
-        ));
-
-        let eval = if plan.eval {
-            let pruned = Checkpoint::open(&step_dir)?;
-            let sets = if plan.eval_seen_only {
-                &eval_sets[..seen_before + k + 1]
-            } else {
-                eval_sets
-            };
-            let res = evaluate_checkpoint(
-                model,
-                &pruned,
-                sets,
-                &format!("eval {}", k + 1),
-                cache.as_mut(),
-            )?;
-            for r in &res {
-                crate::ui::info(format!("  {}", r.line()));
-            }
-            Some(res)
-        } else {
-            None
-        };
-        drop(prev_ckpt);
-        if let Some(p) = prev_dir.take() {
-            if !plan.save_steps {
-                std::fs::remove_dir_all(&p)?;
-            }
-        }
-        prev_dir = Some(step_dir.clone());
-        steps.push(StepRecordOut {
-            dataset: ds.name(),
-            split: src.split,
-            dir: step_dir,
-            report,
-            eval,
-        });
+    for d in &done {
+        history.push(d.history.clone());
+        steps.push(d.record.clone());
+        data_files.extend(d.data_file.clone());
     }
-    let final_dir = prev_dir.context("no dataset given")?;
-    if plan.save_steps && steps.len() > 1 {
+    let k_total = c.datasets.len();
+    for k in done.len()..k_total {
+        let step = prune_step(c, k, &mut history, prior.take(), cache.as_mut())?;
+        let (record, data_file, next_prior) = step;
+        prior = next_prior;
+        c.work.mark_done(
+            k + 1,
+            &DoneStep {
+                record: record.clone(),
+                history: history.last().cloned().context("internal: empty history")?,
+                data_file: data_file.clone(),
+            },
+        )?;
+        // The user's state file follows the finished steps.
+        if let (Some(path), true) = (&plan.state, plan.mode == Mode::Accumulate) {
+            install_file(&c.work.state_file(k + 1), path)?;
+        }
+        // Only the newest checkpoint and state are needed from here on.
+        if k > 0 {
+            if !plan.save_steps {
+                let _ = std::fs::remove_dir_all(c.work.step_dir(k));
+            }
+            let _ = std::fs::remove_file(c.work.state_file(k));
+        }
+        data_files.extend(data_file);
+        steps.push(record);
+    }
+    // A resumed run whose steps were all finished still owes the user the newest state.
+    if let (Some(path), true, true) = (&plan.state, plan.mode == Mode::Accumulate, !done.is_empty())
+    {
+        install_file(&c.work.state_file(k_total), path)?;
+    }
+    let final_dir = c.work.step_dir(k_total);
+    if plan.save_steps && k_total > 1 {
         let keep = final_dir.join("steps");
         std::fs::create_dir_all(&keep)?;
-        for s in steps.iter_mut().take(k_total - 1) {
-            let name = format!(
-                "{}-{}",
-                s.dir
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .trim_start_matches("step-"),
-                sanitize(&s.dataset)
-            );
-            let dst = keep.join(name);
-            std::fs::rename(&s.dir, &dst)?;
-            s.dir = PathBuf::from("steps").join(dst.file_name().unwrap_or_default());
+        for (k, s) in steps.iter_mut().enumerate().take(k_total - 1) {
+            let name = format!("{}-{}", k + 1, sanitize(&s.dataset));
+            std::fs::rename(c.work.step_dir(k + 1), keep.join(&name))?;
+            s.dir = PathBuf::from("steps").join(name);
+        }
+    } else {
+        for s in steps.iter_mut().take(k_total.saturating_sub(1)) {
+            s.dir = PathBuf::new();
         }
     }
     if let Some(last) = steps.last_mut() {
         last.dir = PathBuf::from(".");
     }
-    if !plan.save_steps {
-        for s in steps.iter_mut().take(k_total.saturating_sub(1)) {
-            s.dir = PathBuf::new();
-        }
+    Ok((steps, dense_eval, data_files))
+}
+
+/// One calibration step (dataset `k`, 0-based): prune, write the step's checkpoint (and
+/// state and masks), evaluate. Returns the step's record, its data file and the new state.
+fn prune_step(
+    c: &RunCtx,
+    k: usize,
+    history: &mut Vec<StepRecord>,
+    prior: Option<StateReader>,
+    cache: Option<&mut eval::EvalCache>,
+) -> Result<(StepRecordOut, Option<DataFile>, Option<StateReader>)> {
+    let (plan, dense, ds) = (c.plan, c.dense, &c.datasets[k]);
+    let seqlen = plan.seqlen.unwrap_or(2048);
+    let src = &plan.datasets[k];
+    let k_total = c.datasets.len();
+    let label = format!("{}/{} {}", k + 1, k_total, ds.name());
+    // Calibration windows (magnitude and dense need none).
+    let mut data_file = None;
+    let mut record = StepRecord {
+        dataset: ds.name(),
+        split: src.split,
+        file: String::new(),
+        file_sha256: String::new(),
+        nsamples: 0,
+        seqlen,
+        seed: plan.seed,
+        tokens: 0,
+        source_tokens: 0,
+    };
+    let windows = if plan.method.needs_data() {
+        let (corpus, path) =
+            corpus::load(ds, src.split, corpus::Purpose::Calibration, &plan.data_dir)
+                .with_context(|| format!("loading the {} calibration split", ds.name()))?;
+        let set = data::calibration_windows(
+            &corpus,
+            c.tok,
+            &ds.name(),
+            plan.nsamples,
+            seqlen,
+            plan.seed,
+        )?;
+        let sha = crate::fsutil::sha256_file(&path)?;
+        record.file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        record.file_sha256 = sha.clone();
+        record.nsamples = plan.nsamples;
+        record.tokens = plan.nsamples * seqlen;
+        record.source_tokens = set.source_tokens;
+        data_file = Some(DataFile {
+            dataset: ds.name(),
+            split: src.split,
+            path,
+            sha256: sha,
+        });
+        set.windows
+    } else {
+        Vec::new()
+    };
+    history.push(record);
+    let names: Vec<String> = history.iter().map(|h| h.dataset.clone()).collect();
+
+    let step_dir = c.work.step_dir(k + 1);
+    if step_dir.exists() {
+        // Left by a run that was cut off during this step.
+        std::fs::remove_dir_all(&step_dir)?;
     }
-    Ok((final_dir, steps, dense_eval, data_files))
+    std::fs::create_dir_all(&step_dir)?;
+    let mut writer = CheckpointWriter::create(dense, &step_dir, &BTreeMap::new())?;
+    let mut masks = if plan.save_masks {
+        Some(mask_writer(dense, &step_dir)?)
+    } else {
+        None
+    };
+    let state_path = c.work.state_file(k + 1);
+    let mut state_w = if plan.mode == Mode::Accumulate {
+        let meta = StateMeta {
+            format: state::FORMAT.into(),
+            copal_version: env!("CARGO_PKG_VERSION").into(),
+            model_fingerprint: c.fingerprint.to_string(),
+            settings: c.settings.clone(),
+            steps: history.clone(),
+        };
+        Some(state::create_writer(
+            &state_path,
+            &dense.config,
+            plan.method,
+            &meta,
+        )?)
+    } else {
+        None
+    };
+    let prev_ckpt = match plan.mode {
+        Mode::Sequential if k > 0 => Some(Checkpoint::open(&c.work.step_dir(k))?),
+        _ => None,
+    };
+    let base: &dyn TensorSource = prev_ckpt
+        .as_ref()
+        .map(|c| c as &dyn TensorSource)
+        .unwrap_or(dense);
+    let step_settings = StepSettings {
+        method: plan.method,
+        pattern: plan.pattern,
+        group: plan.group,
+        propagate: plan.propagate,
+        perturbation: plan.perturbation,
+        variant: plan.variant,
+        sparsegpt: plan.sparsegpt,
+        seed: plan.seed,
+        dataset: ds.name(),
+    };
+    let report = if plan.method == Method::Dense {
+        StepReport {
+            linears: vec![],
+            layer_sparsity: vec![0.0; dense.config.num_hidden_layers],
+            sparsity: 0.0,
+            seconds: 0.0,
+            calib_tokens: 0,
+        }
+    } else {
+        let prior_ref = if plan.mode == Mode::Accumulate {
+            prior.as_ref()
+        } else {
+            None
+        };
+        let mut sinks = Sinks {
+            model: &mut writer,
+            state: state_w.as_mut(),
+            masks: masks.as_mut(),
+        };
+        calib::run_step(
+            c.model,
+            base,
+            &windows,
+            &step_settings,
+            prior_ref,
+            &mut sinks,
+            &label,
+        )?
+    };
+    let mut cfg_json = dense.config_json.clone();
+    cfg_json["sparsity_config"] = sparsity_config(plan, &names, report.sparsity);
+    writer.finish(prev_ckpt.as_ref().unwrap_or(dense), &cfg_json)?;
+    if let Some(m) = masks {
+        m.finish()?;
+    }
+    drop(prior);
+    let next_prior = match state_w {
+        Some(sw) => {
+            sw.finish()?;
+            Some(StateReader::open(&state_path)?)
+        }
+        None => None,
+    };
+    crate::ui::info(format!(
+        "step {}/{} {}: sparsity {:.4} in {:.1}s",
+        k + 1,
+        k_total,
+        ds.name(),
+        report.sparsity,
+        report.seconds
+    ));
+    let eval = if plan.eval {
+        let pruned = Checkpoint::open(&step_dir)?;
+        let seen = c.eval_sets.len() - k_total + k + 1;
+        let sets = if plan.eval_seen_only {
+            &c.eval_sets[..seen]
+        } else {
+            c.eval_sets
+        };
+        let res = evaluate_checkpoint(c.model, &pruned, sets, &format!("eval {}", k + 1), cache)?;
+        for r in &res {
+            crate::ui::info(format!("  {}", r.line()));
+        }
+        Some(res)
+    } else {
+        None
+    };
+    let record = StepRecordOut {
+        dataset: ds.name(),
+        split: src.split,
+        dir: step_dir,
+        report,
+        eval,
+    };
+    Ok((record, data_file, next_prior))
 }
 
 /// Perplexities of a checkpoint, through the cache when there is one.

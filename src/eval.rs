@@ -378,10 +378,7 @@ impl EvalCache {
                 }
             }
         }
-        let tmp =
-            crate::fsutil::sibling(&self.path, &format!("copal-partial-{}", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.map)?)?;
-        std::fs::rename(&tmp, &self.path)?;
+        crate::fsutil::write_atomic(&self.path, &serde_json::to_vec_pretty(&self.map)?)?;
         Ok(())
     }
 }

@@ -419,9 +419,7 @@ pub fn run_one(cfg: &ExperimentConfig, spec: &RunSpec, data_dir: &Path) -> Resul
         peak_rss_bytes: rec.peak_rss_bytes,
         copal_version: rec.copal_version.clone(),
     };
-    let tmp = crate::fsutil::sibling(&done, &format!("copal-partial-{}", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&result)?)?;
-    std::fs::rename(&tmp, &done)?;
+    crate::fsutil::write_atomic(&done, &serde_json::to_vec_pretty(&result)?)?;
     Ok(result)
 }
 

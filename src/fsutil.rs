@@ -44,14 +44,31 @@ pub fn replace_dir(staging: &Path, target: &Path) -> Result<()> {
     } else {
         None
     };
+    crate::fsutil::fault_point();
     std::fs::rename(staging, target)
         .with_context(|| format!("moving {} to {}", staging.display(), target.display()))?;
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
         crate::checkpoint::writer::sync_dir(parent)?;
     }
+    crate::fsutil::fault_point();
     if let Some(old) = old {
         std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
     }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` whole or not at all: temporary sibling, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = sibling(path, &format!("copal-partial-{}", std::process::id()));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("flushing {}", tmp.display()))?;
+    fault_point();
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -72,4 +89,24 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         h.update(&buf[..n]);
     }
     Ok(format!("{:x}", h.finalize()))
+}
+
+/// Testing hook for the fault tests: with `COPAL_FAULT_AT=N` the process aborts at the N-th
+/// write boundary (after a tensor is written, before a rename, …) without any cleanup, as a
+/// SIGKILL would. Unset, it costs one relaxed atomic increment.
+pub fn fault_point() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+    static TARGET: OnceLock<Option<usize>> = OnceLock::new();
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let target = TARGET.get_or_init(|| {
+        std::env::var("COPAL_FAULT_AT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(t) = target {
+        if COUNT.fetch_add(1, Ordering::Relaxed) + 1 == *t {
+            std::process::abort();
+        }
+    }
 }

@@ -23,6 +23,7 @@ pub mod model;
 pub mod plot;
 pub mod prune;
 pub mod report;
+pub mod resume;
 pub mod state;
 pub mod tokenizer;
 pub mod ui;

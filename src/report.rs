@@ -59,6 +59,8 @@ pub struct RunRecord {
     pub bwt: Option<f64>,
     /// Measured fraction of zeros over the pruned linears after the last step.
     pub sparsity: f64,
+    /// Steps taken over from an interrupted run of the same command.
+    pub resumed_steps: usize,
     pub seconds: f64,
     pub peak_rss_bytes: Option<u64>,
 }

@@ -219,10 +219,42 @@ fn unsupported(name: &str, dtype: Dtype) -> String {
     )
 }
 
+/// Index of the first NaN or Inf in raw little-endian floats (exponent bits all ones).
+pub fn first_non_finite(dtype: Dtype, bytes: &[u8]) -> Option<usize> {
+    use rayon::prelude::*;
+    let (size, bad): (usize, fn(&[u8]) -> bool) = match dtype {
+        Dtype::F32 => (4, |c| {
+            (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) >> 23) & 0xFF == 0xFF
+        }),
+        Dtype::BF16 => (2, |c| {
+            (u16::from_le_bytes([c[0], c[1]]) >> 7) & 0xFF == 0xFF
+        }),
+        Dtype::F16 => (2, |c| {
+            (u16::from_le_bytes([c[0], c[1]]) >> 10) & 0x1F == 0x1F
+        }),
+        _ => return None,
+    };
+    bytes
+        .par_chunks(size * 65536)
+        .enumerate()
+        .find_map_first(|(b, chunk)| {
+            chunk
+                .chunks_exact(size)
+                .position(bad)
+                .map(|i| b * 65536 + i)
+        })
+}
+
 impl TensorSource for Checkpoint {
     fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
         let (info, bytes) = self.raw(name)?;
         let src = candle_dtype(info.dtype).with_context(|| unsupported(name, info.dtype))?;
+        if let Some(i) = first_non_finite(info.dtype, bytes) {
+            bail!(
+                "tensor {name} in {} holds NaN or Inf (element {i}); the checkpoint is corrupt",
+                self.dir.display()
+            );
+        }
         let t = Tensor::from_raw_buffer(bytes, src, &info.shape, &Device::Cpu)
             .with_context(|| format!("reading {name} from {}", self.dir.display()))?;
         Ok(t.to_dtype(dtype)?.to_device(device)?)

@@ -90,7 +90,7 @@ impl ShardWriter {
         file.write_all(&json)?;
         file.set_len(data_start + offset).with_context(|| {
             format!(
-                "reserving {} bytes for {}",
+                "reserving {} bytes for {} (is there enough free disk space?)",
                 data_start + offset,
                 path.display()
             )
@@ -128,10 +128,14 @@ impl ShardWriter {
         );
         self.file
             .seek(SeekFrom::Start(self.data_start + slot.start))?;
-        self.file
-            .write_all(bytes)
-            .with_context(|| format!("writing {name} to {}", self.path.display()))?;
+        self.file.write_all(bytes).with_context(|| {
+            format!(
+                "writing {name} to {} (is there enough free disk space?)",
+                self.path.display()
+            )
+        })?;
         self.written.insert(name.to_string());
+        crate::fsutil::fault_point();
         Ok(())
     }
 
@@ -171,9 +175,11 @@ impl ShardWriter {
             self.path.display(),
             missing[0]
         );
+        crate::fsutil::fault_point();
         self.file
             .sync_all()
             .with_context(|| format!("flushing {} to disk", self.path.display()))?;
+        crate::fsutil::fault_point();
         Ok(())
     }
 }

@@ -226,8 +226,22 @@ fn accumulate_modes_continue_bit_identically_through_the_state() {
     let prune = |method: &str, mode: &str, datasets: &str, out: &str, state: Option<&str>| {
         let out = tmp.join(out);
         let mut args = vec![
-            "prune", "--model", model, "--datasets", datasets, "--method", method, "--mode", mode,
-            "--nsamples", "4", "--seqlen", "32", "--out", out.to_str().unwrap(), "--quiet",
+            "prune",
+            "--model",
+            model,
+            "--datasets",
+            datasets,
+            "--method",
+            method,
+            "--mode",
+            mode,
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
         ];
         if let Some(s) = state {
             args.extend(["--state", s]);
@@ -240,24 +254,71 @@ fn accumulate_modes_continue_bit_identically_through_the_state() {
     for method in ["wanda", "sparsegpt"] {
         let s2 = tmp.join(format!("{method}-two.state"));
         let s1 = tmp.join(format!("{method}-one.state"));
-        prune(method, "accumulate", &a, &format!("{method}-1"), Some(s2.to_str().unwrap()));
-        let two = prune(method, "accumulate", &b, &format!("{method}-2"), Some(s2.to_str().unwrap()));
-        let one = prune(method, "accumulate", &both, &format!("{method}-12"), Some(s1.to_str().unwrap()));
-        assert!(two == one, "{method}: continuing through the state differs from one run");
-        assert!(std::fs::read(&s2).unwrap() == std::fs::read(&s1).unwrap(), "{method}: states differ");
+        prune(
+            method,
+            "accumulate",
+            &a,
+            &format!("{method}-1"),
+            Some(s2.to_str().unwrap()),
+        );
+        let two = prune(
+            method,
+            "accumulate",
+            &b,
+            &format!("{method}-2"),
+            Some(s2.to_str().unwrap()),
+        );
+        let one = prune(
+            method,
+            "accumulate",
+            &both,
+            &format!("{method}-12"),
+            Some(s1.to_str().unwrap()),
+        );
+        assert!(
+            two == one,
+            "{method}: continuing through the state differs from one run"
+        );
+        assert!(
+            std::fs::read(&s2).unwrap() == std::fs::read(&s1).unwrap(),
+            "{method}: states differ"
+        );
         // With a single dataset, accumulate is the global method.
         let acc = prune(method, "accumulate", &a, &format!("{method}-acc-a"), None);
         let glob = prune(method, "global", &a, &format!("{method}-glob-a"), None);
-        assert!(acc == glob, "{method}: accumulate over one dataset must equal global");
+        assert!(
+            acc == glob,
+            "{method}: accumulate over one dataset must equal global"
+        );
         // And over two it is not the global method on the newest dataset.
         let glob_b = prune(method, "global", &b, &format!("{method}-glob-b"), None);
-        assert!(one != glob_b, "{method}: accumulate ignored the first dataset");
+        assert!(
+            one != glob_b,
+            "{method}: accumulate ignored the first dataset"
+        );
     }
     // A state of one method is refused by another.
     let r = run_cli(
-        &["prune", "--model", model, "--datasets", &format!("text:{}", small_text(tmp, "c.txt", 20000, 100).display()),
-          "--method", "sparsegpt", "--mode", "accumulate", "--nsamples", "4", "--seqlen", "32",
-          "--out", tmp.join("x").to_str().unwrap(), "--state", tmp.join("wanda-two.state").to_str().unwrap(), "--quiet"],
+        &[
+            "prune",
+            "--model",
+            model,
+            "--datasets",
+            &format!("text:{}", small_text(tmp, "c.txt", 20000, 100).display()),
+            "--method",
+            "sparsegpt",
+            "--mode",
+            "accumulate",
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--out",
+            tmp.join("x").to_str().unwrap(),
+            "--state",
+            tmp.join("wanda-two.state").to_str().unwrap(),
+            "--quiet",
+        ],
         &[],
     );
     assert_user_error(&r, "--method sparsegpt (state: wanda)");

@@ -12,3 +12,4 @@ mod common;
 mod forward;
 mod prune;
 mod real_model;
+mod reliability;

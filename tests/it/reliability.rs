@@ -1,0 +1,367 @@
+//! Crashes at every write boundary, SIGKILLs at random moments, and bad inputs: outputs and
+//! states are absent or whole, reruns resume to the same bytes, errors name what to fix.
+
+use crate::common::*;
+use candle_core::{DType, Tensor};
+use copal::model::Linear;
+use std::path::{Path, PathBuf};
+
+struct Case {
+    t: Tiny,
+    data: [String; 3],
+    refdir: PathBuf,
+    ref_states: Vec<Vec<u8>>,
+}
+
+fn prune_args<'a>(c: &'a Case, datasets: &'a str, out: &'a str, state: &'a str) -> Vec<&'a str> {
+    vec![
+        "prune",
+        "--model",
+        c.t.dir.to_str().unwrap(),
+        "--datasets",
+        datasets,
+        "--out",
+        out,
+        "--state",
+        state,
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "32",
+        "--eval",
+        "--max-windows",
+        "2",
+        "--save-masks",
+        "--quiet",
+    ]
+}
+
+/// The uninterrupted run, and the state after each of its three datasets.
+fn reference() -> Case {
+    let t = tiny_model(true, 2);
+    let tmp = t.tmp.path().to_path_buf();
+    let data = [
+        format!("text:{}", small_text(&tmp, "a.txt", 0, 120).display()),
+        format!("text:{}", small_text(&tmp, "b.txt", 9000, 120).display()),
+        format!("text:{}", small_text(&tmp, "c.txt", 30000, 120).display()),
+    ];
+    let mut c = Case {
+        t,
+        data,
+        refdir: tmp.join("ref"),
+        ref_states: Vec::new(),
+    };
+    let all = c.data.join(",");
+    let (o, s) = (
+        c.refdir.to_str().unwrap().to_string(),
+        tmp.join("ref.state").to_str().unwrap().to_string(),
+    );
+    let r = run_cli(&prune_args(&c, &all, &o, &s), &[]);
+    assert_eq!(r.0, 0, "{}", r.2);
+    let inc = tmp.join("inc.state").to_str().unwrap().to_string();
+    for (k, d) in c.data.clone().iter().enumerate() {
+        let out = tmp.join(format!("inc{k}")).to_str().unwrap().to_string();
+        let r = run_cli(&prune_args(&c, d, &out, &inc), &[]);
+        assert_eq!(r.0, 0, "{}", r.2);
+        c.ref_states.push(std::fs::read(&inc).unwrap());
+    }
+    assert!(c.ref_states[2] == std::fs::read(tmp.join("ref.state")).unwrap());
+    c
+}
+
+fn model_files_equal(a: &Path, b: &Path) -> bool {
+    [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "config.json",
+        "masks.safetensors",
+    ]
+    .iter()
+    .all(|f| std::fs::read(a.join(f)).ok() == std::fs::read(b.join(f)).ok())
+}
+
+/// Checks what a crashed run left: output absent or equal to the reference, state absent or
+/// the reference state after some dataset. Returns whether the output was complete.
+fn check_leftovers(c: &Case, out: &Path, state: &Path, what: &str) -> bool {
+    let complete = out.exists();
+    if complete {
+        assert!(
+            model_files_equal(out, &c.refdir) && out.join("copal.json").exists(),
+            "{what}: output exists but is not the finished one"
+        );
+    }
+    if state.exists() {
+        let s = std::fs::read(state).unwrap();
+        assert!(
+            c.ref_states.contains(&s),
+            "{what}: state file is not the state after any dataset"
+        );
+    }
+    complete
+}
+
+#[test]
+fn crash_at_every_write_boundary_then_resume_identically() {
+    let c = reference();
+    let tmp = c.t.tmp.path();
+    let all = c.data.join(",");
+    let (mut n, mut crashed, mut resumed_some) = (1usize, 0usize, false);
+    loop {
+        let out = tmp.join(format!("o{n}"));
+        let state = tmp.join(format!("s{n}"));
+        let (o, s) = (out.to_str().unwrap(), state.to_str().unwrap());
+        let fault = n.to_string();
+        let r = run_cli(&prune_args(&c, &all, o, s), &[("COPAL_FAULT_AT", &fault)]);
+        if r.0 == 0 {
+            // The run completed before reaching fault point n: every point was visited.
+            assert!(model_files_equal(&out, &c.refdir));
+            break;
+        }
+        crashed += 1;
+        let complete = check_leftovers(&c, &out, &state, &format!("crash at point {n}"));
+        if !complete {
+            let r = run_cli(&prune_args(&c, &all, o, s), &[]);
+            assert_eq!(r.0, 0, "resume after crash at point {n}: {}", r.2);
+            let rec: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("copal.json")).unwrap())
+                    .unwrap();
+            resumed_some |= rec["resumed_steps"].as_u64().unwrap() > 0;
+        }
+        assert!(
+            model_files_equal(&out, &c.refdir),
+            "after crash at point {n} the rerun differs"
+        );
+        assert!(
+            std::fs::read(&state).unwrap() == c.ref_states[2],
+            "after crash at point {n} the state differs"
+        );
+        std::fs::remove_dir_all(&out).unwrap();
+        // Denser early (start-up) and sparser in the middle keeps this test quick.
+        n += if n < 20 { 1 } else { 3 };
+    }
+    eprintln!("{crashed} crash points checked");
+    assert!(
+        crashed > 30,
+        "only {crashed} fault points: the hook is not wired in"
+    );
+    assert!(resumed_some, "no rerun reused a finished step");
+}
+
+#[test]
+fn random_sigkills_through_the_script() {
+    let c = reference();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kill-test.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("4")
+        .env("COPAL_BIN", env!("CARGO_BIN_EXE_copal"))
+        .env("MODEL", &c.t.dir)
+        .env("DATASETS", c.data.join(","))
+        .env("ARGS", "--nsamples 4 --seqlen 32 --eval --max-windows 2")
+        .env("SEED", "7")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kill-test.sh failed:\n{stdout}\n{err}"
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.contains("rerun identical"))
+            .count(),
+        4,
+        "{stdout}"
+    );
+    assert!(err.contains("4 trials"), "{err}");
+}
+
+fn tiny_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "prune",
+        "--model",
+        model,
+        "--datasets",
+        data,
+        "--out",
+        out,
+        "--nsamples",
+        "2",
+        "--seqlen",
+        "32",
+        "--quiet",
+    ]
+}
+
+#[test]
+fn bad_weights_and_data_are_named() {
+    let t = tiny_model(false, 1);
+    let tmp = t.tmp.path();
+    let data = format!("text:{}", small_text(tmp, "a.txt", 0, 100).display());
+    let out = tmp.join("out");
+    let o = out.to_str().unwrap();
+
+    // NaN in a weight: the tensor is named.
+    let mut bad = t.tensors.clone();
+    let name = Linear::Gate.tensor_name(1);
+    let mut v = bad[&name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v[5] = f32::NAN;
+    bad.insert(
+        name.clone(),
+        Tensor::from_vec(v, bad[&name].dims(), &candle_core::Device::Cpu).unwrap(),
+    );
+    let nan_dir = tmp.join("nan");
+    write_model(&nan_dir, &tiny_config(false), &bad, DType::F32, 1);
+    let r = run_cli(&tiny_args(nan_dir.to_str().unwrap(), &data, o), &[]);
+    assert_user_error(&r, &format!("tensor {name} in"));
+    assert!(r.2.contains("NaN or Inf"), "{}", r.2);
+
+    // An unsupported weight dtype.
+    let mut ints = t.tensors.clone();
+    let q = Linear::Q.tensor_name(0);
+    ints.insert(q.clone(), ints[&q].to_dtype(DType::I64).unwrap());
+    let int_dir = tmp.join("int");
+    write_model(&int_dir, &tiny_config(false), &ints, DType::F32, 1);
+    // write_model casts everything to F32; write the I64 tensor back by hand.
+    let mut named: Vec<(String, Tensor)> = ints
+        .into_iter()
+        .map(|(k, v)| {
+            if k == q {
+                (k, v)
+            } else {
+                (k, v.to_dtype(DType::F32).unwrap())
+            }
+        })
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    safetensors::serialize_to_file(
+        named.iter().map(|(k, v)| (k.as_str(), v)),
+        None,
+        &int_dir.join("model.safetensors"),
+    )
+    .unwrap();
+    let r = run_cli(&tiny_args(int_dir.to_str().unwrap(), &data, o), &[]);
+    assert_user_error(&r, "has dtype I64; copal reads F32, F16 and BF16");
+
+    let m = t.dir.to_str().unwrap();
+    // Empty and too-short dataset files.
+    let empty = tmp.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let r = run_cli(&tiny_args(m, &format!("text:{}", empty.display()), o), &[]);
+    assert_user_error(&r, "holds no text");
+    let short = tmp.join("short.txt");
+    std::fs::write(&short, "just a few words").unwrap();
+    let r = run_cli(&tiny_args(m, &format!("text:{}", short.display()), o), &[]);
+    assert_user_error(&r, "fewer than seqlen + 1");
+    // Documents all shorter than seqlen (C4-style jsonl).
+    let docs = tmp.join("docs.jsonl");
+    std::fs::write(
+        &docs,
+        "{\"text\": \"short one\"}\n{\"text\": \"another\"}\n",
+    )
+    .unwrap();
+    let r = run_cli(&tiny_args(m, &format!("jsonl:{}", docs.display()), o), &[]);
+    assert_user_error(&r, "no jsonl");
+    assert!(r.2.contains("more than seqlen"), "{}", r.2);
+
+    // A corrupted (truncated) state file.
+    let st = tmp.join("s.state");
+    assert_eq!(
+        run_cli(
+            &[
+                tiny_args(m, &data, o),
+                vec!["--state", st.to_str().unwrap()]
+            ]
+            .concat(),
+            &[]
+        )
+        .0,
+        0
+    );
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() - 100]).unwrap();
+    let data2 = format!("text:{}", small_text(tmp, "b.txt", 9000, 100).display());
+    let r = run_cli(
+        &[
+            tiny_args(m, &data2, tmp.join("o2").to_str().unwrap()),
+            vec!["--state", st.to_str().unwrap()],
+        ]
+        .concat(),
+        &[],
+    );
+    assert_user_error(&r, "s.state");
+
+    // An output directory that cannot be created (its parent is a file).
+    let file = tmp.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let r = run_cli(
+        &tiny_args(m, &data, file.join("out").to_str().unwrap()),
+        &[],
+    );
+    assert_user_error(&r, "is the parent directory writable?");
+}
+
+#[test]
+fn a_full_disk_fails_cleanly() {
+    let t = tiny_model(false, 1);
+    let tmp = t.tmp.path();
+    let data = format!("text:{}", small_text(tmp, "a.txt", 0, 100).display());
+    let m = t.dir.to_str().unwrap();
+    // A file-size limit makes writes fail with EFBIG as a full disk fails them with ENOSPC.
+    let out = tmp.join("limited");
+    let cmd = format!(
+        "ulimit -f 64; trap '' XFSZ; exec {} {}",
+        env!("CARGO_BIN_EXE_copal"),
+        tiny_args(m, &data, out.to_str().unwrap()).join(" ")
+    );
+    let r = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&cmd)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("enough free disk space"), "{err}");
+    assert!(!out.exists());
+    assert!(std::fs::read_dir(tmp).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("copal-partial")));
+    // A real full file system, where this machine lets us mount a small tmpfs.
+    let mnt = tmp.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=300k",
+            "none",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if mounted {
+        let out = mnt.join("out");
+        let r = run_cli(&tiny_args(m, &data, out.to_str().unwrap()), &[]);
+        let left: Vec<_> = std::fs::read_dir(&mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let _ = std::process::Command::new("umount").arg(&mnt).status();
+        assert!(
+            left.is_empty(),
+            "a failed run left {left:?} on the full file system"
+        );
+        assert_user_error(&r, "enough free disk space");
+        assert!(r.2.contains("No space left on device"), "{}", r.2);
+    } else {
+        eprintln!(
+            "tmpfs mount not permitted here; the file-size limit above stood in for a full disk"
+        );
+    }
+}
