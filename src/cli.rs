@@ -28,6 +28,7 @@ pub enum Command {
     ImportGguf(ImportArgs),
     Inspect(InspectArgs),
     Experiment(ExperimentArgs),
+    Synth(SynthArgs),
 }
 
 /// Where the model comes from and how it is computed.
@@ -337,6 +338,41 @@ pub struct ExperimentArgs {
     /// Directory with the dataset files [env: COPAL_DATA_DIR] [default: ./data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Write a synthetic checkpoint: a real model's shapes, random weights, few layers.
+///
+/// For measuring time and memory per layer (and sizing a machine) without downloading the
+/// model: e.g. `copal synth --preset llama-7b --layers 2 --out /tmp/l7b-2`. Its perplexities
+/// mean nothing.
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Shape preset: llama-7b, llama-13b, llama-2-7b, llama-3-8b, smollm2-135m.
+    #[arg(long, default_value = "llama-7b")]
+    pub preset: String,
+
+    /// Number of decoder layers.
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+
+    /// Storage dtype.
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub dtype: ComputeDtype,
+
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Output directory (must not exist, unless --force).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Replace DIR if it exists.
+    #[arg(long)]
+    pub force: bool,
 
     #[command(flatten)]
     pub output: OutputArgs,

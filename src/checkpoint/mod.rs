@@ -7,6 +7,7 @@
 
 pub mod gguf;
 pub mod resolve;
+pub mod synth;
 pub mod writer;
 
 use crate::model::{LlamaConfig, TensorSource};

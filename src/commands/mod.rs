@@ -19,6 +19,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Prune(a) => prune::run(a),
         Command::Experiment(a) => experiment::run(a),
+        Command::Synth(a) => synth(a),
     }
 }
 
@@ -87,5 +88,38 @@ pub fn resolve_seqlen(flag: Option<usize>, max_pos: usize) -> Result<usize> {
             Ok(s)
         }
         None => Ok(2048.min(max_pos)),
+    }
+}
+
+/// `copal synth`: a random checkpoint with a preset's shapes, written atomically.
+fn synth(a: crate::cli::SynthArgs) -> Result<()> {
+    crate::ui::set_quiet(a.output.quiet);
+    ensure!(a.layers > 0, "--layers must be at least 1");
+    if a.out.exists() {
+        ensure!(
+            a.force,
+            "{} already exists; pass --force to replace it",
+            a.out.display()
+        );
+    }
+    let cfg = crate::checkpoint::synth::preset(&a.preset, a.layers)?;
+    let staging = crate::fsutil::staging_dir(&a.out)?;
+    let dtype = dtype_of(Some(a.dtype), &Device::Cpu);
+    match crate::checkpoint::synth::write(&cfg, &staging, dtype, a.seed) {
+        Ok(params) => {
+            crate::fsutil::replace_dir(&staging, &a.out)?;
+            crate::ui::out(format!(
+                "wrote {} ({} layers of {}, {params} parameters, {:?})",
+                a.out.display(),
+                a.layers,
+                a.preset,
+                dtype
+            ))?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
     }
 }

@@ -107,6 +107,26 @@ impl LlamaConfig {
         ] {
             ensure!(v > 0, "{name} must be positive, got {v}");
         }
+        // Far beyond any LLaMA, and small enough that shapes and tables cannot overflow.
+        for (name, v, max) in [
+            ("hidden_size", self.hidden_size, 1 << 18),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 12),
+            ("num_attention_heads", self.num_attention_heads, 1 << 12),
+            ("num_key_value_heads", self.num_kv_heads(), 1 << 12),
+            ("head_dim", self.head_dim(), 1 << 14),
+            ("vocab_size", self.vocab_size, 1 << 24),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 26,
+            ),
+        ] {
+            ensure!(
+                v <= max,
+                "{name} = {v} is implausibly large (limit {max}); config.json is corrupt"
+            );
+        }
         let (h, kv, d) = (
             self.num_attention_heads,
             self.num_kv_heads(),
