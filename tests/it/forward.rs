@@ -50,6 +50,61 @@ fn last_position_matches_candle_transformers() {
 }
 
 #[test]
+fn llama3_rope_scaling_matches_candle_transformers() {
+    use candle_transformers::models::llama as ct;
+    let mut cfg_json = tiny_config(false);
+    cfg_json["rope_scaling"] = serde_json::json!({
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 32
+    });
+    let cfg = LlamaConfig::from_json(&cfg_json.to_string()).unwrap();
+    // The scaling must actually change some frequencies at these settings.
+    let mut plain = cfg.clone();
+    plain.rope_scaling = None;
+    assert_ne!(
+        copal::model::rope::inv_freq(&cfg),
+        copal::model::rope::inv_freq(&plain)
+    );
+    let t = tiny_tensors(&cfg, 21);
+    let input = ids(60, 8);
+    let ours = load(&cfg, &t).forward(&t, &input).unwrap().i(59).unwrap();
+    let ctc: ct::LlamaConfig = serde_json::from_value(cfg_json).unwrap();
+    let ctc = ctc.into_config(false);
+    let vb = candle_nn::VarBuilder::from_tensors(t.clone(), DType::F32, &Device::Cpu);
+    let reference = ct::Llama::load(vb, &ctc).unwrap();
+    let mut cache = ct::Cache::new(false, DType::F32, &ctc, &Device::Cpu).unwrap();
+    let x = Tensor::new(input.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let theirs = reference
+        .forward(&x, 0, &mut cache)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    assert_close(
+        &ours,
+        &theirs,
+        1e-4,
+        "llama3 rope scaling vs candle-transformers",
+    );
+}
+
+#[test]
+fn bf16_and_f16_compute_stay_close_to_f32() {
+    let cfg = LlamaConfig::from_json(&tiny_config(true).to_string()).unwrap();
+    let t = tiny_tensors(&cfg, 17);
+    let input = ids(32, 9);
+    let f32_logits = load(&cfg, &t).forward(&t, &input).unwrap();
+    for dt in [DType::BF16, DType::F16] {
+        let m = Llama::load(&t, &cfg, dt, &Device::Cpu).unwrap();
+        let l = m.forward(&t, &input).unwrap();
+        assert_eq!(l.dtype(), DType::F32, "logits are returned in f32");
+        assert_close(&l, &f32_logits, 0.5, &format!("{dt:?} compute vs f32"));
+    }
+}
+
+#[test]
 fn gqa_equals_explicitly_repeated_heads() {
     let cfg = LlamaConfig::from_json(&tiny_config(true).to_string()).unwrap();
     let t = tiny_tensors(&cfg, 5);

@@ -9,64 +9,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// GPT-2's byte → printable-character table (byte-level BPE alphabet).
-pub fn bytes_to_unicode() -> Vec<char> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut table = vec![' '; 256];
-    for (b, c) in bs.iter().zip(cs) {
-        table[*b as usize] = char::from_u32(c).unwrap();
-    }
-    table
-}
-
 pub const TINY_VOCAB: usize = 260;
 pub const BOS: u32 = 256;
 
-/// A byte-level tokenizer: one token per byte (ids 0..256), `<s>` = 256 prepended if `bos`.
-pub fn tiny_tokenizer_json(bos: bool) -> serde_json::Value {
-    let table = bytes_to_unicode();
-    let mut vocab = serde_json::Map::new();
-    for (b, c) in table.iter().enumerate() {
-        vocab.insert(c.to_string(), serde_json::json!(b));
-    }
-    for (i, t) in ["<s>", "</s>", "<unk>", "<pad>"].iter().enumerate() {
-        vocab.insert(t.to_string(), serde_json::json!(256 + i));
-    }
-    let added: Vec<_> = ["<s>", "</s>", "<unk>", "<pad>"]
-        .iter()
-        .enumerate()
-        .map(|(i, t)| serde_json::json!({"id": 256 + i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
-        .collect();
-    let post = if bos {
-        serde_json::json!({"type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {"<s>": {"id": "<s>", "ids": [BOS], "tokens": ["<s>"]}}})
-    } else {
-        serde_json::Value::Null
-    };
-    serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
-        "post_processor": post,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                  "vocab": vocab, "merges": []}
-    })
+/// A byte-level tokenizer (one token per byte, `<s>` = 256 prepended), as `copal synth` writes.
+pub fn tiny_tokenizer_json() -> serde_json::Value {
+    copal::checkpoint::synth::byte_tokenizer(TINY_VOCAB)
 }
 
 /// config.json of the tiny model: 2 layers, hidden 64, GQA 4/2 heads of 16, intermediate 128.
@@ -140,7 +88,7 @@ pub fn write_model(
     .unwrap();
     std::fs::write(
         dir.join("tokenizer.json"),
-        tiny_tokenizer_json(true).to_string(),
+        tiny_tokenizer_json().to_string(),
     )
     .unwrap();
     std::fs::write(
