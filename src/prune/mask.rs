@@ -12,7 +12,6 @@
 use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::cmp::Ordering;
 use std::fmt;
 
 /// The sparsity pattern.
@@ -135,16 +134,21 @@ impl Mask {
     }
 }
 
-/// Total order on (score, index): smaller score first, then smaller index.
-fn by_score(scores: &[f32]) -> impl Fn(&u32, &u32) -> Ordering + '_ {
-    move |&a, &b| {
-        scores[a as usize]
-            .total_cmp(&scores[b as usize])
-            .then(a.cmp(&b))
+/// An f32 mapped to a u32 whose unsigned order is `f32::total_cmp`'s order.
+#[inline]
+fn order_key(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b >> 31 == 1 {
+        !b
+    } else {
+        b | 0x8000_0000
     }
 }
 
 /// Marks the `k` lowest-scored entries of `scores` (ties by index) in `out`.
+///
+/// (score, index) is packed into one u64 whose integer order is the wanted total order, so
+/// the selection compares plain integers instead of chasing indices into `scores`.
 fn prune_lowest(scores: &[f32], k: usize, out: &mut [bool]) {
     if k == 0 {
         return;
@@ -153,11 +157,15 @@ fn prune_lowest(scores: &[f32], k: usize, out: &mut [bool]) {
         out.iter_mut().for_each(|p| *p = true);
         return;
     }
-    let mut idx: Vec<u32> = (0..scores.len() as u32).collect();
-    let cmp = by_score(scores);
-    idx.select_nth_unstable_by(k - 1, &cmp);
-    for &i in &idx[..k] {
-        out[i as usize] = true;
+    debug_assert!(scores.len() <= u32::MAX as usize);
+    let mut keys: Vec<u64> = scores
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| (order_key(s) as u64) << 32 | i as u64)
+        .collect();
+    keys.select_nth_unstable(k - 1);
+    for &key in &keys[..k] {
+        out[(key & 0xFFFF_FFFF) as usize] = true;
     }
 }
 
@@ -269,6 +277,24 @@ mod tests {
         }
         let e = select(&s[..5 * 6], 5, 6, &Pattern::NM { n: 2, m: 4 }, Group::Row).unwrap_err();
         assert!(e.to_string().contains("divisible by 4"), "{e}");
+    }
+
+    #[test]
+    fn order_key_orders_like_total_cmp() {
+        let mut r = SplitMix64::new(9);
+        let mut v: Vec<f32> = (0..2000)
+            .map(|_| f32::from_bits((r.next() >> 32) as u32))
+            .filter(|x| !x.is_nan())
+            .collect();
+        v.extend([0.0, -0.0, 1.0, -1.0, f32::MIN_POSITIVE, -f32::MIN_POSITIVE]);
+        let mut a = v.clone();
+        a.sort_by(|x, y| x.total_cmp(y));
+        let mut b = v.clone();
+        b.sort_by_key(|x| order_key(*x));
+        assert_eq!(
+            a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
     }
 
     #[test]
