@@ -72,6 +72,54 @@ pub struct StepReport {
     pub sparsity: f64,
     pub seconds: f64,
     pub calib_tokens: usize,
+    /// Floating-point operations the step needs (see [`step_flops`]).
+    #[serde(default)]
+    pub flops: f64,
+}
+
+/// FLOPs of one decoder layer's forward over a window of `t` tokens: every linear
+/// (2·t·out·in) plus the two attention products (q kᵀ and p v, 2·t²·h·d each, computed on
+/// the full square as the implementation does).
+pub fn layer_forward_flops(cfg: &crate::model::LlamaConfig, t: usize) -> f64 {
+    let t = t as f64;
+    let linears: f64 = Linear::ALL
+        .iter()
+        .map(|l| {
+            let (o, i) = l.shape(cfg);
+            2.0 * t * (o * i) as f64
+        })
+        .sum();
+    let hd = (cfg.num_attention_heads * cfg.head_dim()) as f64;
+    linears + 4.0 * t * t * hd
+}
+
+/// FLOPs a calibration step needs, by method: the observing forward, the statistics (COPAL:
+/// one |dY|ᵀ|X| GEMM per linear, two more for the Gaussian dY; SparseGPT: XᵀX and, per
+/// linear, the factorisations ≈ (2/3)·in³ and the OBS update ≈ 2·out·in²; Wanda: Σx²), and
+/// the forward of the pruned layer that feeds the next one.
+pub fn step_flops(cfg: &crate::model::LlamaConfig, s: &StepSettings, windows: usize, t: usize) -> f64 {
+    if !s.method.needs_data() {
+        return 0.0;
+    }
+    let (w, tf) = (windows as f64, t as f64);
+    let fwd = layer_forward_flops(cfg, t);
+    let per_linear: f64 = Linear::ALL
+        .iter()
+        .map(|l| {
+            let (o, i) = l.shape(cfg);
+            let (o, i) = (o as f64, i as f64);
+            match s.method {
+                Method::Copal => match s.perturbation.kind {
+                    crate::prune::copal::PerturbationKind::Scaled => w * 2.0 * tf * o * i,
+                    crate::prune::copal::PerturbationKind::Gaussian => w * 6.0 * tf * o * i,
+                },
+                Method::SparseGpt => w * 2.0 * tf * i * i + 2.0 / 3.0 * i * i * i + 2.0 * o * i * i,
+                _ => w * 2.0 * tf * i,
+            }
+        })
+        .sum();
+    let passes = if s.propagate == Propagate::Pruned { 2.0 } else { 1.0 };
+    cfg.num_hidden_layers as f64 * (passes * w * fwd + per_linear)
 }
 
 fn pruner_for(
@@ -194,6 +242,7 @@ pub fn run_step(
         sparsity: z as f64 / n.max(1) as f64,
         seconds: started.elapsed().as_secs_f64(),
         calib_tokens: if uses_data { windows.len() * seqlen } else { 0 },
+        flops: step_flops(cfg, s, windows.len(), seqlen),
     })
 }
 

@@ -563,6 +563,7 @@ fn prune_step(
             sparsity: 0.0,
             seconds: 0.0,
             calib_tokens: 0,
+            flops: 0.0,
         }
     } else {
         let prior_ref = if plan.mode == Mode::Accumulate {
