@@ -92,7 +92,12 @@ fn layer_forward(c: &mut Criterion) {
     use copal::model::{block::norm_names, DecoderLayer, Linear, LlamaConfig, Positions};
     let mut g = c.benchmark_group("layer_forward");
     g.sample_size(10);
-    for (preset, t) in [("smollm2-135m", 512usize), ("smollm2-135m", 2048), ("llama-7b", 512), ("llama-7b", 2048)] {
+    for (preset, t) in [
+        ("smollm2-135m", 512usize),
+        ("smollm2-135m", 2048),
+        ("llama-7b", 512),
+        ("llama-7b", 2048),
+    ] {
         let cfg_json = copal::checkpoint::synth::preset(preset, 1).unwrap();
         let cfg = LlamaConfig::from_json(&cfg_json.to_string()).unwrap();
         let mut src = std::collections::HashMap::new();
@@ -102,16 +107,28 @@ fn layer_forward(c: &mut Criterion) {
             src.insert(lin.tensor_name(0), w);
         }
         for n in norm_names(0) {
-            src.insert(n, Tensor::ones(cfg.hidden_size, candle_core::DType::F32, &Device::Cpu).unwrap());
+            src.insert(
+                n,
+                Tensor::ones(cfg.hidden_size, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            );
         }
-        let layer = DecoderLayer::load(&src, &cfg, 0, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let layer =
+            DecoderLayer::load(&src, &cfg, 0, candle_core::DType::F32, &Device::Cpu).unwrap();
         let pos = Positions::new(&cfg, t, candle_core::DType::F32, &Device::Cpu).unwrap();
         let x = randn(3, t, cfg.hidden_size).unsqueeze(0).unwrap();
         g.throughput(Throughput::Elements(t as u64));
-        g.bench_function(format!("cpu_{preset}_t{t}"), |b| b.iter(|| layer.forward_tapped(&x, &pos).unwrap()));
+        g.bench_function(format!("cpu_{preset}_t{t}"), |b| {
+            b.iter(|| layer.forward_tapped(&x, &pos).unwrap())
+        });
     }
     g.finish();
 }
 
-criterion_group!(benches, copal_score, mask_select, sparsegpt_finish, layer_forward);
+criterion_group!(
+    benches,
+    copal_score,
+    mask_select,
+    sparsegpt_finish,
+    layer_forward
+);
 criterion_main!(benches);

@@ -97,7 +97,12 @@ pub fn layer_forward_flops(cfg: &crate::model::LlamaConfig, t: usize) -> f64 {
 /// one |dY|ᵀ|X| GEMM per linear, two more for the Gaussian dY; SparseGPT: XᵀX and, per
 /// linear, the factorisations ≈ (2/3)·in³ and the OBS update ≈ 2·out·in²; Wanda: Σx²), and
 /// the forward of the pruned layer that feeds the next one.
-pub fn step_flops(cfg: &crate::model::LlamaConfig, s: &StepSettings, windows: usize, t: usize) -> f64 {
+pub fn step_flops(
+    cfg: &crate::model::LlamaConfig,
+    s: &StepSettings,
+    windows: usize,
+    t: usize,
+) -> f64 {
     if !s.method.needs_data() {
         return 0.0;
     }
@@ -118,7 +123,11 @@ pub fn step_flops(cfg: &crate::model::LlamaConfig, s: &StepSettings, windows: us
             }
         })
         .sum();
-    let passes = if s.propagate == Propagate::Pruned { 2.0 } else { 1.0 };
+    let passes = if s.propagate == Propagate::Pruned {
+        2.0
+    } else {
+        1.0
+    };
     cfg.num_hidden_layers as f64 * (passes * w * fwd + per_linear)
 }
 
@@ -155,6 +164,7 @@ pub fn run_step(
     prior: Option<&StateReader>,
     sinks: &mut Sinks,
     label: &str,
+    overall: Option<&indicatif::ProgressBar>,
 ) -> Result<StepReport> {
     let started = Instant::now();
     let cfg = &model.cfg;
@@ -171,6 +181,7 @@ pub fn run_step(
     let seqlen = windows.first().map(Vec::len).unwrap_or(1);
     let pos = model.positions(seqlen)?;
     let pb = crate::ui::bar(layers as u64, label.to_string());
+    pb.set_message("layers");
     let mut linears = Vec::with_capacity(layers * 7);
     let mut layer_sparsity = Vec::with_capacity(layers);
     for l in 0..layers {
@@ -231,6 +242,9 @@ pub fn run_step(
             guard_finite(h, l, w)?;
         }
         pb.inc(1);
+        if let Some(o) = overall {
+            o.inc(1);
+        }
     }
     pb.finish_and_clear();
     let (z, n) = linears

@@ -395,8 +395,12 @@ fn run_steps(
         data_files.extend(d.data_file.clone());
     }
     let k_total = c.datasets.len();
+    let layers = c.dense.config.num_hidden_layers;
+    // The whole run at a glance: dataset × layer, with an ETA.
+    let overall = crate::ui::bar(((k_total - done.len()) * layers) as u64, "prune");
+    overall.set_message("dataset × layer");
     for k in done.len()..k_total {
-        let step = prune_step(c, k, &mut history, prior.take(), cache.as_mut())?;
+        let step = prune_step(c, k, &mut history, prior.take(), cache.as_mut(), &overall)?;
         let (record, data_file, next_prior) = step;
         prior = next_prior;
         c.work.mark_done(
@@ -421,6 +425,7 @@ fn run_steps(
         data_files.extend(data_file);
         steps.push(record);
     }
+    overall.finish_and_clear();
     // A resumed run whose steps were all finished still owes the user the newest state.
     if let (Some(path), true, true) = (&plan.state, plan.mode == Mode::Accumulate, !done.is_empty())
     {
@@ -454,6 +459,7 @@ fn prune_step(
     history: &mut Vec<StepRecord>,
     prior: Option<StateReader>,
     cache: Option<&mut eval::EvalCache>,
+    overall: &indicatif::ProgressBar,
 ) -> Result<(StepRecordOut, Option<DataFile>, Option<StateReader>)> {
     let (plan, dense, ds) = (c.plan, c.dense, &c.datasets[k]);
     let seqlen = plan.seqlen.unwrap_or(2048);
@@ -584,6 +590,7 @@ fn prune_step(
             prior_ref,
             &mut sinks,
             &label,
+            Some(overall),
         )?
     };
     let mut cfg_json = dense.config_json.clone();

@@ -2,9 +2,16 @@
 //!
 //! stdout is reserved for results (tables, `--json`), so that `copal … --json | jq` works.
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+/// All bars share one stderr area, so that a run's overall bar stays above the current one.
+fn multi() -> &'static MultiProgress {
+    static M: OnceLock<MultiProgress> = OnceLock::new();
+    M.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+}
 
 static QUIET: AtomicBool = AtomicBool::new(false);
 
@@ -16,10 +23,10 @@ pub fn quiet() -> bool {
     QUIET.load(Ordering::Relaxed)
 }
 
-/// Prints one line to stderr unless quiet.
+/// Prints one line to stderr unless quiet (above any progress bars).
 pub fn info(msg: impl AsRef<str>) {
     if !quiet() {
-        eprintln!("{}", msg.as_ref());
+        let _ = multi().println(msg.as_ref());
     }
 }
 
@@ -28,7 +35,7 @@ pub fn bar(len: u64, prefix: impl Into<String>) -> ProgressBar {
     if quiet() {
         return ProgressBar::hidden();
     }
-    let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    let pb = multi().add(ProgressBar::new(len));
     pb.set_style(
         ProgressStyle::with_template(
             "{prefix:>12.bold} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
