@@ -164,8 +164,13 @@ pub fn import(path: &Path, out: &Path, dtype: DType) -> Result<Imported> {
     );
 
     let config = config_from_gguf(&meta, &content, dtype)?;
-    let n_head = config["num_attention_heads"].as_u64().unwrap_or(0) as usize;
-    let n_kv = config["num_key_value_heads"].as_u64().unwrap_or(0) as usize;
+    let cfg = crate::model::LlamaConfig::from_json(&config.to_string()).with_context(|| {
+        format!(
+            "{}: the metadata does not describe a usable LLaMA",
+            path.display()
+        )
+    })?;
+    let (n_head, n_kv) = (cfg.num_attention_heads, cfg.num_kv_heads());
 
     let st_dtype = match dtype {
         DType::F32 => Dtype::F32,
@@ -189,6 +194,25 @@ pub fn import(path: &Path, out: &Path, dtype: DType) -> Result<Imported> {
         "{} has tensors copal does not know how to map: {unknown:?}",
         path.display()
     );
+    // Every tensor must have exactly the shape the config implies (and every one must be
+    // there), before anything is read or allocated.
+    for (g, h) in &names {
+        let want = expected_shape(h, &cfg)
+            .with_context(|| format!("{}: unexpected tensor {g}", path.display()))?;
+        let got = content.tensor_infos[g].shape.dims();
+        ensure!(
+            got == want.as_slice(),
+            "{}: tensor {g} has shape {got:?}, the metadata implies {want:?}",
+            path.display()
+        );
+    }
+    for h in required_names(&cfg) {
+        ensure!(
+            names.iter().any(|(_, n)| *n == h),
+            "{}: tensor {h} is missing",
+            path.display()
+        );
+    }
     let layout: Vec<(String, Dtype, Vec<usize>)> = names
         .iter()
         .map(|(g, h)| {
@@ -233,6 +257,47 @@ pub fn import(path: &Path, out: &Path, dtype: DType) -> Result<Imported> {
         params,
         config,
     })
+}
+
+/// The shape a Hugging Face LLaMA tensor must have under `cfg`.
+fn expected_shape(hf: &str, cfg: &crate::model::LlamaConfig) -> Option<Vec<usize>> {
+    use crate::model::{Linear, EMBED, FINAL_NORM, LM_HEAD};
+    if hf == EMBED || hf == LM_HEAD {
+        return Some(vec![cfg.vocab_size, cfg.hidden_size]);
+    }
+    if hf == FINAL_NORM {
+        return Some(vec![cfg.hidden_size]);
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    if layer >= cfg.num_hidden_layers {
+        return None;
+    }
+    if module == "input_layernorm.weight" || module == "post_attention_layernorm.weight" {
+        return Some(vec![cfg.hidden_size]);
+    }
+    Linear::ALL
+        .iter()
+        .find(|l| l.tensor_name(layer) == hf)
+        .map(|l| {
+            let (o, i) = l.shape(cfg);
+            vec![o, i]
+        })
+}
+
+/// Every tensor a LLaMA checkpoint needs (the LM head only when untied).
+fn required_names(cfg: &crate::model::LlamaConfig) -> Vec<String> {
+    use crate::model::{block::norm_names, Linear, EMBED, FINAL_NORM, LM_HEAD};
+    let mut v = vec![EMBED.to_string(), FINAL_NORM.to_string()];
+    if !cfg.tie_word_embeddings {
+        v.push(LM_HEAD.to_string());
+    }
+    for l in 0..cfg.num_hidden_layers {
+        v.extend(Linear::ALL.iter().map(|lin| lin.tensor_name(l)));
+        v.extend(norm_names(l));
+    }
+    v
 }
 
 /// Sort key that orders `model.layers.10` after `model.layers.9`.

@@ -365,3 +365,30 @@ fn a_full_disk_fails_cleanly() {
         );
     }
 }
+
+/// Every input the fuzzers ever crashed on (tests/fuzz/regressions/TARGET/) must now give a
+/// clean error: exit code 1, an `error:` line, no panic.
+#[test]
+fn fuzz_regressions_fail_cleanly() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/regressions");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for entry in std::fs::read_dir(root.join("gguf_import")).unwrap() {
+        let f = entry.unwrap().path();
+        let out = tmp.path().join(format!("o{n}"));
+        let r = run_cli(
+            &[
+                "import-gguf",
+                f.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--quiet",
+            ],
+            &[],
+        );
+        assert_user_error(&r, &f.file_name().unwrap().to_string_lossy());
+        assert!(!out.exists());
+        n += 1;
+    }
+    assert!(n > 0, "no regression inputs found");
+}
