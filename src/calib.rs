@@ -75,6 +75,17 @@ pub struct StepReport {
     /// Floating-point operations the step needs (see [`step_flops`]).
     #[serde(default)]
     pub flops: f64,
+    /// Per decoder layer: seconds, and resident / peak memory when it was done.
+    #[serde(default)]
+    pub layers: Vec<LayerCost>,
+}
+
+/// Time and memory of one layer of a step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerCost {
+    pub seconds: f64,
+    pub rss_bytes: Option<u64>,
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// FLOPs of one decoder layer's forward over a window of `t` tokens: every linear
@@ -184,7 +195,9 @@ pub fn run_step(
     pb.set_message("layers");
     let mut linears = Vec::with_capacity(layers * 7);
     let mut layer_sparsity = Vec::with_capacity(layers);
+    let mut costs = Vec::with_capacity(layers);
     for l in 0..layers {
+        let layer_started = Instant::now();
         let mut layer = model.layer(base, l)?;
         let mut pruners = Vec::with_capacity(7);
         for lin in Linear::ALL {
@@ -241,6 +254,11 @@ pub fn run_step(
         for (w, h) in hs.iter().enumerate() {
             guard_finite(h, l, w)?;
         }
+        costs.push(LayerCost {
+            seconds: layer_started.elapsed().as_secs_f64(),
+            rss_bytes: crate::report::rss_bytes(),
+            peak_rss_bytes: crate::report::peak_rss_bytes(),
+        });
         pb.inc(1);
         if let Some(o) = overall {
             o.inc(1);
@@ -257,6 +275,7 @@ pub fn run_step(
         seconds: started.elapsed().as_secs_f64(),
         calib_tokens: if uses_data { windows.len() * seqlen } else { 0 },
         flops: step_flops(cfg, s, windows.len(), seqlen),
+        layers: costs,
     })
 }
 

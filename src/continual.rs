@@ -570,6 +570,7 @@ fn prune_step(
             seconds: 0.0,
             calib_tokens: 0,
             flops: 0.0,
+            layers: Vec::new(),
         }
     } else {
         let prior_ref = if plan.mode == Mode::Accumulate {
