@@ -46,11 +46,15 @@ pub struct StepSettings {
     pub dataset: String,
 }
 
-/// Where a step's results go.
+/// Where a step's results (and its progress) go.
 pub struct Sinks<'a> {
     pub model: &'a mut CheckpointWriter,
     pub state: Option<&'a mut ShardWriter>,
     pub masks: Option<&'a mut ShardWriter>,
+    /// The step's own progress bar is labelled with this.
+    pub label: &'a str,
+    /// A run-wide bar advanced once per layer.
+    pub overall: Option<&'a indicatif::ProgressBar>,
 }
 
 /// What one linear ended up as.
@@ -174,8 +178,6 @@ pub fn run_step(
     s: &StepSettings,
     prior: Option<&StateReader>,
     sinks: &mut Sinks,
-    label: &str,
-    overall: Option<&indicatif::ProgressBar>,
 ) -> Result<StepReport> {
     let started = Instant::now();
     let cfg = &model.cfg;
@@ -191,7 +193,7 @@ pub fn run_step(
     };
     let seqlen = windows.first().map(Vec::len).unwrap_or(1);
     let pos = model.positions(seqlen)?;
-    let pb = crate::ui::bar(layers as u64, label.to_string());
+    let pb = crate::ui::bar(layers as u64, sinks.label.to_string());
     pb.set_message("layers");
     let mut linears = Vec::with_capacity(layers * 7);
     let mut layer_sparsity = Vec::with_capacity(layers);
@@ -260,7 +262,7 @@ pub fn run_step(
             peak_rss_bytes: crate::report::peak_rss_bytes(),
         });
         pb.inc(1);
-        if let Some(o) = overall {
+        if let Some(o) = sinks.overall {
             o.inc(1);
         }
     }

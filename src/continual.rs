@@ -582,6 +582,8 @@ fn prune_step(
             model: &mut writer,
             state: state_w.as_mut(),
             masks: masks.as_mut(),
+            label: &label,
+            overall: Some(overall),
         };
         calib::run_step(
             c.model,
@@ -590,8 +592,6 @@ fn prune_step(
             &step_settings,
             prior_ref,
             &mut sinks,
-            &label,
-            Some(overall),
         )?
     };
     let mut cfg_json = dense.config_json.clone();
