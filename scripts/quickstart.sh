@@ -9,11 +9,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-if [ -z "${COPAL_DATA_DIR:-}" ]; then
-  for d in "$root/../shared/data" "$root/data"; do
-    if [ -d "$d" ]; then export COPAL_DATA_DIR=$(cd "$d" && pwd); break; fi
-  done
-fi
+. "$root/scripts/common.sh"
 cargo build --release --locked
 ./scripts/fetch-test-model.sh > /dev/null
 ./target/release/copal prune --model smollm2-135m --datasets wikitext2,ptb,c4 \

@@ -307,13 +307,8 @@ pub fn expand(cfg: &ExperimentConfig) -> Result<Vec<RunSpec>> {
 /// What one finished run leaves behind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
-    pub id: String,
-    pub setting: String,
-    pub method: Method,
-    pub mode: Mode,
-    pub group: Group,
-    pub pattern: Pattern,
-    pub order: Vec<String>,
+    #[serde(flatten)]
+    pub spec: RunSpec,
     /// R[step][dataset], columns in `order`; null where not evaluated.
     pub ppl_matrix: Vec<Vec<Option<f64>>>,
     pub dense_ppl: Vec<f64>,
@@ -391,13 +386,7 @@ pub fn run_one(cfg: &ExperimentConfig, spec: &RunSpec, data_dir: &Path) -> Resul
     let _ = std::fs::remove_dir_all(&out);
     let r = rec.ppl_matrix.clone().unwrap_or_default();
     let result = RunResult {
-        id: spec.id.clone(),
-        setting: spec.setting.clone(),
-        method: spec.method,
-        mode: spec.mode,
-        group: spec.group,
-        pattern: spec.pattern,
-        order: rec.datasets.clone(),
+        spec: spec.clone(),
         ppl_matrix: r
             .iter()
             .map(|row| {
@@ -482,7 +471,7 @@ impl Row {
 pub fn aggregate(results: &[RunResult]) -> Vec<Row> {
     let mut keys: Vec<(Pattern, String)> = Vec::new();
     for r in results {
-        let k = (r.pattern, r.setting.clone());
+        let k = (r.spec.pattern, r.spec.setting.clone());
         if !keys.contains(&k) {
             keys.push(k);
         }
@@ -491,13 +480,13 @@ pub fn aggregate(results: &[RunResult]) -> Vec<Row> {
         .map(|(pattern, setting)| {
             let rs: Vec<&RunResult> = results
                 .iter()
-                .filter(|r| r.pattern == pattern && r.setting == setting)
+                .filter(|r| r.spec.pattern == pattern && r.spec.setting == setting)
                 .collect();
             let bwts: Vec<f64> = rs.iter().filter_map(|r| r.bwt).collect();
             Row {
-                method: rs[0].method,
-                mode: rs[0].mode,
-                group: rs[0].group,
+                method: rs[0].spec.method,
+                mode: rs[0].spec.mode,
+                group: rs[0].spec.group,
                 setting,
                 pattern,
                 avg_ppl: stats(&rs.iter().map(|r| r.avg_ppl).collect::<Vec<_>>()),
@@ -546,6 +535,7 @@ pub fn markdown(rows: &[Row], results: &[RunResult]) -> String {
     }
     if let Some(r) = results.first() {
         let mut dense: Vec<(String, f64)> = r
+            .spec
             .order
             .iter()
             .cloned()
@@ -567,7 +557,11 @@ pub fn markdown(rows: &[Row], results: &[RunResult]) -> String {
 
 /// CSV: one row per run, with R flattened as `R<step>_<dataset>` in the run's order.
 pub fn csv(results: &[RunResult]) -> String {
-    let k = results.iter().map(|r| r.order.len()).max().unwrap_or(0);
+    let k = results
+        .iter()
+        .map(|r| r.spec.order.len())
+        .max()
+        .unwrap_or(0);
     let mut s = String::from(
         "id,method,mode,group,pattern,order,avg_ppl,bwt,sparsity,seconds,peak_rss_bytes",
     );
@@ -580,12 +574,12 @@ pub fn csv(results: &[RunResult]) -> String {
     for r in results {
         s.push_str(&format!(
             "{},{},{},{},{},{},{},{},{},{:.1},{}",
-            r.id,
-            r.method.name(),
-            mode_name(r.mode),
-            format!("{:?}", r.group).to_lowercase(),
-            r.pattern.to_string().replace(' ', ""),
-            r.order.join(">"),
+            r.spec.id,
+            r.spec.method.name(),
+            mode_name(r.spec.mode),
+            format!("{:?}", r.spec.group).to_lowercase(),
+            r.spec.pattern.to_string().replace(' ', ""),
+            r.spec.order.join(">"),
             r.avg_ppl,
             r.bwt.map(|b| b.to_string()).unwrap_or_default(),
             r.sparsity,
@@ -689,9 +683,12 @@ fn plots(cfg: &ExperimentConfig, dir: &Path, rows: &[Row], results: &[RunResult]
             .iter()
             .filter_map(|row| {
                 let r = results.iter().find(|x| {
-                    x.pattern == pattern && x.setting == row.setting && x.order == order
+                    x.spec.pattern == pattern
+                        && x.spec.setting == row.setting
+                        && x.spec.order == order
                 })?;
                 let lines = r
+                    .spec
                     .order
                     .iter()
                     .enumerate()

@@ -25,8 +25,15 @@ pub fn quiet() -> bool {
 
 /// Prints one line to stderr unless quiet (above any progress bars).
 pub fn info(msg: impl AsRef<str>) {
-    if !quiet() {
-        let _ = multi().println(msg.as_ref());
+    if quiet() {
+        return;
+    }
+    let m = multi();
+    if m.is_hidden() {
+        // stderr is not a terminal: no bars to draw around, plain lines (logs, CI).
+        eprintln!("{}", msg.as_ref());
+    } else {
+        let _ = m.println(msg.as_ref());
     }
 }
 

@@ -30,7 +30,7 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
                 .with_context(|| format!("run {}", spec.id))?;
             crate::ui::info(format!(
                 "{}: avg PPL {:.3}, BWT {:?}",
-                r.id, r.avg_ppl, r.bwt
+                r.spec.id, r.avg_ppl, r.bwt
             ));
         }
         return Ok(());

@@ -257,6 +257,7 @@ pub fn relative_output_error(w0: &Tensor, w: &Tensor, h: &Tensor) -> Result<f64>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::block::max_abs;
     use crate::prune::noise::gaussian;
 
     /// Inputs with strongly correlated columns: x = z A with A random mixing.
@@ -379,25 +380,12 @@ mod tests {
         once.observe(&Tensor::cat(&[&a, &b], 0).unwrap(), &a)
             .unwrap();
         let one = Box::new(once).finish(&half, Group::Matrix).unwrap();
-        let d = (two.state.unwrap() - one.state.unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let max_diff = |a: Tensor, b: Tensor| max_abs(&(a - b).unwrap()).unwrap();
+        let d = max_diff(two.state.unwrap(), one.state.unwrap());
         assert!(d < 1e-3, "Σxxᵀ differs by {d}");
         assert_eq!(two.mask, one.mask);
         // Pruning from the dense weights each time: the result does not depend on history.
-        let dw = (two.weight - one.weight)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let dw = max_diff(two.weight, one.weight);
         assert!(dw < 1e-3, "weights differ by {dw}");
     }
 }

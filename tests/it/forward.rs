@@ -15,9 +15,31 @@ fn load(cfg: &LlamaConfig, t: &HashMap<String, Tensor>) -> Llama {
     Llama::load(t, cfg, DType::F32, &Device::Cpu).unwrap()
 }
 
+/// Last-position logits of candle-transformers' own Llama on the same tensors.
+fn candle_transformers_last(
+    cfg_json: serde_json::Value,
+    t: &HashMap<String, Tensor>,
+    input: &[u32],
+) -> Tensor {
+    use candle_transformers::models::llama as ct;
+    let ctc: ct::LlamaConfig = serde_json::from_value(cfg_json).unwrap();
+    let ctc = ctc.into_config(false);
+    let vb = candle_nn::VarBuilder::from_tensors(t.clone(), DType::F32, &Device::Cpu);
+    let reference = ct::Llama::load(vb, &ctc).unwrap();
+    let mut cache = ct::Cache::new(false, DType::F32, &ctc, &Device::Cpu).unwrap();
+    let x = Tensor::new(input, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    reference
+        .forward(&x, 0, &mut cache)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+}
+
 #[test]
 fn last_position_matches_candle_transformers() {
-    use candle_transformers::models::llama as ct;
     for tied in [true, false] {
         let cfg_json = tiny_config(tied);
         let cfg = LlamaConfig::from_json(&cfg_json.to_string()).unwrap();
@@ -25,33 +47,14 @@ fn last_position_matches_candle_transformers() {
         let input = ids(40, 1);
         let ours = load(&cfg, &t).forward(&t, &input).unwrap();
         let ours_last = ours.i(input.len() - 1).unwrap();
-
-        let ctc: ct::LlamaConfig = serde_json::from_value(cfg_json).unwrap();
-        let ctc = ctc.into_config(false);
-        let vb = candle_nn::VarBuilder::from_tensors(t.clone(), DType::F32, &Device::Cpu);
-        let reference = ct::Llama::load(vb, &ctc).unwrap();
-        let mut cache = ct::Cache::new(false, DType::F32, &ctc, &Device::Cpu).unwrap();
-        let x = Tensor::new(input.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let theirs = reference
-            .forward(&x, 0, &mut cache)
-            .unwrap()
-            .squeeze(0)
-            .unwrap();
-        assert_close(
-            &ours_last,
-            &theirs,
-            1e-4,
-            &format!("last-position logits vs candle-transformers (tied={tied})"),
-        );
+        let theirs = candle_transformers_last(cfg_json, &t, &input);
+        let what = format!("last-position logits vs candle-transformers (tied={tied})");
+        assert_close(&ours_last, &theirs, 1e-4, &what);
     }
 }
 
 #[test]
 fn llama3_rope_scaling_matches_candle_transformers() {
-    use candle_transformers::models::llama as ct;
     let mut cfg_json = tiny_config(false);
     cfg_json["rope_scaling"] = serde_json::json!({
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -68,20 +71,7 @@ fn llama3_rope_scaling_matches_candle_transformers() {
     let t = tiny_tensors(&cfg, 21);
     let input = ids(60, 8);
     let ours = load(&cfg, &t).forward(&t, &input).unwrap().i(59).unwrap();
-    let ctc: ct::LlamaConfig = serde_json::from_value(cfg_json).unwrap();
-    let ctc = ctc.into_config(false);
-    let vb = candle_nn::VarBuilder::from_tensors(t.clone(), DType::F32, &Device::Cpu);
-    let reference = ct::Llama::load(vb, &ctc).unwrap();
-    let mut cache = ct::Cache::new(false, DType::F32, &ctc, &Device::Cpu).unwrap();
-    let x = Tensor::new(input.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let theirs = reference
-        .forward(&x, 0, &mut cache)
-        .unwrap()
-        .squeeze(0)
-        .unwrap();
+    let theirs = candle_transformers_last(cfg_json, &t, &input);
     assert_close(
         &ours,
         &theirs,
