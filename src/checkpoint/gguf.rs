@@ -250,6 +250,13 @@ pub fn import(path: &Path, out: &Path, dtype: DType) -> Result<Imported> {
     write_json(&out.join("config.json"), &config)?;
     let (tokenizer, tokenizer_config) = tokenizer_from_gguf(&meta)?;
     write_json(&out.join("tokenizer.json"), &tokenizer)?;
+    // The rebuilt tokenizer must load (merges must name tokens of the vocabulary, …).
+    tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: the tokenizer metadata does not form a valid tokenizer: {e}",
+            path.display()
+        )
+    })?;
     write_json(&out.join("tokenizer_config.json"), &tokenizer_config)?;
     super::writer::sync_dir(out)?;
     Ok(Imported {
@@ -428,6 +435,12 @@ fn tokenizer_from_gguf(meta: &Meta) -> Result<(Json, Json)> {
             .collect(),
         _ => vec![1; tokens.len()],
     };
+    ensure!(
+        types.len() == tokens.len(),
+        "tokenizer.ggml.token_type has {} entries for {} tokens",
+        types.len(),
+        tokens.len()
+    );
     let pre = meta.string("tokenizer.ggml.pre").unwrap_or("default");
     let vocab: serde_json::Map<String, Json> = tokens
         .iter()
