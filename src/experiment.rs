@@ -235,11 +235,13 @@ pub fn expand(cfg: &ExperimentConfig) -> Result<Vec<RunSpec>> {
         }
     }
     let mut runs = Vec::new();
+    // Order-major: after the first |methods| runs every method has one complete order, so a
+    // partly finished grid already compares all of them.
     for pattern in &patterns {
-        for mm in &cfg.methods {
-            let mode = mm.mode.unwrap_or(default_mode(mm.method));
-            let group = mm.group.unwrap_or(mm.method.default_group());
-            for order in &orders {
+        for order in &orders {
+            for mm in &cfg.methods {
+                let mode = mm.mode.unwrap_or(default_mode(mm.method));
+                let group = mm.group.unwrap_or(mm.method.default_group());
                 let mut gtag = if mm.group.is_some() {
                     format!("-{group:?}").to_lowercase()
                 } else {
