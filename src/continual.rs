@@ -82,25 +82,13 @@ fn sparsity_config(plan: &PrunePlan, datasets: &[String], measured: f64) -> serd
             "group": plan.group,
             "datasets": datasets,
             "perturbation": if plan.method == Method::Copal { Some(plan.perturbation) } else { None },
+            "variant": if plan.method == Method::Copal { Some(plan.variant) } else { None },
             "propagate": plan.propagate,
             "nsamples": plan.nsamples,
             "seqlen": plan.seqlen,
             "seed": plan.seed,
         },
     })
-}
-
-/// Replaces `dst` by `src` atomically (copy to a temporary sibling, flush, rename).
-fn install_file(src: &Path, dst: &Path) -> Result<()> {
-    let tmp = crate::fsutil::sibling(dst, &format!("copal-partial-{}", std::process::id()));
-    std::fs::copy(src, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    crate::fsutil::fault_point();
-    std::fs::rename(&tmp, dst).with_context(|| format!("replacing {}", dst.display()))?;
-    if let Some(p) = dst.parent().filter(|p| !p.as_os_str().is_empty()) {
-        crate::checkpoint::writer::sync_dir(p)?;
-    }
-    Ok(())
 }
 
 /// What stays fixed over the steps of one run.
@@ -413,7 +401,7 @@ fn run_steps(
         )?;
         // The user's state file follows the finished steps.
         if let (Some(path), true) = (&plan.state, plan.mode == Mode::Accumulate) {
-            install_file(&c.work.state_file(k + 1), path)?;
+            crate::fsutil::install_file(&c.work.state_file(k + 1), path)?;
         }
         // Only the newest checkpoint and state are needed from here on.
         if k > 0 {
@@ -429,7 +417,7 @@ fn run_steps(
     // A resumed run whose steps were all finished still owes the user the newest state.
     if let (Some(path), true, true) = (&plan.state, plan.mode == Mode::Accumulate, !done.is_empty())
     {
-        install_file(&c.work.state_file(k_total), path)?;
+        crate::fsutil::install_file(&c.work.state_file(k_total), path)?;
     }
     let final_dir = c.work.step_dir(k_total);
     if plan.save_steps && k_total > 1 {

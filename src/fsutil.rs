@@ -72,6 +72,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Replaces `dst` by `src` atomically (copy to a temporary sibling, flush, rename).
+pub fn install_file(src: &Path, dst: &Path) -> Result<()> {
+    let tmp = sibling(dst, &format!("copal-partial-{}", std::process::id()));
+    std::fs::copy(src, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    fault_point();
+    std::fs::rename(&tmp, dst).with_context(|| format!("replacing {}", dst.display()))?;
+    if let Some(p) = dst.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::checkpoint::writer::sync_dir(p)?;
+    }
+    Ok(())
+}
+
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
