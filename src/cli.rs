@@ -206,7 +206,8 @@ pub struct PruneArgs {
     #[arg(long, default_value = "unstructured", value_name = "PATTERN")]
     pub pattern: String,
 
-    /// Comparison group of the unstructured threshold [default: matrix; row for wanda].
+    /// Comparison group of the unstructured threshold [default: row for copal and wanda,
+    /// matrix for magnitude]; `--group matrix` is the COPAL paper's per-matrix threshold.
     #[arg(long, value_enum)]
     pub group: Option<crate::prune::Group>,
 

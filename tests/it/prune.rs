@@ -72,7 +72,14 @@ fn output_has_exact_sparsity_masks_and_untouched_tensors() {
         &s,
         &a,
         &out,
-        &["--sparsity", "50", "--save-masks", "--json"],
+        &[
+            "--sparsity",
+            "50",
+            "--group",
+            "matrix",
+            "--save-masks",
+            "--json",
+        ],
         &[],
     );
     assert_eq!(r.0, 0, "{}", r.2);
