@@ -273,3 +273,39 @@ fn help_states_the_conventions() {
     // A usage error keeps clap's exit code 2.
     assert_eq!(run_cli(&["prune", "--bogus"], &[]).0, 2);
 }
+
+#[test]
+fn hub_ids_resolve_from_the_cache_offline() {
+    let t = tiny_model(true, 2);
+    let home = t.tmp.path().join("hf");
+    let snap = home.join("hub/models--tiny-org--tiny-llama/snapshots/0123abcd");
+    std::fs::create_dir_all(&snap).unwrap();
+    for e in std::fs::read_dir(&t.dir).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, snap.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::create_dir_all(home.join("hub/models--tiny-org--tiny-llama/refs")).unwrap();
+    std::fs::write(
+        home.join("hub/models--tiny-org--tiny-llama/refs/main"),
+        "0123abcd",
+    )
+    .unwrap();
+    let env = [("HF_HOME", home.to_str().unwrap()), ("HF_HUB_OFFLINE", "1")];
+    let (code, out, err) = run_cli(
+        &["inspect", "tiny-org/tiny-llama", "--json", "--quiet"],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["model"].as_str().unwrap().ends_with("snapshots/0123abcd"),
+        "{}",
+        v["model"]
+    );
+    // Offline and not cached: the error says how to get it.
+    let r = run_cli(&["inspect", "tiny-org/absent", "--quiet"], &env);
+    assert_user_error(
+        &r,
+        "HF_HUB_OFFLINE is set and tiny-org/absent is not in the hub cache",
+    );
+}
