@@ -109,37 +109,69 @@ pub fn cholesky(m: &mut Mat) -> Result<()> {
     Ok(())
 }
 
-/// Inverse of a lower-triangular matrix (lower triangular), column by column in parallel.
-pub fn lower_inverse(l: &Mat) -> Mat {
-    let n = l.n;
-    // Column j of L⁻¹ solves L x = e_j by forward substitution; columns are independent.
+/// Inverse of a small lower-triangular matrix by forward substitution, columns in parallel.
+fn lower_inverse_small(l: &[f64], n: usize) -> Vec<f64> {
     let cols: Vec<Vec<f64>> = (0..n)
         .into_par_iter()
         .map(|j| {
             let mut x = vec![0.0; n];
-            x[j] = 1.0 / l.at(j, j);
+            x[j] = 1.0 / l[j * n + j];
             for i in j + 1..n {
-                let row = &l.a[i * n..i * n + i];
-                let s: f64 = row[j..i].iter().zip(&x[j..i]).map(|(a, b)| a * b).sum();
-                x[i] = -s / l.at(i, i);
+                let s: f64 = (j..i).map(|k| l[i * n + k] * x[k]).sum();
+                x[i] = -s / l[i * n + i];
             }
             x
         })
         .collect();
-    let mut inv = Mat::zeros(n);
+    let mut inv = vec![0.0; n * n];
     for (j, c) in cols.iter().enumerate() {
         for i in j..n {
-            inv.a[i * n + j] = c[i];
+            inv[i * n + j] = c[i];
         }
     }
     inv
+}
+
+/// Inverse of a lower-triangular matrix (lower triangular), by block rows: with X = L⁻¹,
+/// X_ii = L_ii⁻¹ and X[i, :i] = −L_ii⁻¹ · (L[i, :i] · X[:i, :i]), both products GEMMs.
+pub fn lower_inverse(l: &Mat) -> Result<Mat> {
+    let n = l.n;
+    let mut x = Mat::zeros(n);
+    let mut r0 = 0;
+    while r0 < n {
+        let r1 = (r0 + BLOCK).min(n);
+        let b = r1 - r0;
+        let inv_ii = lower_inverse_small(&l.block(r0, r1, r0, r1), b);
+        for i in 0..b {
+            x.a[(r0 + i) * n + r0..(r0 + i) * n + r1].copy_from_slice(&inv_ii[i * b..(i + 1) * b]);
+        }
+        if r0 > 0 {
+            let lrow = Tensor::from_vec(l.block(r0, r1, 0, r0), (b, r0), &Device::Cpu)?;
+            let xprev = Tensor::from_vec(x.block(0, r0, 0, r0), (r0, r0), &Device::Cpu)?;
+            let inv = Tensor::from_vec(inv_ii, (b, b), &Device::Cpu)?;
+            let t = inv
+                .matmul(&lrow.matmul(&xprev)?)?
+                .flatten_all()?
+                .to_vec1::<f64>()?;
+            for i in 0..b {
+                for (dst, v) in x.a[(r0 + i) * n..(r0 + i) * n + r0]
+                    .iter_mut()
+                    .zip(&t[i * r0..(i + 1) * r0])
+                {
+                    *dst = -v;
+                }
+            }
+        }
+        r0 = r1;
+    }
+    Ok(x)
 }
 
 /// U upper triangular with Uᵀ U = H⁻¹ (see the module docs).
 pub fn upper_cholesky_of_inverse(h: &Mat) -> Result<Mat> {
     let mut m = h.reversed();
     cholesky(&mut m)?;
-    Ok(lower_inverse(&m).reversed())
+    Ok(lower_inverse(&m)?.reversed())
 }
 
 #[cfg(test)]
@@ -204,6 +236,25 @@ mod tests {
             }
         }
         assert!(max < 1e-8, "max |UᵀUH − I| = {max:e}");
+    }
+
+    #[test]
+    fn blocked_lower_inverse_inverts() {
+        let n = 300; // three blocks, the last partial
+        let mut l = spd(n, 3);
+        cholesky(&mut l).unwrap();
+        let x = lower_inverse(&l).unwrap();
+        let mut max = 0f64;
+        for i in 0..n {
+            for j in 0..n {
+                let s: f64 = (0..n).map(|k| l.at(i, k) * x.at(k, j)).sum();
+                max = max.max((s - if i == j { 1.0 } else { 0.0 }).abs());
+                if j > i {
+                    assert_eq!(x.at(i, j), 0.0, "L⁻¹ is lower triangular");
+                }
+            }
+        }
+        assert!(max < 1e-9, "max |L L⁻¹ − I| = {max:e}");
     }
 
     #[test]

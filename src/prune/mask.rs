@@ -214,13 +214,42 @@ pub fn select(
                 "the {n}:{m} pattern needs an input width divisible by {m}, but this matrix has \
                  {cols} columns"
             );
+            // Whole rows per task; within a row, each group of M is a tiny fixed-size select.
             pruned
-                .par_chunks_mut(m)
-                .zip(scores.par_chunks(m))
-                .for_each(|(out, s)| prune_lowest(s, n, out));
+                .par_chunks_mut(cols)
+                .zip(scores.par_chunks(cols))
+                .for_each(|(out, s)| {
+                    for (o, g) in out.chunks_mut(m).zip(s.chunks(m)) {
+                        prune_lowest_small(g, n, o);
+                    }
+                });
         }
     }
     Ok(Mask { rows, cols, pruned })
+}
+
+/// [`prune_lowest`] for a small group (N:M, M ≤ 64 in practice) without allocating: the
+/// group's packed (order key, index) values are insertion-sorted in a stack buffer.
+fn prune_lowest_small(scores: &[f32], k: usize, out: &mut [bool]) {
+    const CAP: usize = 64;
+    if scores.len() > CAP {
+        return prune_lowest(scores, k, out);
+    }
+    let mut keys = [0u64; CAP];
+    let m = scores.len();
+    for (i, &s) in scores.iter().enumerate() {
+        let key = (order_key(s) as u64) << 32 | i as u64;
+        // Insert key into keys[..i], kept sorted.
+        let mut j = i;
+        while j > 0 && keys[j - 1] > key {
+            keys[j] = keys[j - 1];
+            j -= 1;
+        }
+        keys[j] = key;
+    }
+    for &key in &keys[..k.min(m)] {
+        out[(key & 0xFFFF_FFFF) as usize] = true;
+    }
 }
 
 #[cfg(test)]
@@ -271,8 +300,10 @@ mod tests {
         let s = random(5 * 16, 3, 2);
         for (n, mm) in [(2, 4), (4, 8)] {
             let m = select(&s, 5, 16, &Pattern::NM { n, m: mm }, Group::Matrix).unwrap();
-            for g in m.pruned.chunks(mm) {
+            for (g, sg) in m.pruned.chunks(mm).zip(s.chunks(mm)) {
                 assert_eq!(g.iter().filter(|&&x| x).count(), n);
+                // Scores take two values only, so ties decide most groups.
+                assert_eq!(g, naive(sg, n).as_slice());
             }
         }
         let e = select(&s[..5 * 6], 5, 6, &Pattern::NM { n: 2, m: 4 }, Group::Row).unwrap_err();
