@@ -190,6 +190,22 @@ pub fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
     out
 }
 
+/// The grid's orders: the n cyclic rotations first (a Latin square: every dataset once in
+/// every position), then the other permutations. A grid stopped after n orders is therefore
+/// still balanced over positions, which a lexicographic prefix is not.
+pub fn grid_orders<T: Clone + PartialEq>(items: &[T]) -> Vec<Vec<T>> {
+    let n = items.len();
+    let mut out: Vec<Vec<T>> = (0..n)
+        .map(|r| (0..n).map(|i| items[(i + r) % n].clone()).collect())
+        .collect();
+    for p in permutations(items) {
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
 fn mode_name(m: Mode) -> &'static str {
     match m {
         Mode::Accumulate => "accumulate",
@@ -220,7 +236,7 @@ fn safe(s: &str) -> String {
 /// The grid, in a fixed order.
 pub fn expand(cfg: &ExperimentConfig) -> Result<Vec<RunSpec>> {
     let orders = if cfg.permutations {
-        permutations(&cfg.datasets)
+        grid_orders(&cfg.datasets)
     } else {
         vec![cfg.datasets.clone()]
     };
@@ -612,7 +628,7 @@ pub fn report(cfg: &ExperimentConfig, runs: &[RunSpec]) -> Result<(Vec<Row>, usi
         cfg.name,
         cfg.model,
         cfg.datasets.join(", "),
-        if cfg.permutations { permutations(&cfg.datasets).len() } else { 1 },
+        if cfg.permutations { grid_orders(&cfg.datasets).len() } else { 1 },
         cfg.nsamples,
         cfg.seqlen.map(|s| s.to_string()).unwrap_or_else(|| "2048".into()),
         cfg.max_windows.map(|w| w.to_string()).unwrap_or_else(|| "all".into()),
@@ -677,7 +693,7 @@ fn plots(cfg: &ExperimentConfig, dir: &Path, rows: &[Row], results: &[RunResult]
         // Trajectories in the first order of the grid: perplexity of each dataset after every
         // step from the one where it arrives.
         let order = if cfg.permutations {
-            permutations(&cfg.datasets)[0].clone()
+            grid_orders(&cfg.datasets)[0].clone()
         } else {
             cfg.datasets.clone()
         };
@@ -763,6 +779,22 @@ mod tests {
         let set: std::collections::HashSet<_> = p.iter().collect();
         assert_eq!(set.len(), 6);
         assert_eq!(p[0], vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn grid_orders_start_with_a_latin_square() {
+        let items = ["a", "b", "c", "d"];
+        let o = grid_orders(&items);
+        assert_eq!(o.len(), 24);
+        let set: std::collections::HashSet<_> = o.iter().collect();
+        assert_eq!(set.len(), 24);
+        // In the first n orders every item stands once in every position.
+        for pos in 0..items.len() {
+            let col: std::collections::HashSet<_> =
+                o[..items.len()].iter().map(|p| p[pos]).collect();
+            assert_eq!(col.len(), items.len(), "position {pos}");
+        }
+        assert_eq!(o[0], items.to_vec());
     }
 
     #[test]
