@@ -21,7 +21,7 @@ use crate::config::PrunePlan;
 use crate::data::{self, corpus, Dataset};
 use crate::eval::{self, EvalResult, EvalSet};
 use crate::model::{Linear, Llama, TensorSource};
-use crate::prune::Method;
+use crate::prune::{Method, Pattern};
 use crate::report::{self, DataFile, RunRecord, StepRecordOut};
 use crate::resume::{self, DoneStep, Manifest, Workdir};
 use crate::state::{self, StateMeta, StateReader, StateSettings, StepRecord};
@@ -128,6 +128,25 @@ pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
     let cfg = dense.config.clone();
     let seqlen = crate::commands::resolve_seqlen(plan.seqlen, cfg.max_position_embeddings)?;
     plan.seqlen = Some(seqlen);
+    // An N:M pattern needs every pruned linear's input width divisible by M; say so before
+    // any calibration work rather than at the first layer.
+    if let Pattern::NM { n, m } = plan.pattern {
+        let widths = [
+            ("hidden_size", cfg.hidden_size),
+            (
+                "heads × head_dim (o_proj)",
+                cfg.num_attention_heads * cfg.head_dim(),
+            ),
+            ("intermediate_size", cfg.intermediate_size),
+        ];
+        for (what, w) in widths {
+            ensure!(
+                w % m == 0,
+                "--pattern {n}:{m} needs input widths divisible by {m}, but this model's {what} \
+                 is {w}; choose M dividing it (2:4 and 4:8 fit LLaMA models)"
+            );
+        }
+    }
 
     // Never write into or over the input.
     let out = plan.out.clone();

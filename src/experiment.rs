@@ -617,6 +617,77 @@ pub fn csv(results: &[RunResult]) -> String {
     s
 }
 
+/// What a calibration step costs per setting: mean seconds per step (over every step of every
+/// finished run), the FLOPs it needs by `calib::step_flops` (forward, statistics, the pruned
+/// re-forward), the throughput that implies, and the largest peak RSS of a run. Dividing a
+/// machine's GEMM throughput by the achieved figure gives the step's multiple of its FLOP bound.
+pub fn cost_table(
+    cfg: &ExperimentConfig,
+    model: Option<&crate::model::LlamaConfig>,
+    rows: &[Row],
+    results: &[RunResult],
+) -> String {
+    let seqlen = cfg.seqlen.unwrap_or(2048);
+    let mut s = String::from(
+        "| pattern | setting | s/step (mean ± sd) | GFLOP/step | achieved GFLOP/s | peak RSS (GiB) |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows.iter().filter(|r| r.method != Method::Dense) {
+        let rs: Vec<&RunResult> = results
+            .iter()
+            .filter(|x| x.spec.pattern == r.pattern && x.spec.setting == r.setting)
+            .collect();
+        let steps = stats(
+            &rs.iter()
+                .flat_map(|x| x.step_seconds.iter().cloned())
+                .collect::<Vec<_>>(),
+        );
+        let flops = model.map(|m| {
+            let spec = &rs[0].spec;
+            let settings = crate::calib::StepSettings {
+                method: spec.method,
+                pattern: spec.pattern,
+                group: spec.group,
+                propagate: cfg.propagate,
+                perturbation: Perturbation {
+                    kind: spec.perturbation,
+                    eps_w: cfg.copal.eps_w,
+                    eps_x: cfg.copal.eps_x,
+                },
+                variant: spec.variant,
+                sparsegpt: SparseGptConfig::default(),
+                seed: cfg.seed,
+                dataset: String::new(),
+            };
+            crate::calib::step_flops(m, &settings, cfg.nsamples, seqlen)
+        });
+        let (tflop, rate) = match flops {
+            Some(f) if f > 0.0 => (
+                if f >= 1e11 {
+                    format!("{:.0}", f / 1e9)
+                } else {
+                    format!("{:.4}", f / 1e9)
+                },
+                format!("{:.0}", f / steps.mean / 1e9),
+            ),
+            _ => ("–".into(), "–".into()),
+        };
+        let rss = rs
+            .iter()
+            .filter_map(|x| x.peak_rss_bytes)
+            .max()
+            .map(|b| format!("{:.2}", b as f64 / (1u64 << 30) as f64))
+            .unwrap_or_else(|| "–".into());
+        s.push_str(&format!(
+            "| {} | {} | {:.1} ± {:.1} | {tflop} | {rate} | {rss} |\n",
+            r.pattern,
+            r.label(),
+            steps.mean,
+            steps.sd
+        ));
+    }
+    s
+}
+
 /// Writes table.md, runs.csv, runs.json and the plots from the finished runs.
 pub fn report(cfg: &ExperimentConfig, runs: &[RunSpec]) -> Result<(Vec<Row>, usize)> {
     let results = finished(cfg, runs);
@@ -635,6 +706,15 @@ pub fn report(cfg: &ExperimentConfig, runs: &[RunSpec]) -> Result<(Vec<Row>, usi
         results.len(),
         runs.len(),
         markdown(&rows, &results)
+    );
+    // The model's shapes give each step's FLOP count; without the model the column is blank.
+    let model = crate::checkpoint::resolve(&cfg.model, true)
+        .and_then(|d| crate::checkpoint::Checkpoint::open(&d))
+        .map(|c| c.config)
+        .ok();
+    let md = format!(
+        "{md}\n## Cost per calibration step\n\n{}",
+        cost_table(cfg, model.as_ref(), &rows, &results)
     );
     std::fs::write(dir.join("table.md"), md)?;
     std::fs::write(dir.join("runs.csv"), csv(&results))?;

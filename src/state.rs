@@ -154,8 +154,12 @@ pub struct StateReader {
 
 impl StateReader {
     pub fn open(path: &Path) -> Result<Self> {
-        let shard =
-            Shard::open(path).with_context(|| format!("opening state file {}", path.display()))?;
+        let shard = Shard::open_or(
+            path,
+            "a state cannot be repaired; restore a copy, or start a new state file and \
+                 recalibrate on every dataset it held",
+        )
+        .with_context(|| format!("opening state file {}", path.display()))?;
         let text = shard
             .user_metadata()
             .and_then(|m| m.get(META_KEY))

@@ -48,6 +48,11 @@ pub struct Shard {
 impl Shard {
     /// Maps `path` and validates its header (offsets, sizes, dtypes).
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_or(path, "download or convert it again")
+    }
+
+    /// As `open`, with `remedy` telling the user what to do if the file is corrupt.
+    pub fn open_or(path: &Path, remedy: &str) -> Result<Self> {
         let file =
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: the file is opened read-only and copal never writes to its inputs; as with
@@ -57,7 +62,7 @@ impl Shard {
         let (n, meta) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| {
             anyhow::anyhow!(
                 "{} is not a valid safetensors file ({e}); it may be truncated or corrupt: \
-                 download or convert it again",
+                 {remedy}",
                 path.display()
             )
         })?;

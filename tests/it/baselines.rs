@@ -168,6 +168,24 @@ fn experiment_grid_is_complete_resumable_and_averaged() {
     ] {
         assert!(results.join(f).exists(), "{f} missing");
     }
+    // The cost table: data-driven settings have a FLOP count, magnitude needs none.
+    let md = std::fs::read_to_string(results.join("table.md")).unwrap();
+    let cost = md
+        .split("## Cost per calibration step")
+        .nth(1)
+        .expect("cost table");
+    let cell = |setting: &str| -> String {
+        let line = cost
+            .lines()
+            .find(|l| l.contains(&format!("| {setting} |")))
+            .unwrap_or_else(|| panic!("no {setting} row in {cost}"));
+        line.split('|').nth(4).unwrap().trim().to_string()
+    };
+    assert!(
+        cell("copal accumulate").parse::<f64>().unwrap() > 0.0,
+        "{cost}"
+    );
+    assert_eq!(cell("magnitude global"), "–", "{cost}");
     let svg = std::fs::read_to_string(results.join("plots/bwt-u50.svg")).unwrap();
     assert!(
         svg.contains("<svg") && svg.contains("copal accumulate"),

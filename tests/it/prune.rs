@@ -316,7 +316,8 @@ fn nm_patterns_hold_in_every_group() {
         &["--pattern", "3:7"],
         &[],
     );
-    assert_user_error(&r, "divisible by 7");
+    // Refused up front, before any calibration, naming the flag.
+    assert_user_error(&r, "--pattern 3:7 needs input widths divisible by 7");
 }
 
 #[test]

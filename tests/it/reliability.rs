@@ -178,6 +178,27 @@ fn random_sigkills_through_the_script() {
     assert!(err.contains("4 trials"), "{err}");
 }
 
+/// The README's bad-input table comes from this script: every case must exit 1 with an
+/// `error:` line and no panic (the script checks each and fails otherwise).
+#[test]
+fn bad_input_table_script_passes_every_case() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bad-input-table.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .env("COPAL_BIN", env!("CARGO_BIN_EXE_copal"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bad-input-table.sh failed:\n{stdout}\n{err}"
+    );
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("| 1 |")).collect();
+    assert_eq!(rows.len(), 20, "{stdout}");
+    assert!(!stdout.contains("panicked"), "{stdout}");
+}
+
 fn tiny_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
         "prune",
@@ -292,6 +313,11 @@ fn bad_weights_and_data_are_named() {
         &[],
     );
     assert_user_error(&r, "s.state");
+    assert!(
+        r.2.contains("restore a copy, or start a new state file"),
+        "{}",
+        r.2
+    );
 
     // An output directory that cannot be created (its parent is a file).
     let file = tmp.join("a-file");

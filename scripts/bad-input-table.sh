@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Issue #7's bad-input table: feeds `copal prune` one broken input at a time and prints a
+# Markdown table (case | exit code | the error and its causes). Every case must exit 1 with an
+# `error:` line and no panic; the script fails if one does not. The tests in tests/it/ cover
+# the same cases with assertions; this script shows what a user sees.
+#
+#   COPAL_BIN (default target/release/copal). Needs python3. Works in a temporary directory
+#   on a 2-layer synthetic model (`copal synth`), so it takes well under a minute.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+copal="${COPAL_BIN:-$root/target/release/copal}"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+
+"$copal" synth --preset smollm2-135m --layers 2 --out good > /dev/null
+python3 - <<'PY'
+import random
+random.seed(0)
+words = [''.join(random.choice('abcdefghij') for _ in range(random.randint(2, 8))) for _ in range(500)]
+open('data.txt', 'w').write(' '.join(random.choice(words) for _ in range(20000)))
+open('empty.txt', 'w').write('')
+open('short.txt', 'w').write('just a few words')
+open('docs.jsonl', 'w').write('{"text": "short one"}\n{"text": "another"}\n')
+PY
+
+# A model directory that shares the good weights (symlink) but can differ in one file.
+variant() { mkdir -p "$1"; for f in good/*; do ln -sf "$PWD/$f" "$1/"; done; }
+# Rewrites model.safetensors of directory $1 with python code $2 acting on (header, body).
+edit_st() {
+  rm -f "$1/model.safetensors"
+  python3 - "$1" "$2" <<'PY'
+import json, struct, sys
+d, code = sys.argv[1], sys.argv[2]
+raw = open('good/model.safetensors', 'rb').read()
+n = struct.unpack('<Q', raw[:8])[0]
+header = json.loads(raw[8:8 + n]); body = bytearray(raw[8 + n:])
+exec(code)
+h = json.dumps(header).encode()
+h += b' ' * (-len(h) % 8)
+open(f'{d}/model.safetensors', 'wb').write(struct.pack('<Q', len(h)) + h + bytes(body))
+PY
+}
+
+variant truncated; rm truncated/model.safetensors
+head -c 50000000 good/model.safetensors > truncated/model.safetensors
+variant offsets; edit_st offsets 'header["model.layers.1.mlp.up_proj.weight"]["data_offsets"][1] += 4096'
+variant dtype; edit_st dtype 'header["model.layers.0.self_attn.q_proj.weight"]["dtype"] = "I16"'
+variant nan
+edit_st nan 'o = header["model.layers.1.mlp.gate_proj.weight"]["data_offsets"][0]; body[o + 10:o + 12] = b"\xc0\x7f"'
+variant noconf; rm noconf/config.json
+python3 -c "import json; c = json.load(open('good/config.json')); del c['hidden_size']; json.dump(c, open('noconf/config.json', 'w'))"
+variant notok; rm notok/tokenizer.json
+variant shards; rm shards/model.safetensors
+python3 - <<'PY'
+import json, struct
+raw = open('good/model.safetensors', 'rb').read()
+n = struct.unpack('<Q', raw[:8])[0]
+names = [k for k in json.loads(raw[8:8 + n]) if k != '__metadata__']
+wm = {k: 'model-00001-of-00002.safetensors' if i % 2 else 'model-00002-of-00002.safetensors' for i, k in enumerate(names)}
+json.dump({'metadata': {}, 'weight_map': wm}, open('shards/model.safetensors.index.json', 'w'))
+PY
+ln -s "$PWD/good/model.safetensors" shards/model-00001-of-00002.safetensors
+"$copal" synth --preset smollm2-135m --layers 3 --out other > /dev/null
+touch a-file
+
+base=(--nsamples 2 --seqlen 64 --quiet)
+prune() { "$copal" prune --datasets "text:$PWD/data.txt" "${base[@]}" "$@"; }
+# States to misuse: one from the good model (COPAL), one from another model, one from Wanda.
+prune --model good --out s1 --state good.state > /dev/null
+prune --model other --out s2 --state other.state > /dev/null
+prune --model good --method wanda --mode accumulate --out s3 --state wanda.state > /dev/null
+head -c $(( $(stat -c %s good.state) - 100 )) good.state > cut.state
+
+cases=(
+  "truncated safetensors|prune --model truncated --out o"
+  "header offsets past the end|prune --model offsets --out o"
+  "unsupported dtype (I16)|prune --model dtype --out o"
+  "NaN in a weight|prune --model nan --out o"
+  "config.json without hidden_size|prune --model noconf --out o"
+  "missing tokenizer.json|prune --model notok --out o"
+  "index naming a missing shard|prune --model shards --out o"
+  "empty dataset file|$copal prune --model good --datasets text:$PWD/empty.txt ${base[*]} --out o"
+  "dataset shorter than seqlen|$copal prune --model good --datasets text:$PWD/short.txt ${base[*]} --out o"
+  "no jsonl document longer than seqlen|$copal prune --model good --datasets jsonl:$PWD/docs.jsonl ${base[*]} --out o"
+  "sparsity 0|prune --model good --out o --sparsity 0"
+  "sparsity 100|prune --model good --out o --sparsity 100"
+  "sparsity -5|prune --model good --out o --sparsity=-5"
+  "sparsity NaN|prune --model good --out o --sparsity NaN"
+  "N:M with M not dividing the width (3:7)|prune --model good --out o --pattern 3:7"
+  "state from another model|prune --model good --out o --state other.state"
+  "state from another method (wanda)|prune --model good --out o --state wanda.state"
+  "corrupted (truncated) state|prune --model good --out o --state cut.state"
+  "output directory not creatable|prune --model good --out a-file/out"
+  "full disk (ulimit -f 1024, EFBIG)|ulimit -f 1024; trap '' XFSZ; prune --model good --out o"
+)
+echo "| bad input | exit | message |"
+echo "|---|---|---|"
+fail=0
+for c in "${cases[@]}"; do
+  name=${c%%|*}; cmd=${c#*|}
+  set +e
+  err=$( (eval "$cmd") 2>&1 >/dev/null)
+  code=$?
+  set -e
+  line=$(printf '%s\n' "$err" | grep -m1 '^error:' || true)
+  # The error and its causes, as printed one per line, joined.
+  msg=$(printf '%s\n' "$err" | grep -E '^(error|  caused by):' | sed -E 's/^(error|  caused by): //' \
+    | paste -sd'\t' | sed 's/\t/ — /g')
+  msg=${msg//$PWD\//}
+  echo "| $name | $code | ${msg//|/\\|} |"
+  if [ "$code" != 1 ] || [ -z "$line" ] || printf '%s' "$err" | grep -q panicked; then
+    echo "FAIL: $name (exit $code): $err" >&2; fail=1
+  fi
+  rm -rf o .o.copal-partial
+done
+exit $fail
