@@ -5,7 +5,7 @@
 # both with their ratios, and checks that sparsity and perplexities agree within 1%.
 #
 #   MODEL (smollm2-135m)  DATASETS (wikitext2,ptb,c4)  NSAMPLES (16)  SEQLEN (512)
-#   WINDOWS (eval windows per dataset, 16)  THREADS (2)  GROUP (matrix)
+#   WINDOWS (eval windows per dataset, 16)  THREADS (2)  GROUP (row)
 #   VENV (~/.cache/copal/torch-venv): created with pinned torch and transformers if missing.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,7 +13,7 @@ copal="${COPAL_BIN:-$root/target/release/copal}"
 model="${MODEL:-smollm2-135m}"
 datasets="${DATASETS:-wikitext2,ptb,c4}"
 nsamples="${NSAMPLES:-16}"; seqlen="${SEQLEN:-512}"; windows="${WINDOWS:-16}"
-threads="${THREADS:-2}"; group="${GROUP:-matrix}"
+threads="${THREADS:-2}"; group="${GROUP:-row}"
 data="${COPAL_DATA_DIR:-$root/../shared/data}"
 venv="${VENV:-$HOME/.cache/copal/torch-venv}"
 TORCH=2.15.0; TRANSFORMERS=4.57.1; TOKENIZERS=0.22.2; SAFETENSORS=0.8.0

@@ -64,12 +64,16 @@ impl PrunePlan {
             Some(s) => data::parse_split_overrides(s)?,
             None => Vec::new(),
         };
+        // A script that continues a state one dataset at a time passes the same flags every
+        // time: an override for a dataset not in this run is noted and ignored, not an error
+        // (a misspelt dataset name is still refused by the parser above).
         for (d, _) in &overrides {
-            ensure!(
-                datasets.contains(d),
-                "--calib-split names {d}, which is not in --datasets {}",
-                a.datasets
-            );
+            if !datasets.contains(d) {
+                crate::ui::info(format!(
+                    "note: --calib-split names {d}, which is not in --datasets {}; ignored",
+                    a.datasets
+                ));
+            }
         }
         let datasets = datasets
             .iter()
