@@ -147,25 +147,38 @@ fn crash_at_every_write_boundary_then_resume_identically() {
     assert!(resumed_some, "no rerun reused a finished step");
 }
 
+/// Runs `scripts/NAME` with copal's binary and `env`; asserts success, returns (stdout, stderr).
+fn run_script(name: &str, args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name);
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .env("COPAL_BIN", env!("CARGO_BIN_EXE_copal"))
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{name} failed:\n{stdout}\n{err}");
+    (stdout, err)
+}
+
 #[test]
 fn random_sigkills_through_the_script() {
     let c = reference();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kill-test.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .arg("4")
-        .env("COPAL_BIN", env!("CARGO_BIN_EXE_copal"))
-        .env("MODEL", &c.t.dir)
-        .env("DATASETS", c.data.join(","))
-        .env("ARGS", "--nsamples 4 --seqlen 32 --eval --max-windows 2")
-        .env("SEED", "7")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "kill-test.sh failed:\n{stdout}\n{err}"
+    let model = c.t.dir.to_str().unwrap();
+    let datasets = c.data.join(",");
+    let (stdout, err) = run_script(
+        "kill-test.sh",
+        &["4"],
+        &[
+            ("MODEL", model),
+            ("DATASETS", &datasets),
+            ("ARGS", "--nsamples 4 --seqlen 32 --eval --max-windows 2"),
+            ("SEED", "7"),
+        ],
     );
     assert_eq!(
         stdout
@@ -182,18 +195,7 @@ fn random_sigkills_through_the_script() {
 /// `error:` line and no panic (the script checks each and fails otherwise).
 #[test]
 fn bad_input_table_script_passes_every_case() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bad-input-table.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .env("COPAL_BIN", env!("CARGO_BIN_EXE_copal"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bad-input-table.sh failed:\n{stdout}\n{err}"
-    );
+    let (stdout, _) = run_script("bad-input-table.sh", &[], &[]);
     let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("| 1 |")).collect();
     assert_eq!(rows.len(), 20, "{stdout}");
     assert!(!stdout.contains("panicked"), "{stdout}");
