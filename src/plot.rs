@@ -27,65 +27,78 @@ pub struct Bar {
     pub max: f64,
 }
 
-/// A bar chart with error bars (one bar per method).
-pub fn bars(path: &Path, title: &str, ylabel: &str, bars: &[Bar]) -> Result<()> {
-    let w = (160 + 110 * bars.len()) as u32;
-    let root = SVGBackend::new(path, (w.max(480), 420)).into_drawing_area();
+/// A horizontal bar chart with error bars and the mean written beside each bar (one bar per
+/// method, first at the top): long method names stay readable, and so do close values next
+/// to an outlier.
+pub fn bars(path: &Path, title: &str, xlabel: &str, bars: &[Bar]) -> Result<()> {
+    let n = bars.len();
+    let h = (110 + 34 * n) as u32;
+    let root = SVGBackend::new(path, (900, h.max(240))).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let lo = bars.iter().map(|b| b.min.min(b.mean)).fold(0f64, f64::min);
     let hi = bars.iter().map(|b| b.max.max(b.mean)).fold(0f64, f64::max);
-    let pad = ((hi - lo) * 0.1).max(1e-6);
-    let n = bars.len();
+    let span = (hi - lo).max(1e-6);
+    // Room on the right for the value labels.
+    let (x0, x1) = (lo - 0.02 * span, hi + 0.16 * span);
     let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
+    // Bar i sits at y = n − 1 − i, so the first bar is at the top.
+    let row = |i: usize| (n - 1 - i) as f64;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
-        .x_label_area_size(70)
-        .y_label_area_size(70)
-        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), (lo - pad)..(hi + pad))
+        .x_label_area_size(45)
+        .y_label_area_size(230)
+        .build_cartesian_2d(x0..x1, -0.5f64..(n as f64 - 0.5))
         .map_err(err)?;
     chart
         .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n.max(1))
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
-                labels[i as usize].clone()
+        .disable_y_mesh()
+        .y_labels(n.max(1))
+        .y_label_formatter(&|y| {
+            let r = y.round();
+            if (y - r).abs() < 1e-6 && r >= 0.0 && (r as usize) < n {
+                labels[n - 1 - r as usize].clone()
             } else {
                 String::new()
             }
         })
-        .y_desc(ylabel)
+        .x_desc(xlabel)
         .draw()
         .map_err(err)?;
     for (i, b) in bars.iter().enumerate() {
-        let x = i as f64;
+        let y = row(i);
         let c = PALETTE[i % PALETTE.len()];
         chart
             .draw_series(std::iter::once(Rectangle::new(
-                [(x - 0.35, 0.0), (x + 0.35, b.mean)],
+                [(0.0, y - 0.35), (b.mean, y + 0.35)],
                 c.mix(0.8).filled(),
             )))
             .map_err(err)?;
         chart
             .draw_series(std::iter::once(PathElement::new(
-                vec![(x, b.min), (x, b.max)],
+                vec![(b.min, y), (b.max, y)],
                 BLACK.stroke_width(2),
             )))
             .map_err(err)?;
-        for y in [b.min, b.max] {
+        for x in [b.min, b.max] {
             chart
                 .draw_series(std::iter::once(PathElement::new(
-                    vec![(x - 0.1, y), (x + 0.1, y)],
+                    vec![(x, y - 0.15), (x, y + 0.15)],
                     BLACK.stroke_width(2),
                 )))
                 .map_err(err)?;
         }
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{:.2}", b.mean),
+                (b.max.max(b.mean).max(0.0) + 0.01 * span, y + 0.2),
+                ("sans-serif", 13),
+            )))
+            .map_err(err)?;
     }
     chart
         .draw_series(std::iter::once(PathElement::new(
-            vec![(-0.5, 0.0), (n as f64 - 0.5, 0.0)],
+            vec![(0.0, -0.5), (0.0, n as f64 - 0.5)],
             BLACK,
         )))
         .map_err(err)?;
