@@ -192,6 +192,8 @@ impl StateReader {
             .bytes(name)
             .context("state tensor out of bounds")?;
         let t = Tensor::from_raw_buffer(bytes, DType::F32, &info.shape, &Device::Cpu)?;
+        // Copied: keep the state's pages from accumulating in resident memory layer by layer.
+        self.shard.release(name);
         Ok(t.to_device(device)?)
     }
 

@@ -263,6 +263,7 @@ impl CheckpointWriter {
             for name in shard.missing() {
                 let (_, bytes) = input.raw(&name)?;
                 shard.write_bytes(&name, bytes)?;
+                input.release(&name);
             }
             shard.finish()?;
         }
