@@ -538,6 +538,9 @@ pub fn markdown(rows: &[Row], results: &[RunResult]) -> String {
             r.label(),
             if r.method == Method::Dense {
                 "–".to_string()
+            } else if r.method == Method::SparseGpt {
+                // SparseGPT chooses its mask per block of columns over all rows.
+                "column block".to_string()
             } else {
                 format!("{:?}", r.group).to_lowercase()
             },

@@ -150,6 +150,10 @@ pub fn line_panels(
             .configure_mesh()
             .x_labels(xmax as usize)
             .x_label_formatter(&|x| format!("{:.0}", x))
+            // A log axis labels every mesh line by default, which crowds each decade.
+            .y_labels(6)
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .light_line_style(WHITE)
             .x_desc(xlabel)
             .y_desc(ylabel)
             .draw()
