@@ -22,6 +22,10 @@ open('data.txt', 'w').write(' '.join(random.choice(words) for _ in range(20000))
 open('empty.txt', 'w').write('')
 open('short.txt', 'w').write('just a few words')
 open('docs.jsonl', 'w').write('{"text": "short one"}\n{"text": "another"}\n')
+import gzip, os
+os.makedirs('cdata/c4', exist_ok=True)
+with gzip.open('cdata/c4/c4-train.00000-of-01024.json.gz', 'wt') as f:
+    f.write('{"text": "a short document", "timestamp": "2019", "url": "x"}\n' * 3)
 PY
 
 # A model directory that shares the good weights (symlink) but can differ in one file.
@@ -82,6 +86,7 @@ cases=(
   "index naming a missing shard|prune --model shards --out o"
   "empty dataset file|$copal prune --model good --datasets text:$PWD/empty.txt ${base[*]} --out o"
   "dataset shorter than seqlen|$copal prune --model good --datasets text:$PWD/short.txt ${base[*]} --out o"
+  "C4 train file with no document longer than seqlen|$copal prune --model good --datasets c4 --data-dir $PWD/cdata ${base[*]} --out o"
   "no jsonl document longer than seqlen|$copal prune --model good --datasets jsonl:$PWD/docs.jsonl ${base[*]} --out o"
   "sparsity 0|prune --model good --out o --sparsity 0"
   "sparsity 100|prune --model good --out o --sparsity 100"

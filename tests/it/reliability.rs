@@ -197,7 +197,7 @@ fn random_sigkills_through_the_script() {
 fn bad_input_table_script_passes_every_case() {
     let (stdout, _) = run_script("bad-input-table.sh", &[], &[]);
     let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("| 1 |")).collect();
-    assert_eq!(rows.len(), 20, "{stdout}");
+    assert_eq!(rows.len(), 21, "{stdout}");
     assert!(!stdout.contains("panicked"), "{stdout}");
 }
 
