@@ -490,14 +490,9 @@ fn prune_step(
         let (corpus, path) =
             corpus::load(ds, src.split, corpus::Purpose::Calibration, &plan.data_dir)
                 .with_context(|| format!("loading the {} calibration split", ds.name()))?;
-        let set = data::calibration_windows(
-            &corpus,
-            c.tok,
-            &ds.name(),
-            plan.nsamples,
-            seqlen,
-            plan.seed,
-        )?;
+        let set =
+            data::calibration_windows(&corpus, c.tok, &ds.name(), plan.nsamples, seqlen, plan.seed)
+                .with_context(|| format!("drawing calibration windows from {}", path.display()))?;
         let sha = crate::fsutil::sha256_file(&path)?;
         record.file = path
             .file_name()
