@@ -131,19 +131,13 @@ pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
     // An N:M pattern needs every pruned linear's input width divisible by M; say so before
     // any calibration work rather than at the first layer.
     if let Pattern::NM { n, m } = plan.pattern {
-        let widths = [
-            ("hidden_size", cfg.hidden_size),
-            (
-                "heads × head_dim (o_proj)",
-                cfg.num_attention_heads * cfg.head_dim(),
-            ),
-            ("intermediate_size", cfg.intermediate_size),
-        ];
-        for (what, w) in widths {
+        for lin in Linear::ALL {
+            let (_, w) = lin.shape(&cfg);
             ensure!(
                 w % m == 0,
-                "--pattern {n}:{m} needs input widths divisible by {m}, but this model's {what} \
-                 is {w}; choose M dividing it (2:4 and 4:8 fit LLaMA models)"
+                "--pattern {n}:{m} needs input widths divisible by {m}, but this model's {} \
+                 has {w} inputs; choose M dividing it (2:4 and 4:8 fit LLaMA models)",
+                lin.module()
             );
         }
     }
@@ -553,17 +547,7 @@ fn prune_step(
         .as_ref()
         .map(|c| c as &dyn TensorSource)
         .unwrap_or(dense);
-    let step_settings = StepSettings {
-        method: plan.method,
-        pattern: plan.pattern,
-        group: plan.group,
-        propagate: plan.propagate,
-        perturbation: plan.perturbation,
-        variant: plan.variant,
-        sparsegpt: plan.sparsegpt,
-        seed: plan.seed,
-        dataset: ds.name(),
-    };
+    let step_settings = StepSettings::of(plan, ds.name());
     let report = if plan.method == Method::Dense {
         StepReport {
             linears: vec![],
