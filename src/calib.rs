@@ -46,6 +46,23 @@ pub struct StepSettings {
     pub dataset: String,
 }
 
+impl StepSettings {
+    /// The settings a run's plan gives the step on `dataset`.
+    pub fn of(plan: &crate::config::PrunePlan, dataset: String) -> Self {
+        Self {
+            method: plan.method,
+            pattern: plan.pattern,
+            group: plan.group,
+            propagate: plan.propagate,
+            perturbation: plan.perturbation,
+            variant: plan.variant,
+            sparsegpt: plan.sparsegpt,
+            seed: plan.seed,
+            dataset,
+        }
+    }
+}
+
 /// Where a step's results (and its progress) go.
 pub struct Sinks<'a> {
     pub model: &'a mut CheckpointWriter,

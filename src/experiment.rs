@@ -343,19 +343,15 @@ pub fn run_path(results: &Path, id: &str) -> PathBuf {
     results.join("runs").join(format!("{id}.json"))
 }
 
-/// Runs one grid entry (skipped if its result exists) and stores its result.
-pub fn run_one(cfg: &ExperimentConfig, spec: &RunSpec, data_dir: &Path) -> Result<RunResult> {
+/// The `copal prune` plan of one grid entry, writing to `out`.
+fn plan_for(
+    cfg: &ExperimentConfig,
+    spec: &RunSpec,
+    data_dir: &Path,
+    out: PathBuf,
+) -> Result<PrunePlan> {
     let results = cfg.results_dir();
-    let done = run_path(&results, &spec.id);
-    if let Ok(text) = std::fs::read_to_string(&done) {
-        if let Ok(r) = serde_json::from_str::<RunResult>(&text) {
-            return Ok(r);
-        }
-    }
-    std::fs::create_dir_all(results.join("runs"))?;
-    std::fs::create_dir_all(results.join("work"))?;
-    let out = results.join("work").join(&spec.id);
-    let mut plan = PrunePlan {
+    Ok(PrunePlan {
         model: cfg.model.clone(),
         datasets: spec
             .order
@@ -389,7 +385,7 @@ pub fn run_one(cfg: &ExperimentConfig, spec: &RunSpec, data_dir: &Path) -> Resul
         propagate: cfg.propagate,
         sparsegpt: SparseGptConfig::default(),
         state: None,
-        out: out.clone(),
+        out,
         force: true,
         save_steps: false,
         save_masks: false,
@@ -399,7 +395,22 @@ pub fn run_one(cfg: &ExperimentConfig, spec: &RunSpec, data_dir: &Path) -> Resul
         eval_cache: Some(results.join("eval-cache.json")),
         device: "cpu".into(),
         dtype: None,
-    };
+    })
+}
+
+/// Runs one grid entry (skipped if its result exists) and stores its result.
+pub fn run_one(cfg: &ExperimentConfig, spec: &RunSpec, data_dir: &Path) -> Result<RunResult> {
+    let results = cfg.results_dir();
+    let done = run_path(&results, &spec.id);
+    if let Ok(text) = std::fs::read_to_string(&done) {
+        if let Ok(r) = serde_json::from_str::<RunResult>(&text) {
+            return Ok(r);
+        }
+    }
+    std::fs::create_dir_all(results.join("runs"))?;
+    std::fs::create_dir_all(results.join("work"))?;
+    let out = results.join("work").join(&spec.id);
+    let mut plan = plan_for(cfg, spec, data_dir, out.clone())?;
     let rec = continual::run(&mut plan)?;
     let _ = std::fs::remove_dir_all(&out);
     let r = rec.ppl_matrix.clone().unwrap_or_default();
@@ -644,24 +655,16 @@ pub fn cost_table(
                 .flat_map(|x| x.step_seconds.iter().cloned())
                 .collect::<Vec<_>>(),
         );
-        let flops = model.map(|m| {
-            let spec = &rs[0].spec;
-            let settings = crate::calib::StepSettings {
-                method: spec.method,
-                pattern: spec.pattern,
-                group: spec.group,
-                propagate: cfg.propagate,
-                perturbation: Perturbation {
-                    kind: spec.perturbation,
-                    eps_w: cfg.copal.eps_w,
-                    eps_x: cfg.copal.eps_x,
-                },
-                variant: spec.variant,
-                sparsegpt: SparseGptConfig::default(),
-                seed: cfg.seed,
-                dataset: String::new(),
-            };
-            crate::calib::step_flops(m, &settings, cfg.nsamples, seqlen)
+        // The FLOPs of the step the run's own plan describes.
+        let flops = model.and_then(|m| {
+            let plan = plan_for(cfg, &rs[0].spec, Path::new(""), PathBuf::new()).ok()?;
+            let settings = crate::calib::StepSettings::of(&plan, String::new());
+            Some(crate::calib::step_flops(
+                m,
+                &settings,
+                plan.nsamples,
+                seqlen,
+            ))
         });
         let (tflop, rate) = match flops {
             Some(f) if f > 0.0 => (
