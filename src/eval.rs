@@ -140,9 +140,15 @@ impl EvalResult {
     }
 }
 
-/// Next-token NLL at each position of one window: logits (T, V), ids (T) → T−1 values.
+/// Next-token NLL at each position of one window: logits (T', V) for the first T' ≥ T − 1
+/// positions, ids (T) → T−1 values, −log softmax(z_t)[ids_{t+1}].
 pub fn window_nll(logits: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
     let t = ids.len();
+    ensure!(
+        t >= 2 && logits.dim(0)? + 1 >= t,
+        "window_nll: {:?} logits for {t} ids",
+        logits.dims()
+    );
     let lsm = candle_nn::ops::log_softmax(&logits.narrow(0, 0, t - 1)?, D::Minus1)?;
     let targets = Tensor::new(&ids[1..], logits.device())?.unsqueeze(1)?;
     let picked = lsm.gather(&targets, 1)?.squeeze(1)?;
@@ -210,7 +216,7 @@ pub fn evaluate_with_budget(
             }
         }
         for (h, (set, w)) in hs.iter().zip(chunk) {
-            let nll = window_nll(&model.logits(h)?, w)?;
+            let nll = model.next_token_nll(h, w)?;
             if let Some(bad) = nll.iter().position(|x| !x.is_finite()) {
                 anyhow::bail!(
                     "non-finite loss at position {bad} of a {} window: the model produces NaN/Inf",

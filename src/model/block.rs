@@ -10,7 +10,7 @@
 use super::config::LlamaConfig;
 use super::rope::Rope;
 use super::TensorSource;
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, D};
 
 /// The seven prunable linears of a decoder layer, in the order the forward pass uses them.
@@ -246,17 +246,26 @@ impl DecoderLayer {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
         };
         let qh = pos.rope.apply(&heads(&q, h)?)?;
-        let kh = repeat_kv(pos.rope.apply(&heads(&k, kvh)?)?, h / kvh)?;
-        let vh = repeat_kv(heads(&v, kvh)?, h / kvh)?;
+        let kh = pos.rope.apply(&heads(&k, kvh)?)?;
+        let vh = heads(&v, kvh)?;
 
-        // softmax(q kᵀ / √d + mask) v, with the softmax in f32 as transformers does.
+        // softmax(q kᵀ / √d + mask) v, with the softmax in f32 as transformers does. Grouped-
+        // query attention without copying keys and values: query head j uses kv head j / rep,
+        // so the rep query heads of a group are stacked as rows, (b, kvh, rep·t, d), and
+        // multiplied by their group's keys once.
+        let rep = h / kvh;
+        let qg = qh.reshape((b, kvh, rep * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = (qh.matmul(&kh.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let scores = (qg.matmul(&kh.t()?)? * scale)?
+            .to_dtype(DType::F32)?
+            .reshape((b, kvh, rep, t, t))?;
         let mask = pos.mask.narrow(0, 0, t)?.narrow(1, 0, t)?;
-        let probs =
-            candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?.to_dtype(x.dtype())?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?
+            .to_dtype(x.dtype())?
+            .reshape((b, kvh, rep * t, t))?;
         let o_in = probs
             .matmul(&vh)?
+            .reshape((b, h, t, d))?
             .transpose(1, 2)?
             .reshape((b * t, h * d))?;
         let o = linear(&o_in, self.weight(Linear::O))?;
@@ -283,18 +292,6 @@ impl DecoderLayer {
         };
         Ok((out, taps))
     }
-}
-
-/// (b, kv_heads, t, d) → (b, kv_heads·n_rep, t, d), each key/value head shared by n_rep query heads.
-fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x);
-    }
-    let (b, kvh, t, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .expand((b, kvh, n_rep, t, d))?
-        .reshape((b, kvh * n_rep, t, d))
-        .context("repeat_kv")
 }
 
 /// Largest |x| over a tensor, as f32 (for tolerance checks and NaN guards).

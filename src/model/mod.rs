@@ -41,6 +41,11 @@ pub const EMBED: &str = "model.embed_tokens.weight";
 pub const FINAL_NORM: &str = "model.norm.weight";
 pub const LM_HEAD: &str = "lm_head.weight";
 
+/// Largest block of f32 logits [`Llama::next_token_nll`] materialises at once. Blocks of fewer
+/// than ~100 rows made the head's GEMM slower (measured: 8 MiB blocks, 42 rows of SmolLM2's
+/// 49,152-token vocabulary, doubled evaluation time on 2 cores); 24 MiB is 128 rows there.
+const LOGIT_BLOCK_BYTES: usize = 24 << 20;
+
 /// The non-layer parts of a LLaMA model: embedding, final norm and LM head.
 #[derive(Debug, Clone)]
 pub struct Llama {
@@ -122,6 +127,45 @@ impl Llama {
         let x = h.reshape((b * t, hid))?;
         let x = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps as f32)?;
         Ok(block::linear(&x, &self.lm_head)?.to_dtype(DType::F32)?)
+    }
+
+    /// Next-token NLL at every position of one window but the last, from the final hidden
+    /// states `h` (1, T, hidden): nll_t = logsumexp(z_t) − z_t[ids_{t+1}], z_t = head · rms(h_t).
+    ///
+    /// The head is applied to blocks of rows, so the (T, vocab) logits never exist at once: a
+    /// window's full logits are T × vocab × 4 bytes (100 MB for 512 × 49,152), and allocating
+    /// and faulting in two of those per window cost more than the log-softmax itself.
+    pub fn next_token_nll(&self, h: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
+        let rows = (LOGIT_BLOCK_BYTES / (self.cfg.vocab_size * 4)).max(1);
+        self.next_token_nll_in_blocks(h, ids, rows)
+    }
+
+    /// [`Llama::next_token_nll`] with the LM head applied to `rows` positions at a time.
+    pub fn next_token_nll_in_blocks(
+        &self,
+        h: &Tensor,
+        ids: &[u32],
+        rows: usize,
+    ) -> Result<Vec<f32>> {
+        let (b, t, hid) = h.dims3()?;
+        ensure!(
+            b == 1 && t == ids.len() && t >= 2,
+            "next_token_nll: hidden states {:?} for {} ids",
+            h.dims(),
+            ids.len()
+        );
+        let x = h.reshape((t, hid))?.narrow(0, 0, t - 1)?;
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps as f32)?;
+        let rows = rows.max(1);
+        let mut nll = Vec::with_capacity(t - 1);
+        let mut start = 0;
+        while start < t - 1 {
+            let n = rows.min(t - 1 - start);
+            let z = block::linear(&x.narrow(0, start, n)?, &self.lm_head)?.to_dtype(DType::F32)?;
+            nll.extend(crate::eval::window_nll(&z, &ids[start..=start + n])?);
+            start += n;
+        }
+        Ok(nll)
     }
 
     /// Whole forward for one sequence, loading each layer in turn: logits (T, vocab).

@@ -232,6 +232,31 @@ fn layer_streamed_evaluation_equals_whole_forward() {
 }
 
 #[test]
+fn blocked_lm_head_nll_equals_full_logits() {
+    let cfg = LlamaConfig::from_json(&tiny_config(false).to_string()).unwrap();
+    let t = tiny_tensors(&cfg, 13);
+    let m = load(&cfg, &t);
+    let w = ids(16, 6);
+    let full = copal::eval::window_nll(&m.forward(&t, &w).unwrap(), &w).unwrap();
+    let mut h = m.embed(&w).unwrap();
+    let pos = m.positions(w.len()).unwrap();
+    for l in 0..cfg.num_hidden_layers {
+        h = m.layer(&t, l).unwrap().forward(&h, &pos).unwrap();
+    }
+    // 15 predicted positions in blocks of 4 (a short last block), of 1, and in one block.
+    for rows in [4, 1, 64] {
+        let blocked = m.next_token_nll_in_blocks(&h, &w, rows).unwrap();
+        assert_eq!(blocked.len(), w.len() - 1);
+        for (a, b) in blocked.iter().zip(&full) {
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "rows {rows}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
 fn taps_are_what_the_linears_see() {
     let cfg = LlamaConfig::from_json(&tiny_config(true).to_string()).unwrap();
     let t = tiny_tensors(&cfg, 13);
