@@ -587,6 +587,96 @@ pub fn markdown(rows: &[Row], results: &[RunResult]) -> String {
     s
 }
 
+/// One setting compared with COPAL on the orders both finished.
+#[derive(Debug, Clone)]
+pub struct Paired {
+    pub pattern: Pattern,
+    pub setting: String,
+    pub reference: String,
+    /// setting − reference, average perplexity, one value per shared order.
+    pub d_ppl: Stats,
+    /// setting − reference, BWT, one value per shared order.
+    pub d_bwt: Option<Stats>,
+    /// Shared orders where the setting's average perplexity is the lower.
+    pub wins: usize,
+}
+
+/// Each setting against the pattern's first COPAL setting (the default), paired by dataset
+/// order: a partly run grid compares settings on the same orders, and pairing removes the
+/// order-to-order variation both share (Δ = setting − COPAL; negative is better).
+pub fn paired(results: &[RunResult]) -> Vec<Paired> {
+    let mut out = Vec::new();
+    for row in aggregate(results) {
+        let Some(reference) = results
+            .iter()
+            .find(|r| r.spec.pattern == row.pattern && r.spec.method == Method::Copal)
+            .map(|r| r.spec.setting.clone())
+        else {
+            continue;
+        };
+        if row.setting == reference || row.method == Method::Dense {
+            continue;
+        }
+        let of = |setting: &str, order: &[String]| {
+            results.iter().find(|r| {
+                r.spec.pattern == row.pattern && r.spec.setting == setting && r.spec.order == order
+            })
+        };
+        let pairs: Vec<(&RunResult, &RunResult)> = results
+            .iter()
+            .filter(|r| r.spec.pattern == row.pattern && r.spec.setting == row.setting)
+            .filter_map(|r| of(&reference, &r.spec.order).map(|c| (r, c)))
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let d_ppl: Vec<f64> = pairs.iter().map(|(r, c)| r.avg_ppl - c.avg_ppl).collect();
+        let d_bwt: Vec<f64> = pairs
+            .iter()
+            .filter_map(|(r, c)| Some(r.bwt? - c.bwt?))
+            .collect();
+        out.push(Paired {
+            pattern: row.pattern,
+            setting: row.setting.clone(),
+            reference: reference.clone(),
+            wins: d_ppl.iter().filter(|d| **d < 0.0).count(),
+            d_ppl: stats(&d_ppl),
+            d_bwt: (!d_bwt.is_empty()).then(|| stats(&d_bwt)),
+        });
+    }
+    out
+}
+
+/// "+m ± sd", or "+m" alone for a single value (no spread to show).
+fn signed(s: &Stats) -> String {
+    if s.n < 2 {
+        format!("{:+.2}", s.mean)
+    } else {
+        format!("{:+.2} ± {:.2}", s.mean, s.sd)
+    }
+}
+
+/// The paired comparison as a Markdown table.
+pub fn paired_markdown(p: &[Paired]) -> String {
+    let mut s = String::from(
+        "| pattern | setting | vs | orders | Δ avg PPL (mean ± sd) | lower avg PPL in | Δ BWT (mean ± sd) |\n|---|---|---|---|---|---|---|\n",
+    );
+    for x in p {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} of {} | {} |\n",
+            x.pattern,
+            x.setting.replace('-', " "),
+            x.reference.replace('-', " "),
+            x.d_ppl.n,
+            signed(&x.d_ppl),
+            x.wins,
+            x.d_ppl.n,
+            x.d_bwt.as_ref().map(signed).unwrap_or_else(|| "–".into())
+        ));
+    }
+    s
+}
+
 /// CSV: one row per run, with R flattened as `R<step>_<dataset>` in the run's order.
 pub fn csv(results: &[RunResult]) -> String {
     let k = results
@@ -718,6 +808,15 @@ pub fn report(cfg: &ExperimentConfig, runs: &[RunSpec]) -> Result<(Vec<Row>, usi
         .and_then(|d| crate::checkpoint::Checkpoint::open(&d))
         .map(|c| c.config)
         .ok();
+    let pairs = paired(&results);
+    let md = if pairs.is_empty() {
+        md
+    } else {
+        format!(
+            "{md}\n## Paired with COPAL\n\nEach setting minus COPAL on the dataset orders both finished (negative Δ PPL: lower perplexity than COPAL; negative Δ BWT: less forgetting).\n\n{}",
+            paired_markdown(&pairs)
+        )
+    };
     let md = format!(
         "{md}\n## Cost per calibration step\n\n{}",
         cost_table(cfg, model.as_ref(), &rows, &results)
@@ -881,6 +980,55 @@ mod tests {
             assert_eq!(col.len(), items.len(), "position {pos}");
         }
         assert_eq!(o[0], items.to_vec());
+    }
+
+    fn result(setting: &str, method: Method, order: &[&str], ppl: f64, bwt: f64) -> RunResult {
+        RunResult {
+            spec: RunSpec {
+                id: format!("{setting}-{}", order.join("+")),
+                setting: setting.into(),
+                method,
+                mode: Mode::Global,
+                group: Group::Row,
+                pattern: Pattern::Unstructured { percent: 50.0 },
+                order: order.iter().map(|s| s.to_string()).collect(),
+                perturbation: PerturbationKind::Scaled,
+                variant: CopalVariant::default(),
+            },
+            ppl_matrix: vec![],
+            dense_ppl: vec![],
+            avg_ppl: ppl,
+            bwt: Some(bwt),
+            sparsity: 0.5,
+            seconds: 1.0,
+            step_seconds: vec![],
+            peak_rss_bytes: None,
+            copal_version: String::new(),
+        }
+    }
+
+    #[test]
+    fn paired_differences_use_shared_orders_only() {
+        let (o1, o2, o3) = (&["a", "b"][..], &["b", "a"][..], &["c", "a"][..]);
+        let rs = vec![
+            result("copal", Method::Copal, o1, 100.0, 1.0),
+            result("copal", Method::Copal, o2, 110.0, 2.0),
+            result("wanda", Method::Wanda, o1, 90.0, 5.0),
+            result("wanda", Method::Wanda, o2, 114.0, 6.0),
+            // No COPAL run on this order: not paired.
+            result("wanda", Method::Wanda, o3, 10.0, 0.0),
+            result("dense", Method::Dense, o1, 50.0, 0.0),
+        ];
+        let p = paired(&rs);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].setting, "wanda");
+        assert_eq!(p[0].reference, "copal");
+        assert_eq!(p[0].d_ppl.n, 2);
+        assert!((p[0].d_ppl.mean - (-10.0 + 4.0) / 2.0).abs() < 1e-12);
+        assert_eq!(p[0].wins, 1);
+        assert!((p[0].d_bwt.as_ref().unwrap().mean - 4.0).abs() < 1e-12);
+        assert!(paired_markdown(&p)
+            .contains("| wanda | copal | 2 | -3.00 ± 9.90 | 1 of 2 | +4.00 ± 0.00 |"));
     }
 
     #[test]
