@@ -37,14 +37,14 @@ OMP_NUM_THREADS=$threads /usr/bin/time -f "%e %M" -o "$out/torch.time" \
   --sparsity 50 --group "$group" --max-windows "$windows" --data-dir "$data" --threads "$threads" \
   --out "$out/torch" --json "$out/torch.json" >&2
 
-python3 - "$out" "$threads" "$TORCH" "$TRANSFORMERS" <<'PY'
+python3 - "$out" "$threads" "$TORCH" "$TRANSFORMERS" "$("$copal" --version)" <<'PY'
 import json, sys, platform, subprocess
-d, threads, tv, trv = sys.argv[1:]
+d, threads, tv, trv, cv = sys.argv[1:]
 c = json.load(open(f"{d}/copal.json")); t = json.load(open(f"{d}/torch.json"))
 ct, cm = open(f"{d}/copal.time").read().split(); tt, tm = open(f"{d}/torch.time").read().split()
 ct, tt, cm, tm = float(ct), float(tt), int(cm) * 1024, int(tm) * 1024
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
-print(f"machine: {cpu}, {threads} threads; torch {tv}, transformers {trv}; copal {c.get('copal_version', '')}")
+print(f"machine: {cpu}, {threads} threads; torch {tv}, transformers {trv}; {cv}")
 print("| | copal | PyTorch | PyTorch / copal |")
 print("|---|---|---|---|")
 print(f"| wall time (s) | {ct:.1f} | {tt:.1f} | {tt/ct:.2f}× |")
