@@ -604,9 +604,9 @@ pub struct Paired {
 /// Each setting against the pattern's first COPAL setting (the default), paired by dataset
 /// order: a partly run grid compares settings on the same orders, and pairing removes the
 /// order-to-order variation both share (Δ = setting − COPAL; negative is better).
-pub fn paired(results: &[RunResult]) -> Vec<Paired> {
+pub fn paired(rows: &[Row], results: &[RunResult]) -> Vec<Paired> {
     let mut out = Vec::new();
-    for row in aggregate(results) {
+    for row in rows {
         let Some(reference) = results
             .iter()
             .find(|r| r.spec.pattern == row.pattern && r.spec.method == Method::Copal)
@@ -808,7 +808,7 @@ pub fn report(cfg: &ExperimentConfig, runs: &[RunSpec]) -> Result<(Vec<Row>, usi
         .and_then(|d| crate::checkpoint::Checkpoint::open(&d))
         .map(|c| c.config)
         .ok();
-    let pairs = paired(&results);
+    let pairs = paired(&rows, &results);
     let md = if pairs.is_empty() {
         md
     } else {
@@ -1019,7 +1019,7 @@ mod tests {
             result("wanda", Method::Wanda, o3, 10.0, 0.0),
             result("dense", Method::Dense, o1, 50.0, 0.0),
         ];
-        let p = paired(&rs);
+        let p = paired(&aggregate(&rs), &rs);
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].setting, "wanda");
         assert_eq!(p[0].reference, "copal");

@@ -124,9 +124,21 @@ impl Llama {
     /// Final norm and LM head: hidden (b, t, hidden) → logits (b·t, vocab) in f32.
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
         let (b, t, hid) = h.dims3()?;
-        let x = h.reshape((b * t, hid))?;
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps as f32)?;
-        Ok(block::linear(&x, &self.lm_head)?.to_dtype(DType::F32)?)
+        self.head(&self.final_norm(&h.reshape((b * t, hid))?)?)
+    }
+
+    /// The final RMSNorm of rows of hidden states (n, hidden).
+    fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(
+            x,
+            &self.norm,
+            self.cfg.rms_norm_eps as f32,
+        )?)
+    }
+
+    /// The LM head on normed rows (n, hidden) → logits (n, vocab) in f32.
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(block::linear(x, &self.lm_head)?.to_dtype(DType::F32)?)
     }
 
     /// Next-token NLL at every position of one window but the last, from the final hidden
@@ -136,7 +148,7 @@ impl Llama {
     /// window's full logits are T × vocab × 4 bytes (100 MB for 512 × 49,152), and allocating
     /// and faulting in two of those per window cost more than the log-softmax itself.
     pub fn next_token_nll(&self, h: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
-        let rows = (LOGIT_BLOCK_BYTES / (self.cfg.vocab_size * 4)).max(1);
+        let rows = LOGIT_BLOCK_BYTES / (self.cfg.vocab_size * 4);
         self.next_token_nll_in_blocks(h, ids, rows)
     }
 
@@ -154,14 +166,13 @@ impl Llama {
             h.dims(),
             ids.len()
         );
-        let x = h.reshape((t, hid))?.narrow(0, 0, t - 1)?;
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps as f32)?;
+        let x = self.final_norm(&h.reshape((t, hid))?.narrow(0, 0, t - 1)?)?;
         let rows = rows.max(1);
         let mut nll = Vec::with_capacity(t - 1);
         let mut start = 0;
         while start < t - 1 {
             let n = rows.min(t - 1 - start);
-            let z = block::linear(&x.narrow(0, start, n)?, &self.lm_head)?.to_dtype(DType::F32)?;
+            let z = self.head(&x.narrow(0, start, n)?)?;
             nll.extend(crate::eval::window_nll(&z, &ids[start..=start + n])?);
             start += n;
         }
