@@ -87,10 +87,7 @@ impl PrunePlan {
             })
             .collect();
         let pattern = Pattern::parse(&a.pattern, a.sparsity)?;
-        let mode = a.mode.unwrap_or(match a.method {
-            Method::Copal => Mode::Accumulate,
-            _ => Mode::Global,
-        });
+        let mode = a.mode.unwrap_or(a.method.default_mode());
         crate::continual::check_method_mode(a.method, mode)?;
         if a.state.is_some() && mode != Mode::Accumulate {
             bail!(

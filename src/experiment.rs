@@ -137,7 +137,7 @@ impl ExperimentConfig {
             Dataset::parse(d).with_context(|| path.display().to_string())?;
         }
         for m in &cfg.methods {
-            continual::check_method_mode(m.method, m.mode.unwrap_or(default_mode(m.method)))?;
+            continual::check_method_mode(m.method, m.mode.unwrap_or(m.method.default_mode()))?;
         }
         Ok(cfg)
     }
@@ -146,14 +146,6 @@ impl ExperimentConfig {
         self.results
             .clone()
             .unwrap_or_else(|| PathBuf::from("results").join(&self.name))
-    }
-}
-
-fn default_mode(m: Method) -> Mode {
-    if m == Method::Copal {
-        Mode::Accumulate
-    } else {
-        Mode::Global
     }
 }
 
@@ -256,7 +248,7 @@ pub fn expand(cfg: &ExperimentConfig) -> Result<Vec<RunSpec>> {
     for pattern in &patterns {
         for order in &orders {
             for mm in &cfg.methods {
-                let mode = mm.mode.unwrap_or(default_mode(mm.method));
+                let mode = mm.mode.unwrap_or(mm.method.default_mode());
                 let group = mm.group.unwrap_or(mm.method.default_group());
                 let mut gtag = if mm.group.is_some() {
                     format!("-{group:?}").to_lowercase()

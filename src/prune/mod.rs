@@ -60,6 +60,15 @@ impl Method {
         }
     }
 
+    /// How the method is used across datasets unless told otherwise: COPAL accumulates (it
+    /// is defined that way); the baselines prune from the newest dataset, as in the paper.
+    pub fn default_mode(self) -> crate::continual::Mode {
+        match self {
+            Method::Copal => crate::continual::Mode::Accumulate,
+            _ => crate::continual::Mode::Global,
+        }
+    }
+
     /// Whether the method reads calibration activations at all.
     pub fn needs_data(self) -> bool {
         !matches!(self, Method::Magnitude | Method::Dense)
