@@ -207,7 +207,8 @@ pub struct PruneArgs {
     pub pattern: String,
 
     /// Comparison group of the unstructured threshold [default: row for copal and wanda,
-    /// matrix for magnitude]; `--group matrix` is the COPAL paper's per-matrix threshold.
+    /// matrix for magnitude and sparsegpt]; `--group matrix` is the COPAL paper's per-matrix
+    /// threshold. SparseGPT applies the group within each --blocksize block of columns.
     #[arg(long, value_enum)]
     pub group: Option<crate::prune::Group>,
 

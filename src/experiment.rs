@@ -486,6 +486,18 @@ impl Row {
     pub fn label(&self) -> String {
         self.setting.replace('-', " ")
     }
+
+    /// The comparison group as the table shows it. SparseGPT chooses its mask as each block
+    /// of columns is reached, so its group applies within the block.
+    pub fn group_label(&self) -> String {
+        match (self.method, self.pattern, self.group) {
+            (Method::Dense, _, _) => "–".into(),
+            (_, Pattern::NM { n, m }, _) => format!("{n} of every {m}"),
+            (Method::SparseGpt, _, Group::Matrix) => "column block".into(),
+            (Method::SparseGpt, _, Group::Row) => "row within column block".into(),
+            (_, _, g) => format!("{g:?}").to_lowercase(),
+        }
+    }
 }
 
 /// Averages over permutations, one row per (pattern, setting), in grid order.
@@ -539,14 +551,7 @@ pub fn markdown(rows: &[Row], results: &[RunResult]) -> String {
             "| {} | {} | {} | {:.2} ± {:.2} | [{:.2}, {:.2}] | {} | {} | {} | {:.0} |\n",
             r.pattern,
             r.label(),
-            if r.method == Method::Dense {
-                "–".to_string()
-            } else if r.method == Method::SparseGpt {
-                // SparseGPT chooses its mask per block of columns over all rows.
-                "column block".to_string()
-            } else {
-                format!("{:?}", r.group).to_lowercase()
-            },
+            r.group_label(),
             r.avg_ppl.mean,
             r.avg_ppl.sd,
             r.avg_ppl.min,

@@ -3,8 +3,9 @@
 //! H ∝ XᵀX over the calibration tokens (statistics in f32, algebra in f64). Dead inputs
 //! (H_jj = 0) get H_jj = 1 and W[:, j] = 0; then H += λI with λ = percdamp · mean(diag H).
 //! With U the upper Cholesky factor of H⁻¹, columns are processed in blocks of `blocksize`:
-//! the mask of a block is chosen from w² / U_jj² (exactly ⌊s · rows · block⌋ weights of the
-//! block for unstructured sparsity; the N lowest of each aligned M for N:M, chosen when the
+//! the mask of a block is chosen from w² / U_jj² (for unstructured sparsity exactly
+//! ⌊s · rows · block⌋ weights of the block with group `matrix`, the default, or ⌊s · block⌋ of
+//! each row's slice of it with group `row`; the N lowest of each aligned M for N:M, chosen when the
 //! row reaches the group, from the already-updated weights), and each pruned weight's error
 //! (w − q) / U_jj is spread over the remaining columns of the row with U's row (the OBS update):
 //!   W[:, j:] −= ((w − q) / U_jj) · U[j, j:].
@@ -83,7 +84,7 @@ impl LayerPruner for SparseGptPruner {
         Ok(())
     }
 
-    fn finish(self: Box<Self>, pattern: &Pattern, _group: Group) -> Result<Pruned> {
+    fn finish(self: Box<Self>, pattern: &Pattern, group: Group) -> Result<Pruned> {
         let Some(xtx) = self.xtx else {
             bail!("SparseGPT saw no calibration tokens")
         };
@@ -168,12 +169,14 @@ impl LayerPruner for SparseGptPruner {
                         v * v / (diag[c] * diag[c])
                     })
                     .collect();
+                // The group applies within the block: `matrix` = the whole block over all
+                // rows (the reference implementation), `row` = each row's slice of the block.
                 let m = mask::select(
                     &score,
-                    1,
-                    rows * b,
+                    rows,
+                    b,
                     &Pattern::Unstructured { percent: *percent },
-                    Group::Matrix,
+                    group,
                 )?;
                 block_mask = m.pruned;
             }
@@ -387,5 +390,50 @@ mod tests {
         // Pruning from the dense weights each time: the result does not depend on history.
         let dw = max_diff(two.weight, one.weight);
         assert!(dw < 1e-3, "weights differ by {dw}");
+    }
+
+    #[test]
+    fn row_group_prunes_each_rows_share_of_every_block() {
+        // Rows of very different scale: a block-wide threshold prunes the small rows almost
+        // entirely, a per-row one takes exactly half of each row's slice of each block.
+        let (o, i, t, bs) = (8, 32, 256, 8);
+        let mut wv = gaussian(3, o * i);
+        for (k, v) in wv.iter_mut().enumerate() {
+            *v *= (1 + k / i) as f32;
+        }
+        let w = Tensor::from_vec(wv, (o, i), &Device::Cpu).unwrap();
+        let x = correlated(t, i, 4);
+        let cfg = SparseGptConfig {
+            percdamp: 0.01,
+            blocksize: bs,
+        };
+        let run = |group| {
+            let mut p = SparseGptPruner::new(&w, cfg).unwrap();
+            p.observe(&x, &x).unwrap();
+            Box::new(p)
+                .finish(&Pattern::Unstructured { percent: 50.0 }, group)
+                .unwrap()
+        };
+        let row = run(Group::Row);
+        for (r, rm) in row.mask.pruned.chunks(i).enumerate() {
+            for (b, blk) in rm.chunks(bs).enumerate() {
+                let n = blk.iter().filter(|&&p| p).count();
+                assert_eq!(n, bs / 2, "row {r}, block {b}");
+            }
+        }
+        let matrix = run(Group::Matrix);
+        assert_eq!(matrix.mask.count(), o * i / 2);
+        let row0 = matrix.mask.pruned[..i].iter().filter(|&&p| p).count();
+        assert!(
+            row0 > i / 2,
+            "the smallest row loses more than half: {row0}"
+        );
+        let wv = row.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(row
+            .mask
+            .pruned
+            .iter()
+            .zip(&wv)
+            .all(|(&p, &v)| !p || v == 0.0));
     }
 }
