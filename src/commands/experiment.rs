@@ -28,9 +28,12 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
             crate::ui::info(format!("run {}", spec.id));
             let r = experiment::run_one(&cfg, spec, &data_dir)
                 .with_context(|| format!("run {}", spec.id))?;
+            let bwt = r
+                .bwt
+                .map_or("– (one dataset)".into(), |b| format!("{b:+.3}"));
             crate::ui::info(format!(
-                "{}: avg PPL {:.3}, BWT {:?}",
-                r.spec.id, r.avg_ppl, r.bwt
+                "{}: avg PPL {:.3}, BWT {bwt}",
+                r.spec.id, r.avg_ppl
             ));
         }
         return Ok(());
