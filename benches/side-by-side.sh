@@ -29,7 +29,7 @@ common=(--datasets "$datasets" --calib-split wikitext2=valid --nsamples "$nsampl
 
 echo "copal ..." >&2
 RAYON_NUM_THREADS=$threads /usr/bin/time -f "%e %M" -o "$out/copal.time" \
-  "$copal" prune --model "$model_dir" "${common[@]}" --sparsity 50 --group "$group" \
+  "$copal" prune --model "$model_dir" "${common[@]}" --method copal --sparsity 50 --group "$group" \
   --eval --max-windows "$windows" --data-dir "$data" --out "$out/copal" --json --quiet > "$out/copal.json"
 echo "pytorch ..." >&2
 OMP_NUM_THREADS=$threads /usr/bin/time -f "%e %M" -o "$out/torch.time" \

@@ -70,7 +70,7 @@ touch a-file
 
 base=(--nsamples 2 --seqlen 64 --quiet)
 prune() { "$copal" prune --datasets "text:$PWD/data.txt" "${base[@]}" "$@"; }
-# States to misuse: one from the good model (COPAL), one from another model, one from Wanda.
+# States to misuse: one from the good model (default method), one from another model, one from Wanda.
 prune --model good --out s1 --state good.state > /dev/null
 prune --model other --out s2 --state other.state > /dev/null
 prune --model good --method wanda --mode accumulate --out s3 --state wanda.state > /dev/null

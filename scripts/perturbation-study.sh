@@ -20,7 +20,7 @@ for pert in scaled gaussian; do
   for group in matrix row; do
     name="$pert-$group"
     [ -f "$outdir/$name.json" ] && { echo "skip $name (done)" >&2; continue; }
-    /usr/bin/time -v "$copal" prune --model "$model" --datasets wikitext2,ptb,c4 \
+    /usr/bin/time -v "$copal" prune --model "$model" --method copal --datasets wikitext2,ptb,c4 \
       --calib-split wikitext2=valid --sparsity 50 --nsamples "$nsamples" --seqlen "$seqlen" \
       --perturbation "$pert" --group "$group" --eval --max-windows "$windows" \
       --out "$work/$name" --json --quiet > "$work/$name.json" 2> "$work/$name.time"

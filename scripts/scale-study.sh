@@ -23,7 +23,7 @@ run() { # layers nsamples
   local m="$work/m$1" out="$work/o$1-$2"
   [ -d "$m" ] || "$copal" synth --preset "$preset" --layers "$1" --out "$m" >&2
   echo "prune: $1 layers, $2 × $seqlen" >&2
-  "$copal" prune --model "$m" --datasets wikitext2 --calib-split wikitext2=valid \
+  "$copal" prune --model "$m" --method copal --datasets wikitext2 --calib-split wikitext2=valid \
     --nsamples "$2" --seqlen "$seqlen" --sparsity 50 --out "$out" --quiet > /dev/null
   du -sb "$out/model.safetensors" | cut -f1 > "$work/size-$1"
   cp "$out/copal.json" "$work/rec-$1-$2.json"

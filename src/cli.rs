@@ -157,13 +157,16 @@ pub struct InspectArgs {
     pub output: OutputArgs,
 }
 
-/// Prune a model over a sequence of datasets (COPAL by default).
+/// Prune a model over a sequence of datasets (SparseGPT-accumulate by default).
 ///
 /// Datasets are taken in the given order. For each, calibration windows are drawn (nsamples
 /// × seqlen tokens, seeded by --seed and the dataset name), decoder layers are processed one
-/// at a time, and the model is pruned. COPAL accumulates the importance Σ|W ⊙ ∇W ‖dy‖²| over
-/// every dataset so far and always masks the dense weights; --state carries that importance
-/// to a later run, so a new domain can be added without the old data.
+/// at a time, and the model is pruned. In accumulate mode (the default for every method that
+/// reads data) a method's statistics are summed over every dataset so far and the dense
+/// weights are pruned from them: SparseGPT's XᵀX (the default: lowest average perplexity on
+/// the test model's grid), Wanda's Σx², or COPAL's importance Σ|W ⊙ ∇W ‖dy‖²| (--method
+/// copal; add --group matrix for the paper's per-matrix threshold). --state carries the
+/// statistics to a later run, so a new domain can be added without the old data.
 ///
 /// Sparsity patterns: `unstructured` prunes --sparsity percent of each comparison group
 /// (--group); `N:M` zeroes N of every M consecutive weights along the input dimension of each
@@ -186,10 +189,10 @@ pub struct PruneArgs {
     pub out: PathBuf,
 
     /// Pruning method.
-    #[arg(long, value_enum, default_value = "copal")]
+    #[arg(long, value_enum, default_value = "sparsegpt")]
     pub method: crate::prune::Method,
 
-    /// How a method is used across datasets [default: accumulate for copal, global otherwise].
+    /// How a method is used across datasets [default: accumulate, global for magnitude and dense].
     ///
     /// accumulate: sum the method's statistics over every dataset so far, prune the dense
     /// weights (COPAL). global: prune the dense model from the newest dataset only
@@ -255,7 +258,8 @@ pub struct PruneArgs {
     #[arg(long, value_name = "DATASET=SPLIT,...")]
     pub calib_split: Option<String>,
 
-    /// Importance state: loaded if the file exists, saved after every dataset.
+    /// Accumulated statistics (accumulate mode: SparseGPT's XᵀX, Wanda's Σx², COPAL's
+    /// importance): loaded if the file exists, saved after every dataset.
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
 

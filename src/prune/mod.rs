@@ -60,12 +60,14 @@ impl Method {
         }
     }
 
-    /// How the method is used across datasets unless told otherwise: COPAL accumulates (it
-    /// is defined that way); the baselines prune from the newest dataset, as in the paper.
+    /// How the method is used across datasets unless told otherwise: every method that reads
+    /// data accumulates its statistics over the datasets seen (with one dataset that is the
+    /// method's usual one-shot result); magnitude and dense have nothing to accumulate.
     pub fn default_mode(self) -> crate::continual::Mode {
-        match self {
-            Method::Copal => crate::continual::Mode::Accumulate,
-            _ => crate::continual::Mode::Global,
+        if self.needs_data() {
+            crate::continual::Mode::Accumulate
+        } else {
+            crate::continual::Mode::Global
         }
     }
 

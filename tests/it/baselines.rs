@@ -341,3 +341,41 @@ fn accumulate_modes_continue_bit_identically_through_the_state() {
     );
     assert_user_error(&r, "--method sparsegpt (state: wanda)");
 }
+
+/// The default of `copal prune` is the best continual setting of the test model's grid
+/// (README, "Choosing the default"); COPAL, and the paper's per-matrix COPAL, stay a flag away.
+#[test]
+fn default_plan_is_sparsegpt_accumulate_and_copal_is_a_flag_away() {
+    let plan = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "prune",
+            "--model",
+            "smollm2-135m",
+            "--datasets",
+            "wikitext2,ptb",
+            "--out",
+            "unused",
+            "--dry-run",
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = run_cli(&args, &[]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let d = plan(&[]);
+    assert_eq!(
+        (&d["method"], &d["mode"], &d["group"]),
+        (&"sparsegpt".into(), &"accumulate".into(), &"matrix".into())
+    );
+    let c = plan(&["--method", "copal"]);
+    assert_eq!(
+        (&c["mode"], &c["group"]),
+        (&"accumulate".into(), &"row".into())
+    );
+    let p = plan(&["--method", "copal", "--group", "matrix"]);
+    assert_eq!(p["group"], "matrix");
+    assert_eq!(plan(&["--method", "wanda"])["mode"], "accumulate");
+    assert_eq!(plan(&["--method", "magnitude"])["mode"], "global");
+    // The one-shot modes of the paper's baselines stay available.
+    assert_eq!(plan(&["--mode", "global"])["mode"], "global");
+}

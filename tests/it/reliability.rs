@@ -24,6 +24,8 @@ fn prune_args<'a>(c: &'a Case, datasets: &'a str, out: &'a str, state: &'a str) 
         out,
         "--state",
         state,
+        "--method",
+        "copal",
         "--nsamples",
         "4",
         "--seqlen",
