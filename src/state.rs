@@ -97,19 +97,20 @@ impl StateMeta {
         }
         if a.perturbation != settings.perturbation {
             diffs.push(format!(
-                "perturbation {:?} eps_w={} eps_x={} (state: {:?} eps_w={} eps_x={})",
-                settings.perturbation.kind,
+                "--perturbation {} --eps-w {} --eps-x {} (state: {} --eps-w {} --eps-x {})",
+                flag(settings.perturbation.kind),
                 settings.perturbation.eps_w,
                 settings.perturbation.eps_x,
-                a.perturbation.kind,
+                flag(a.perturbation.kind),
                 a.perturbation.eps_w,
                 a.perturbation.eps_x
             ));
         }
         if a.variant != settings.variant {
             diffs.push(format!(
-                "COPAL variant {:?} (state: {:?})",
-                settings.variant, a.variant
+                "{} (state: {})",
+                variant_flags(&settings.variant),
+                variant_flags(&a.variant)
             ));
         }
         if a.pattern != settings.pattern {
@@ -120,14 +121,16 @@ impl StateMeta {
         }
         if a.group != settings.group {
             diffs.push(format!(
-                "--group {:?} (state: {:?})",
-                settings.group, a.group
+                "--group {} (state: {})",
+                flag(settings.group),
+                flag(a.group)
             ));
         }
         if a.propagate != settings.propagate {
             diffs.push(format!(
-                "--propagate {:?} (state: {:?})",
-                settings.propagate, a.propagate
+                "--propagate {} (state: {})",
+                flag(settings.propagate),
+                flag(a.propagate)
             ));
         }
         if !diffs.is_empty() {
@@ -249,4 +252,24 @@ pub fn create_writer(
     let mut md = BTreeMap::new();
     md.insert(META_KEY.to_string(), serde_json::to_string(meta)?);
     ShardWriter::create(path, &layout, &md)
+}
+
+/// A value as the user types it on the command line.
+fn flag<T: clap::ValueEnum>(v: T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+fn variant_flags(v: &crate::prune::copal::CopalVariant) -> String {
+    format!(
+        "--copal-agg {}{} --decay {}",
+        flag(v.agg),
+        if v.normalize {
+            " --copal-normalize"
+        } else {
+            ""
+        },
+        v.decay
+    )
 }
