@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a continually pruned model: builds copal, fetches the
-# test model (SmolLM2-135M-Instruct), and prunes it with COPAL over wikitext2 → ptb → c4 at
-# 50% unstructured sparsity, evaluating perplexity after every step.
+# test model (SmolLM2-135M-Instruct), and prunes it with copal's default (SparseGPT statistics
+# accumulated over the datasets) over wikitext2 → ptb → c4 at 50% unstructured sparsity,
+# evaluating perplexity after every step. Extra arguments go to `copal prune`
+# (e.g. `--method copal` for COPAL).
 #
 #   COPAL_DATA_DIR  the datasets (default: ../shared/data beside the repository, else ./data)
-#   OUT             output directory (default: out/smollm2-135m-copal50)
+#   OUT             output directory (default: out/smollm2-135m-50)
 #   NSAMPLES SEQLEN WINDOWS   calibration windows, window length, eval windows (16, 512, 40)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,4 +18,4 @@ cargo build --release --locked
   --calib-split wikitext2=valid --sparsity 50 \
   --nsamples "${NSAMPLES:-16}" --seqlen "${SEQLEN:-512}" \
   --eval --max-windows "${WINDOWS:-40}" \
-  --out "${OUT:-out/smollm2-135m-copal50}" --force "$@"
+  --out "${OUT:-out/smollm2-135m-50}" --force "$@"
