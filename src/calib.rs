@@ -126,8 +126,8 @@ pub fn layer_forward_flops(cfg: &crate::model::LlamaConfig, t: usize) -> f64 {
 }
 
 /// FLOPs a calibration step needs, by method: the observing forward, the statistics (COPAL:
-/// one |dY|ᵀ|X| GEMM per linear, two more for the Gaussian dY; SparseGPT: XᵀX and, per
-/// linear, the factorisations ≈ (2/3)·in³ and the OBS update ≈ 2·out·in²; Wanda: Σx²), and
+/// one |dY|ᵀ|X| GEMM per linear, two more for the Gaussian dY; SparseGPT: XᵀX per distinct
+/// input and, per linear, the factorisations ≈ (2/3)·in³ and the OBS update ≈ 2·out·in²; Wanda: Σx²), and
 /// the forward of the pruned layer that feeds the next one.
 pub fn step_flops(
     cfg: &crate::model::LlamaConfig,
@@ -150,7 +150,15 @@ pub fn step_flops(
                     crate::prune::copal::PerturbationKind::Scaled => w * 2.0 * tf * o * i,
                     crate::prune::copal::PerturbationKind::Gaussian => w * 6.0 * tf * o * i,
                 },
-                Method::SparseGpt => w * 2.0 * tf * i * i + 2.0 / 3.0 * i * i * i + 2.0 * o * i * i,
+                // Σ x xᵀ once per distinct input (shared by q/k/v and gate/up).
+                Method::SparseGpt => {
+                    let gram = if l.input_source() == *l {
+                        w * 2.0 * tf * i * i
+                    } else {
+                        0.0
+                    };
+                    gram + 2.0 / 3.0 * i * i * i + 2.0 * o * i * i
+                }
                 _ => w * 2.0 * tf * i,
             }
         })
@@ -218,21 +226,31 @@ pub fn run_step(
     for l in 0..layers {
         let layer_started = Instant::now();
         let mut layer = model.layer(base, l)?;
-        let mut pruners = Vec::with_capacity(7);
+        // A linear whose statistic only depends on its input (SparseGPT's Σ x xᵀ) and that
+        // shares the input with an earlier one gets no pruner of its own until `finish`: it
+        // starts from the earlier one's accumulated statistic instead of recomputing it.
+        let shares_input_stats = s.method == Method::SparseGpt;
+        let mut pruners: Vec<Option<Box<dyn LayerPruner>>> = Vec::with_capacity(7);
         for lin in Linear::ALL {
+            if shares_input_stats && lin.input_source() != lin {
+                pruners.push(None);
+                continue;
+            }
             let name = lin.tensor_name(l);
             let prior_w = match prior {
                 Some(p) => Some(p.tensor(&name, &model.device)?),
                 None => None,
             };
-            pruners.push(pruner_for(s, &name, layer.weight(lin), prior_w)?);
+            pruners.push(Some(pruner_for(s, &name, layer.weight(lin), prior_w)?));
         }
         if uses_data {
             for h in hs.iter_mut() {
                 let (out, taps) = layer.forward_tapped(h, &pos)?;
                 for (lin, p) in Linear::ALL.iter().zip(pruners.iter_mut()) {
-                    p.observe(taps.input(*lin), taps.output(*lin))
-                        .with_context(|| format!("observing {}", lin.tensor_name(l)))?;
+                    if let Some(p) = p {
+                        p.observe(taps.input(*lin), taps.output(*lin))
+                            .with_context(|| format!("observing {}", lin.tensor_name(l)))?;
+                    }
                 }
                 if s.propagate == Propagate::Dense {
                     *h = out;
@@ -240,15 +258,37 @@ pub fn run_step(
             }
         }
         let (mut zeros, mut numel) = (0u64, 0u64);
+        let mut input_stats: Vec<(Linear, Tensor)> = Vec::new();
         for (lin, p) in Linear::ALL.iter().zip(pruners) {
             let name = lin.tensor_name(l);
+            let stored = lin.input_source() == *lin;
+            let p = match p {
+                Some(p) => p,
+                None => {
+                    let shared = input_stats
+                        .iter()
+                        .find(|(src, _)| *src == lin.input_source())
+                        .map(|(_, t)| t.clone())
+                        .context("internal: shared statistic missing")?;
+                    pruner_for(s, &name, layer.weight(*lin), Some(shared))?
+                }
+            };
             let done = p
                 .finish(&s.pattern, s.group)
                 .with_context(|| format!("pruning {name}"))?;
+            if shares_input_stats && stored {
+                if let Some(st) = done.state.as_ref() {
+                    input_stats.push((*lin, st.clone()));
+                }
+            }
             let z = done.mask.count() as u64;
             let n = done.mask.pruned.len() as u64;
             sinks.model.put(&name, &done.weight)?;
-            if let (Some(st), Some(state)) = (done.state.as_ref(), sinks.state.as_mut()) {
+            if let (Some(st), Some(state), true) = (
+                done.state.as_ref(),
+                sinks.state.as_mut(),
+                stored || !shares_input_stats,
+            ) {
                 state.write_tensor(&name, st)?;
             }
             if let Some(m) = sinks.masks.as_mut() {

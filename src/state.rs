@@ -203,7 +203,7 @@ impl StateReader {
     /// Checks that the state holds every linear of `cfg` with the shape `method` keeps.
     pub fn check_shapes(&self, cfg: &LlamaConfig, method: Method) -> Result<()> {
         for l in 0..cfg.num_hidden_layers {
-            for lin in Linear::ALL {
+            for lin in state_linears(method) {
                 let name = lin.tensor_name(l);
                 let info = self.shard.info(&name).with_context(|| {
                     format!("state {} has no tensor {name}", self.shard.path.display())
@@ -219,6 +219,15 @@ impl StateReader {
         }
         Ok(())
     }
+}
+
+/// The linears whose statistics a state stores. SparseGPT's Σ x xᵀ depends only on the
+/// input, so it is kept once per distinct input (under q, o, gate and down) and shared by the
+/// linears that read the same input; the other methods keep one statistic per linear.
+pub fn state_linears(method: Method) -> impl Iterator<Item = Linear> {
+    Linear::ALL
+        .into_iter()
+        .filter(move |l| method != Method::SparseGpt || l.input_source() == *l)
 }
 
 /// The statistic each method carries per linear: COPAL's importance (out × in), Wanda's
@@ -241,7 +250,7 @@ pub fn create_writer(
 ) -> Result<ShardWriter> {
     let mut layout = Vec::with_capacity(cfg.num_hidden_layers * 7);
     for l in 0..cfg.num_hidden_layers {
-        for lin in Linear::ALL {
+        for lin in state_linears(method) {
             layout.push((
                 lin.tensor_name(l),
                 Dtype::F32,

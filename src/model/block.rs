@@ -49,6 +49,16 @@ impl Linear {
         }
     }
 
+    /// The first linear of the layer that reads the same input as this one: q, k and v read
+    /// the normed hidden state, gate and up the normed post-attention state.
+    pub fn input_source(self) -> Linear {
+        match self {
+            Linear::K | Linear::V => Linear::Q,
+            Linear::Up => Linear::Gate,
+            l => l,
+        }
+    }
+
     /// The checkpoint name of this linear's weight in layer `layer`.
     pub fn tensor_name(self, layer: usize) -> String {
         format!("model.layers.{layer}.{}.weight", self.module())

@@ -436,4 +436,38 @@ mod tests {
             .zip(&wv)
             .all(|(&p, &v)| !p || v == 0.0));
     }
+
+    #[test]
+    fn a_shared_input_statistic_prunes_like_observing_the_input() {
+        // k and v read q's input: starting k from q's accumulated Σ x xᵀ (what the step does)
+        // must give exactly what k observing the same inputs gives.
+        let (i, t) = (16, 64);
+        let wq = Tensor::from_vec(gaussian(1, 8 * i), (8, i), &Device::Cpu).unwrap();
+        let wk = Tensor::from_vec(gaussian(2, 4 * i), (4, i), &Device::Cpu).unwrap();
+        let (x1, x2) = (correlated(t, i, 3), correlated(t, i, 7));
+        let cfg = SparseGptConfig {
+            percdamp: 0.01,
+            blocksize: 8,
+        };
+        let half = Pattern::Unstructured { percent: 50.0 };
+        let mut q = SparseGptPruner::new(&wq, cfg).unwrap();
+        let mut k_own = SparseGptPruner::new(&wk, cfg).unwrap();
+        for x in [&x1, &x2] {
+            q.observe(x, x).unwrap();
+            k_own.observe(x, x).unwrap();
+        }
+        let shared = Box::new(q).finish(&half, Group::Matrix).unwrap().state;
+        let k_shared = SparseGptPruner::new(&wk, cfg)
+            .unwrap()
+            .with_prior(shared)
+            .unwrap();
+        let a = Box::new(k_own).finish(&half, Group::Matrix).unwrap();
+        let b = Box::new(k_shared).finish(&half, Group::Matrix).unwrap();
+        assert_eq!(a.mask, b.mask);
+        let (va, vb) = (
+            a.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert_eq!(va, vb, "bit-identical weights");
+    }
 }

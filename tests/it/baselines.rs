@@ -301,6 +301,36 @@ fn accumulate_modes_continue_bit_identically_through_the_state() {
             std::fs::read(&s2).unwrap() == std::fs::read(&s1).unwrap(),
             "{method}: states differ"
         );
+        // Wanda keeps Σx² per linear; SparseGPT keeps Σ x xᵀ once per distinct input
+        // (q, o, gate, down of each layer: k/v and up share q's and gate's).
+        let st = safetensors_names(&s2);
+        let modules: Vec<&str> = st
+            .iter()
+            .filter(|n| n.starts_with("model.layers.0."))
+            .map(|n| {
+                n.trim_start_matches("model.layers.0.")
+                    .trim_end_matches(".weight")
+            })
+            .collect();
+        let want: &[&str] = if method == "sparsegpt" {
+            &[
+                "mlp.down_proj",
+                "mlp.gate_proj",
+                "self_attn.o_proj",
+                "self_attn.q_proj",
+            ]
+        } else {
+            &[
+                "mlp.down_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "self_attn.k_proj",
+                "self_attn.o_proj",
+                "self_attn.q_proj",
+                "self_attn.v_proj",
+            ]
+        };
+        assert_eq!(modules, want, "{method}: state tensors of layer 0");
         // With a single dataset, accumulate is the global method.
         let acc = prune(method, "accumulate", &a, &format!("{method}-acc-a"), None);
         let glob = prune(method, "global", &a, &format!("{method}-glob-a"), None);
