@@ -189,7 +189,7 @@ pub struct PruneArgs {
     pub out: PathBuf,
 
     /// Pruning method.
-    #[arg(long, value_enum, default_value = "sparsegpt")]
+    #[arg(long, value_enum, default_value_t = crate::prune::DEFAULT_METHOD)]
     pub method: crate::prune::Method,
 
     /// How a method is used across datasets [default: accumulate, global for magnitude and dense].

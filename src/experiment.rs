@@ -601,12 +601,16 @@ pub struct Paired {
 /// Each setting against the pattern's first COPAL setting (the default), paired by dataset
 /// order: a partly run grid compares settings on the same orders, and pairing removes the
 /// order-to-order variation both share (Δ = setting − COPAL; negative is better).
-pub fn paired(rows: &[Row], results: &[RunResult]) -> Vec<Paired> {
+pub fn paired(
+    rows: &[Row],
+    results: &[RunResult],
+    is_reference: &dyn Fn(&RunSpec) -> bool,
+) -> Vec<Paired> {
     let mut out = Vec::new();
     for row in rows {
         let Some(reference) = results
             .iter()
-            .find(|r| r.spec.pattern == row.pattern && r.spec.method == Method::Copal)
+            .find(|r| r.spec.pattern == row.pattern && is_reference(&r.spec))
             .map(|r| r.spec.setting.clone())
         else {
             continue;
@@ -642,6 +646,14 @@ pub fn paired(rows: &[Row], results: &[RunResult]) -> Vec<Paired> {
         });
     }
     out
+}
+
+/// Whether a run is what `copal prune` does without --method, --mode, --group or variants.
+fn is_prune_default(s: &RunSpec) -> bool {
+    let m = crate::prune::DEFAULT_METHOD;
+    s.method == m
+        && s.mode == m.default_mode()
+        && s.setting == format!("{}-{}", m.name(), mode_name(s.mode))
 }
 
 /// "+m ± sd", or "+m" alone for a single value (no spread to show).
@@ -805,15 +817,22 @@ pub fn report(cfg: &ExperimentConfig, runs: &[RunSpec]) -> Result<(Vec<Row>, usi
         .and_then(|d| crate::checkpoint::Checkpoint::open(&d))
         .map(|c| c.config)
         .ok();
-    let pairs = paired(&rows, &results);
-    let md = if pairs.is_empty() {
-        md
-    } else {
-        format!(
-            "{md}\n## Paired with COPAL\n\nEach setting minus COPAL on the dataset orders both finished (negative Δ PPL: lower perplexity than COPAL; negative Δ BWT: less forgetting).\n\n{}",
-            paired_markdown(&pairs)
-        )
-    };
+    // Paired with COPAL (the paper's method) and with `copal prune`'s default.
+    let copal = |s: &RunSpec| s.method == Method::Copal;
+    let default = |s: &RunSpec| is_prune_default(s);
+    let mut md = md;
+    for (title, is_ref) in [
+        ("COPAL", &copal as &dyn Fn(&RunSpec) -> bool),
+        ("copal prune's default", &default),
+    ] {
+        let pairs = paired(&rows, &results, is_ref);
+        if !pairs.is_empty() {
+            md = format!(
+                "{md}\n## Paired with {title}\n\nEach setting minus the reference (`vs`) on the dataset orders both finished (negative Δ PPL: lower perplexity than the reference; negative Δ BWT: less forgetting).\n\n{}",
+                paired_markdown(&pairs)
+            );
+        }
+    }
     let md = format!(
         "{md}\n## Cost per calibration step\n\n{}",
         cost_table(cfg, model.as_ref(), &rows, &results)
@@ -1016,7 +1035,7 @@ mod tests {
             result("wanda", Method::Wanda, o3, 10.0, 0.0),
             result("dense", Method::Dense, o1, 50.0, 0.0),
         ];
-        let p = paired(&aggregate(&rs), &rs);
+        let p = paired(&aggregate(&rs), &rs, &|s| s.method == Method::Copal);
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].setting, "wanda");
         assert_eq!(p[0].reference, "copal");
@@ -1026,6 +1045,23 @@ mod tests {
         assert!((p[0].d_bwt.as_ref().unwrap().mean - 4.0).abs() < 1e-12);
         assert!(paired_markdown(&p)
             .contains("| wanda | copal | 2 | -3.00 ± 9.90 | 1 of 2 | +4.00 ± 0.00 |"));
+    }
+
+    #[test]
+    fn the_prune_default_is_recognised_among_the_settings() {
+        let o = &["a", "b"][..];
+        let mut plain = result("sparsegpt-accumulate", Method::SparseGpt, o, 1.0, 0.0);
+        plain.spec.mode = Mode::Accumulate;
+        assert!(is_prune_default(&plain.spec));
+        let mut row = plain.clone();
+        row.spec.setting = "sparsegpt-accumulate-row".into();
+        let mut global = plain.clone();
+        global.spec.mode = Mode::Global;
+        global.spec.setting = "sparsegpt-global".into();
+        let copal = result("copal-accumulate", Method::Copal, o, 1.0, 0.0);
+        for other in [row, global, copal] {
+            assert!(!is_prune_default(&other.spec), "{}", other.spec.setting);
+        }
     }
 
     #[test]

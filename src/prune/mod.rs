@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 
 pub use mask::{Group, Mask, Pattern};
 
+/// What `copal prune` runs without --method: the best continual setting of the test model's
+/// grid (README, "Choosing the default"), in accumulate mode.
+pub const DEFAULT_METHOD: Method = Method::SparseGpt;
+
 /// The pruning method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
