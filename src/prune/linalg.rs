@@ -30,17 +30,6 @@ impl Mat {
     pub fn at(&self, i: usize, j: usize) -> f64 {
         self.a[i * self.n + j]
     }
-    /// Reverses row and column order (J A J).
-    pub fn reversed(&self) -> Mat {
-        let n = self.n;
-        let mut r = Mat::zeros(n);
-        r.a.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = self.a[(n - 1 - i) * n + (n - 1 - j)];
-            }
-        });
-        r
-    }
     fn block(&self, r0: usize, r1: usize, c0: usize, c1: usize) -> Vec<f64> {
         let mut out = Vec::with_capacity((r1 - r0) * (c1 - c0));
         for i in r0..r1 {
@@ -168,10 +157,17 @@ pub fn lower_inverse(l: &Mat) -> Result<Mat> {
 }
 
 /// U upper triangular with Uᵀ U = H⁻¹ (see the module docs).
-pub fn upper_cholesky_of_inverse(h: &Mat) -> Result<Mat> {
-    let mut m = h.reversed();
+/// Takes H by value and factorises it in place, so that at most three n × n matrices exist
+/// at once (the factor, its inverse, and one block copy inside `lower_inverse`).
+pub fn upper_cholesky_of_inverse(h: Mat) -> Result<Mat> {
+    // For a row-major square matrix, J A J is the flat array reversed.
+    let mut m = h;
+    m.a.reverse();
     cholesky(&mut m)?;
-    Ok(lower_inverse(&m)?.reversed())
+    let mut x = lower_inverse(&m)?;
+    drop(m);
+    x.a.reverse();
+    Ok(x)
 }
 
 #[cfg(test)]
@@ -216,7 +212,7 @@ mod tests {
     fn upper_factor_of_inverse() {
         let n = 150;
         let h = spd(n, 2);
-        let u = upper_cholesky_of_inverse(&h).unwrap();
+        let u = upper_cholesky_of_inverse(h.clone()).unwrap();
         // Upper triangular, and Uᵀ U H = I.
         for i in 0..n {
             for j in 0..i {

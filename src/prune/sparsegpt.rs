@@ -92,37 +92,36 @@ impl LayerPruner for SparseGptPruner {
         let (rows, cols) = self.w.dims2()?;
         // H = XᵀX: the OBS update, the mask scores and the relative damping are all invariant
         // to the scale of H, so the anchors' 2/n factor is left out (sums then merge by addition).
-        let h: Vec<f64> = xtx
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .into_iter()
-            .map(|v| v as f64)
-            .collect();
+        let hf = xtx.flatten_all()?.to_vec1::<f32>()?;
         let mut w = self.w.flatten_all()?.to_vec1::<f32>()?;
         let w0 = self.w.clone();
-        let mut hm = Mat { n: cols, a: h };
-        let h_undamped = Tensor::from_vec(
-            hm.a.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-            (cols, cols),
-            &Device::Cpu,
-        )?;
-        for j in 0..cols {
-            if hm.a[j * cols + j] == 0.0 {
-                hm.a[j * cols + j] = 1.0;
-                for r in 0..rows {
-                    w[r * cols + j] = 0.0;
-                }
+        let dead: Vec<bool> = (0..cols).map(|j| hf[j * cols + j] == 0.0).collect();
+        for (j, _) in dead.iter().enumerate().filter(|(_, d)| **d) {
+            for r in 0..rows {
+                w[r * cols + j] = 0.0;
             }
         }
-        let mean_diag = (0..cols).map(|j| hm.a[j * cols + j]).sum::<f64>() / cols as f64;
+        let diag = |j: usize| {
+            if dead[j] {
+                1.0
+            } else {
+                hf[j * cols + j] as f64
+            }
+        };
+        let mean_diag = (0..cols).map(diag).sum::<f64>() / cols as f64;
+        // The damped f64 H is built afresh for each try and consumed by the factorisation, so
+        // only one n × n f64 copy of H exists at a time (at LLaMA-7B's down_proj, 0.97 GB each).
+        let damped = |damp: f64| {
+            let mut a: Vec<f64> = hf.par_iter().map(|&v| v as f64).collect();
+            for j in 0..cols {
+                a[j * cols + j] = diag(j) + damp;
+            }
+            Mat { n: cols, a }
+        };
         let mut damp = self.cfg.percdamp * mean_diag;
         let mut tries = 0;
         let u = loop {
-            let mut hd = hm.clone();
-            for j in 0..cols {
-                hd.a[j * cols + j] += damp;
-            }
-            match upper_cholesky_of_inverse(&hd) {
+            match upper_cholesky_of_inverse(damped(damp)) {
                 Ok(u) => break u,
                 Err(e) if tries < 6 => {
                     let next = if damp > 0.0 {
@@ -141,7 +140,9 @@ impl LayerPruner for SparseGptPruner {
                 }
             }
         };
+        drop(hf);
         let u32: Vec<f32> = u.a.iter().map(|&v| v as f32).collect();
+        drop(u);
         let mut pruned = vec![false; rows * cols];
         let bs = match pattern {
             Pattern::NM { m, .. } => {
@@ -237,7 +238,7 @@ impl LayerPruner for SparseGptPruner {
             i1 = i2;
         }
         let weight = Tensor::from_vec(w, (rows, cols), &Device::Cpu)?.to_device(self.w.device())?;
-        let recon_error = relative_output_error(&w0, &weight, &h_undamped)?;
+        let recon_error = relative_output_error(&w0, &weight, &state.to_device(&Device::Cpu)?)?;
         Ok(Pruned {
             weight,
             mask: Mask { rows, cols, pruned },
