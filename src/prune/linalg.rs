@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 const BLOCK: usize = 128;
-/// Rows per GEMM of the Cholesky trailing update.
+/// Rows (Cholesky trailing update) or columns (triangular inverse) per GEMM.
 const PANEL: usize = 512;
 
 /// Row-major square matrix of f64.
@@ -148,11 +148,24 @@ pub fn lower_inverse(l: &Mat) -> Result<Mat> {
             x.a[(r0 + i) * n + r0..(r0 + i) * n + r1].copy_from_slice(&inv_ii[i * b..(i + 1) * b]);
         }
         if r0 > 0 {
-            let lrow = Tensor::from_vec(l.block(r0, r1, 0, r0), (b, r0), &Device::Cpu)?;
-            let xprev = Tensor::from_vec(x.block(0, r0, 0, r0), (r0, r0), &Device::Cpu)?;
+            // L[i, :r0] · X[:r0, :r0] by panels of columns c0..c1; X is lower triangular, so
+            // only rows c0..r0 of a panel are non-zero (half the FLOPs, and no r0 × r0 copy).
+            let mut lx = vec![0.0; b * r0];
+            let mut c0 = 0;
+            while c0 < r0 {
+                let c1 = (c0 + PANEL).min(r0);
+                let (k, w) = (r0 - c0, c1 - c0);
+                let lrow = Tensor::from_vec(l.block(r0, r1, c0, r0), (b, k), &Device::Cpu)?;
+                let xcol = Tensor::from_vec(x.block(c0, r0, c0, c1), (k, w), &Device::Cpu)?;
+                let p = lrow.matmul(&xcol)?.flatten_all()?.to_vec1::<f64>()?;
+                for i in 0..b {
+                    lx[i * r0 + c0..i * r0 + c1].copy_from_slice(&p[i * w..(i + 1) * w]);
+                }
+                c0 = c1;
+            }
             let inv = Tensor::from_vec(inv_ii, (b, b), &Device::Cpu)?;
             let t = inv
-                .matmul(&lrow.matmul(&xprev)?)?
+                .matmul(&Tensor::from_vec(lx, (b, r0), &Device::Cpu)?)?
                 .flatten_all()?
                 .to_vec1::<f64>()?;
             for i in 0..b {
@@ -191,18 +204,54 @@ mod tests {
     fn spd(n: usize, seed: u64) -> Mat {
         // A = XᵀX/t + 0.1 I with X random: symmetric positive definite.
         let t = 3 * n;
-        let x = gaussian(seed, t * n);
-        let mut m = Mat::zeros(n);
+        let x: Vec<f64> = gaussian(seed, t * n).into_iter().map(f64::from).collect();
+        let x = Tensor::from_vec(x, (t, n), &Device::Cpu).unwrap();
+        let g = x.t().unwrap().matmul(&x).unwrap();
+        let mut m = Mat {
+            n,
+            a: g.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+        };
         for i in 0..n {
             for j in 0..n {
-                let mut s = 0.0;
-                for r in 0..t {
-                    s += x[r * n + i] as f64 * x[r * n + j] as f64;
-                }
-                m.a[i * n + j] = s / t as f64 + if i == j { 0.1 } else { 0.0 };
+                m.a[i * n + j] = m.a[i * n + j] / t as f64 + if i == j { 0.1 } else { 0.0 };
             }
         }
         m
+    }
+
+    fn tensor(m: &Mat) -> Tensor {
+        Tensor::from_vec(m.a.clone(), (m.n, m.n), &Device::Cpu).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    #[test]
+    fn factor_and_inverse_hold_across_panels() {
+        // Wider than two GEMM panels and not a multiple of the block: every partial case.
+        let n = 2 * PANEL + BLOCK / 2 + 11;
+        let a = spd(n, 4);
+        let mut l = a.clone();
+        cholesky(&mut l).unwrap();
+        let lt = tensor(&l);
+        let llt = lt.matmul(&lt.t().unwrap()).unwrap();
+        let d = max_abs_diff(&llt, &tensor(&a));
+        assert!(d < 1e-9, "max |L Lᵀ − A| = {d:e}");
+        let x = lower_inverse(&l).unwrap();
+        let eye = Tensor::eye(n, candle_core::DType::F64, &Device::Cpu).unwrap();
+        let d = max_abs_diff(&lt.matmul(&tensor(&x)).unwrap(), &eye);
+        assert!(d < 1e-9, "max |L L⁻¹ − I| = {d:e}");
+        for i in 0..n {
+            assert!(x.a[i * n + i + 1..(i + 1) * n].iter().all(|v| *v == 0.0));
+        }
     }
 
     #[test]
