@@ -195,7 +195,7 @@ pub struct PruneArgs {
     /// How a method is used across datasets [default: accumulate, global for magnitude and dense].
     ///
     /// accumulate: sum the method's statistics over every dataset so far, prune the dense
-    /// weights (COPAL). global: prune the dense model from the newest dataset only
+    /// weights (as COPAL does). global: prune the dense model from the newest dataset only
     /// (forgetting). sequential: prune the previous step's pruned model with the newest
     /// dataset (weight stasis).
     #[arg(long, value_enum)]
