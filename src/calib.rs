@@ -152,7 +152,7 @@ pub fn step_flops(
                 },
                 // Σ x xᵀ once per distinct input (shared by q/k/v and gate/up).
                 Method::SparseGpt => {
-                    let gram = if l.input_source() == *l {
+                    let gram = if s.method.keeps_stats(*l) {
                         w * 2.0 * tf * i * i
                     } else {
                         0.0
@@ -229,10 +229,9 @@ pub fn run_step(
         // A linear whose statistic only depends on its input (SparseGPT's Σ x xᵀ) and that
         // shares the input with an earlier one gets no pruner of its own until `finish`: it
         // starts from the earlier one's accumulated statistic instead of recomputing it.
-        let shares_input_stats = s.method == Method::SparseGpt;
         let mut pruners: Vec<Option<Box<dyn LayerPruner>>> = Vec::with_capacity(7);
         for lin in Linear::ALL {
-            if shares_input_stats && lin.input_source() != lin {
+            if !s.method.keeps_stats(lin) {
                 pruners.push(None);
                 continue;
             }
@@ -261,7 +260,7 @@ pub fn run_step(
         let mut input_stats: Vec<(Linear, Tensor)> = Vec::new();
         for (lin, p) in Linear::ALL.iter().zip(pruners) {
             let name = lin.tensor_name(l);
-            let stored = lin.input_source() == *lin;
+            let own = s.method.keeps_stats(*lin);
             let p = match p {
                 Some(p) => p,
                 None => {
@@ -276,19 +275,14 @@ pub fn run_step(
             let done = p
                 .finish(&s.pattern, s.group)
                 .with_context(|| format!("pruning {name}"))?;
-            if shares_input_stats && stored {
-                if let Some(st) = done.state.as_ref() {
-                    input_stats.push((*lin, st.clone()));
-                }
+            if let (Some(st), true) = (done.state.as_ref(), own && s.method.shares_input_stats()) {
+                input_stats.push((*lin, st.clone()));
             }
             let z = done.mask.count() as u64;
             let n = done.mask.pruned.len() as u64;
             sinks.model.put(&name, &done.weight)?;
-            if let (Some(st), Some(state), true) = (
-                done.state.as_ref(),
-                sinks.state.as_mut(),
-                stored || !shares_input_stats,
-            ) {
+            if let (Some(st), Some(state), true) = (done.state.as_ref(), sinks.state.as_mut(), own)
+            {
                 state.write_tensor(&name, st)?;
             }
             if let Some(m) = sinks.masks.as_mut() {

@@ -819,11 +819,10 @@ pub fn report(cfg: &ExperimentConfig, runs: &[RunSpec]) -> Result<(Vec<Row>, usi
         .ok();
     // Paired with COPAL (the paper's method) and with `copal prune`'s default.
     let copal = |s: &RunSpec| s.method == Method::Copal;
-    let default = |s: &RunSpec| is_prune_default(s);
     let mut md = md;
     for (title, is_ref) in [
         ("COPAL", &copal as &dyn Fn(&RunSpec) -> bool),
-        ("copal prune's default", &default),
+        ("copal prune's default", &is_prune_default),
     ] {
         let pairs = paired(&rows, &results, is_ref);
         if !pairs.is_empty() {

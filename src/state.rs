@@ -227,7 +227,7 @@ impl StateReader {
 pub fn state_linears(method: Method) -> impl Iterator<Item = Linear> {
     Linear::ALL
         .into_iter()
-        .filter(move |l| method != Method::SparseGpt || l.input_source() == *l)
+        .filter(move |l| method.keeps_stats(*l))
 }
 
 /// The statistic each method carries per linear: COPAL's importance (out × in), Wanda's

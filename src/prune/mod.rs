@@ -75,6 +75,18 @@ impl Method {
         }
     }
 
+    /// Whether the method's statistic for a linear depends only on the linear's input
+    /// (SparseGPT's Σ x xᵀ), so that linears reading the same input share one.
+    pub fn shares_input_stats(self) -> bool {
+        self == Method::SparseGpt
+    }
+
+    /// Whether `lin` observes and stores a statistic of its own, rather than starting from
+    /// that of the earlier linear whose input it reads (`Linear::input_source`).
+    pub fn keeps_stats(self, lin: crate::model::Linear) -> bool {
+        !self.shares_input_stats() || lin.input_source() == lin
+    }
+
     /// Whether the method reads calibration activations at all.
     pub fn needs_data(self) -> bool {
         !matches!(self, Method::Magnitude | Method::Dense)
