@@ -383,3 +383,10 @@ pub struct SynthArgs {
     #[command(flatten)]
     pub output: OutputArgs,
 }
+
+/// A flag's value as the user types it on the command line (`accumulate`, `matrix`, …).
+pub fn value_name<T: clap::ValueEnum>(v: T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}

@@ -93,7 +93,7 @@ impl PrunePlan {
             bail!(
                 "--state carries the statistics of --mode accumulate; in {} mode there is none \
                  (to continue a sequential run, pass the previous output as --model)",
-                serde_json::to_string(&mode)?.trim_matches('"')
+                crate::cli::value_name(mode)
             );
         }
         ensure!(

@@ -174,7 +174,7 @@ pub fn run(plan: &mut PrunePlan) -> Result<RunRecord> {
         plan.model,
         cfg.num_hidden_layers,
         plan.method.name(),
-        serde_json::to_string(&plan.mode)?.trim_matches('"'),
+        crate::cli::value_name(plan.mode),
         plan.pattern,
         plan.datasets
             .iter()

@@ -198,14 +198,6 @@ pub fn grid_orders<T: Clone + PartialEq>(items: &[T]) -> Vec<Vec<T>> {
     out
 }
 
-fn mode_name(m: Mode) -> &'static str {
-    match m {
-        Mode::Accumulate => "accumulate",
-        Mode::Global => "global",
-        Mode::Sequential => "sequential",
-    }
-}
-
 fn pattern_tag(p: &Pattern) -> String {
     match p {
         Pattern::Unstructured { percent } => format!("u{percent}"),
@@ -282,7 +274,12 @@ pub fn expand(cfg: &ExperimentConfig) -> Result<Vec<RunSpec>> {
                 let setting = if mm.method == Method::Dense {
                     "dense".to_string()
                 } else {
-                    format!("{}-{}{}", mm.method.name(), mode_name(mode), gtag)
+                    format!(
+                        "{}-{}{}",
+                        mm.method.name(),
+                        crate::cli::value_name(mode),
+                        gtag
+                    )
                 };
                 let id = format!(
                     "{setting}-{}-{}",
@@ -653,7 +650,7 @@ fn is_prune_default(s: &RunSpec) -> bool {
     let m = crate::prune::DEFAULT_METHOD;
     s.method == m
         && s.mode == m.default_mode()
-        && s.setting == format!("{}-{}", m.name(), mode_name(s.mode))
+        && s.setting == format!("{}-{}", m.name(), crate::cli::value_name(s.mode))
 }
 
 /// "+m ± sd", or "+m" alone for a single value (no spread to show).
@@ -707,7 +704,7 @@ pub fn csv(results: &[RunResult]) -> String {
             "{},{},{},{},{},{},{},{},{},{:.1},{}",
             r.spec.id,
             r.spec.method.name(),
-            mode_name(r.spec.mode),
+            crate::cli::value_name(r.spec.mode),
             format!("{:?}", r.spec.group).to_lowercase(),
             r.spec.pattern.to_string().replace(' ', ""),
             r.spec.order.join(">"),

@@ -98,10 +98,10 @@ impl StateMeta {
         if a.perturbation != settings.perturbation {
             diffs.push(format!(
                 "--perturbation {} --eps-w {} --eps-x {} (state: {} --eps-w {} --eps-x {})",
-                flag(settings.perturbation.kind),
+                crate::cli::value_name(settings.perturbation.kind),
                 settings.perturbation.eps_w,
                 settings.perturbation.eps_x,
-                flag(a.perturbation.kind),
+                crate::cli::value_name(a.perturbation.kind),
                 a.perturbation.eps_w,
                 a.perturbation.eps_x
             ));
@@ -122,15 +122,15 @@ impl StateMeta {
         if a.group != settings.group {
             diffs.push(format!(
                 "--group {} (state: {})",
-                flag(settings.group),
-                flag(a.group)
+                crate::cli::value_name(settings.group),
+                crate::cli::value_name(a.group)
             ));
         }
         if a.propagate != settings.propagate {
             diffs.push(format!(
                 "--propagate {} (state: {})",
-                flag(settings.propagate),
-                flag(a.propagate)
+                crate::cli::value_name(settings.propagate),
+                crate::cli::value_name(a.propagate)
             ));
         }
         if !diffs.is_empty() {
@@ -263,17 +263,10 @@ pub fn create_writer(
     ShardWriter::create(path, &layout, &md)
 }
 
-/// A value as the user types it on the command line.
-fn flag<T: clap::ValueEnum>(v: T) -> String {
-    v.to_possible_value()
-        .map(|p| p.get_name().to_string())
-        .unwrap_or_default()
-}
-
 fn variant_flags(v: &crate::prune::copal::CopalVariant) -> String {
     format!(
         "--copal-agg {}{} --decay {}",
-        flag(v.agg),
+        crate::cli::value_name(v.agg),
         if v.normalize {
             " --copal-normalize"
         } else {
