@@ -303,7 +303,8 @@ fn accumulate_modes_continue_bit_identically_through_the_state() {
         );
         // Wanda keeps Σx² per linear; SparseGPT keeps Σ x xᵀ once per distinct input
         // (q, o, gate, down of each layer: k/v and up share q's and gate's).
-        let st = safetensors_names(&s2);
+        let mut st = copal::checkpoint::Shard::open(&s2).unwrap().names();
+        st.sort();
         let modules: Vec<&str> = st
             .iter()
             .filter(|n| n.starts_with("model.layers.0."))

@@ -235,19 +235,3 @@ pub fn small_text(dir: &Path, name: &str, skip_lines: usize, lines: usize) -> Pa
     std::fs::write(&p, part.join("\n")).unwrap();
     p
 }
-
-/// The tensor names of a safetensors file, sorted (read from its header).
-pub fn safetensors_names(path: &Path) -> Vec<String> {
-    let raw = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(raw[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&raw[8..8 + n]).unwrap();
-    let mut names: Vec<String> = header
-        .as_object()
-        .unwrap()
-        .keys()
-        .filter(|k| *k != "__metadata__")
-        .cloned()
-        .collect();
-    names.sort();
-    names
-}
