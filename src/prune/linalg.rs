@@ -183,8 +183,8 @@ pub fn lower_inverse(l: &Mat) -> Result<Mat> {
 }
 
 /// U upper triangular with Uᵀ U = H⁻¹ (see the module docs).
-/// Takes H by value and factorises it in place, so that at most three n × n matrices exist
-/// at once (the factor, its inverse, and one block copy inside `lower_inverse`).
+/// Takes H by value and factorises it in place, so that at most two n × n matrices exist at
+/// once (the factor and its inverse; the GEMMs inside work on panels of `PANEL`).
 pub fn upper_cholesky_of_inverse(h: Mat) -> Result<Mat> {
     // For a row-major square matrix, J A J is the flat array reversed.
     let mut m = h;
