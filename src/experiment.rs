@@ -492,7 +492,7 @@ impl Row {
             (_, Pattern::NM { n, m }, _) => format!("{n} of every {m}"),
             (Method::SparseGpt, _, Group::Matrix) => "column block".into(),
             (Method::SparseGpt, _, Group::Row) => "row within column block".into(),
-            (_, _, g) => format!("{g:?}").to_lowercase(),
+            (_, _, g) => crate::cli::value_name(g),
         }
     }
 }
