@@ -595,9 +595,10 @@ pub struct Paired {
     pub wins: usize,
 }
 
-/// Each setting against the pattern's first COPAL setting (the default), paired by dataset
-/// order: a partly run grid compares settings on the same orders, and pairing removes the
-/// order-to-order variation both share (Δ = setting − COPAL; negative is better).
+/// Each setting against the pattern's first setting that `is_reference` picks (COPAL, or
+/// copal prune's default), paired by dataset order: a partly run grid compares settings on the
+/// same orders, and pairing removes the order-to-order variation both share
+/// (Δ = setting − reference; negative is better).
 pub fn paired(
     rows: &[Row],
     results: &[RunResult],
