@@ -266,11 +266,12 @@ impl DecoderLayer {
         let rep = h / kvh;
         let qg = qh.reshape((b, kvh, rep * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = (qg.matmul(&kh.t()?)? * scale)?
+        let scores = qg
+            .matmul(&kh.t()?)?
             .to_dtype(DType::F32)?
             .reshape((b, kvh, rep, t, t))?;
         let mask = pos.mask.narrow(0, 0, t)?.narrow(1, 0, t)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?
+        let probs = super::softmax::causal_softmax(&scores, scale, &mask)?
             .to_dtype(x.dtype())?
             .reshape((b, kvh, rep * t, t))?;
         let o_in = probs

@@ -9,6 +9,7 @@
 pub mod block;
 pub mod config;
 pub mod rope;
+pub mod softmax;
 
 use anyhow::{bail, ensure, Context as _, Result};
 use candle_core::{DType, Device, Tensor};

@@ -1,0 +1,146 @@
+//! Causal, scaled softmax over attention scores in one pass on the CPU.
+//!
+//! For scores S = q kᵀ (rows = query positions i, columns = key positions j):
+//!
+//!   P[i, j] = exp(c·S[i, j] − m_i) / Σ_{j' ≤ i} exp(c·S[i, j'] − m_i)   for j ≤ i,   0 for j > i
+//!
+//! with c = 1/√d and m_i = max_{j ≤ i} c·S[i, j]. This is softmax(c·S + M) for the additive
+//! causal mask M (0 on and below the diagonal, −∞ above), but without materialising c·S or
+//! S + M, and without exponentials above the diagonal (half of them). The generic path (scale,
+//! add the mask, softmax) makes three full passes over a (heads, T, T) tensor, one thread each.
+
+use anyhow::{ensure, Result};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// The fused op: input (…, T, T) f32 scores, output the same shape.
+struct CausalSoftmax {
+    scale: f32,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(all) = storage else {
+            candle_core::bail!("causal-softmax: f32 scores expected")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("causal-softmax: contiguous scores expected")
+        };
+        let dims = layout.dims();
+        let t = dims[dims.len() - 1];
+        if dims.len() < 2 || dims[dims.len() - 2] != t {
+            candle_core::bail!("causal-softmax: square (…, T, T) scores expected, got {dims:?}")
+        }
+        let src = &all[start..end];
+        let mut out = vec![0f32; src.len()];
+        let c = self.scale;
+        // One task per (…, T, T) matrix keeps the work per task large; rows within it differ
+        // in length (row i has i + 1 live entries).
+        out.par_chunks_mut(t * t)
+            .zip(src.par_chunks(t * t))
+            .for_each(|(o, s)| {
+                for i in 0..t {
+                    let row = &s[i * t..i * t + i + 1];
+                    let dst = &mut o[i * t..i * t + i + 1];
+                    let m = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x)) * c;
+                    let mut sum = 0f32;
+                    for (d, &x) in dst.iter_mut().zip(row) {
+                        let e = (x * c - m).exp();
+                        *d = e;
+                        sum += e;
+                    }
+                    let inv = 1.0 / sum;
+                    dst.iter_mut().for_each(|d| *d *= inv);
+                }
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// softmax(scale · scores + causal mask) over the last axis of (…, T, T) f32 scores.
+///
+/// On the CPU this is the fused pass above; elsewhere it is the generic composition, with
+/// `mask` the additive (T, T) causal mask.
+pub fn causal_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
+    ensure!(
+        scores.dtype() == DType::F32,
+        "causal_softmax: f32 scores expected"
+    );
+    if scores.device().is_cpu() {
+        // A positive scale keeps the row maximum where it is: max(c·x) = c·max(x).
+        ensure!(scale > 0.0, "causal_softmax: scale must be positive");
+        Ok(scores.contiguous()?.apply_op1_no_bwd(&CausalSoftmax {
+            scale: scale as f32,
+        })?)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(
+            &(scores * scale)?.broadcast_add(mask)?,
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, D};
+
+    fn mask(t: usize) -> Tensor {
+        let m: Vec<f32> = (0..t)
+            .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        Tensor::from_vec(m, (t, t), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn fused_matches_scale_mask_softmax() {
+        let dev = Device::Cpu;
+        let t = 37;
+        // Large scores, so that a missing max subtraction would overflow exp.
+        let s = (Tensor::randn(0f32, 1.0, (2, 3, t, t), &dev).unwrap() * 60.0).unwrap();
+        let scale = 0.125;
+        let fused = causal_softmax(&s, scale, &mask(t)).unwrap();
+        let generic = candle_nn::ops::softmax_last_dim(
+            &(&s * scale).unwrap().broadcast_add(&mask(t)).unwrap(),
+        )
+        .unwrap();
+        let diff = (&fused - &generic)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(D::Minus1)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6, "largest difference {diff}");
+        // Rows sum to one and nothing is above the diagonal.
+        let v = fused
+            .reshape((2 * 3 * t, t))
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (r, row) in v.iter().enumerate() {
+            let i = r % t;
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            assert!(
+                row[i + 1..].iter().all(|&x| x == 0.0),
+                "row {r} looks ahead"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_non_square_scores() {
+        let s = Tensor::zeros((2, 4, 5), DType::F32, &Device::Cpu).unwrap();
+        assert!(causal_softmax(&s, 1.0, &mask(5)).is_err());
+    }
+}
