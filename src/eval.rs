@@ -141,7 +141,10 @@ impl EvalResult {
 }
 
 /// Next-token NLL at each position of one window: logits (T', V) for the first T' ≥ T − 1
-/// positions, ids (T) → T−1 values, −log softmax(z_t)[ids_{t+1}].
+/// positions, ids (T) → T−1 values, −log softmax(z_t)[ids_{t+1}] = logsumexp(z_t) − z_t[ids_{t+1}].
+///
+/// On the CPU, per row in one parallel pass: m = max z_t, nll = m + ln Σ exp(z_t − m) − z_t[id]
+/// (the generic log-softmax makes five passes and three (T, V) temporaries).
 pub fn window_nll(logits: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
     let t = ids.len();
     ensure!(
@@ -149,14 +152,56 @@ pub fn window_nll(logits: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
         "window_nll: {:?} logits for {t} ids",
         logits.dims()
     );
-    let lsm = candle_nn::ops::log_softmax(&logits.narrow(0, 0, t - 1)?, D::Minus1)?;
-    let targets = Tensor::new(&ids[1..], logits.device())?.unsqueeze(1)?;
+    let v = logits.dim(1)?;
+    if let Some(&bad) = ids[1..].iter().find(|&&i| i as usize >= v) {
+        anyhow::bail!("window_nll: token id {bad} outside {v} logits");
+    }
+    let z = logits.narrow(0, 0, t - 1)?;
+    if z.device().is_cpu() && z.dtype() == candle_core::DType::F32 {
+        use rayon::prelude::*;
+        let z = z.contiguous()?;
+        let (storage, layout) = z.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(all)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(all[a..b]
+                .par_chunks(v)
+                .zip(&ids[1..])
+                .map(|(row, &id)| {
+                    let m = crate::model::expsum::max(row);
+                    m + crate::model::expsum::sum_exp(row, m).ln() - row[id as usize]
+                })
+                .collect());
+        }
+    }
+    window_nll_generic(&z, &ids[1..])
+}
+
+/// [`window_nll`] by candle's log-softmax and gather, for logits (T − 1, V) and targets.
+fn window_nll_generic(z: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
+    let lsm = candle_nn::ops::log_softmax(z, D::Minus1)?;
+    let targets = Tensor::new(targets, z.device())?.unsqueeze(1)?;
     let picked = lsm.gather(&targets, 1)?.squeeze(1)?;
     Ok(picked.neg()?.to_vec1::<f32>()?)
 }
 
 /// Memory allowed for hidden states of windows in flight (they go through the layers together).
 const HIDDEN_BUDGET_BYTES: usize = 2 << 30;
+
+/// A window to evaluate: the index of its set, and its tokens.
+type Job<'a> = (usize, &'a [u32]);
+
+/// Tokens per evaluation batch: enough rows for the linears' GEMMs to run at full rate.
+const BATCH_TOKENS: usize = 4096;
+/// Memory allowed for one batch's f32 attention scores (batch × heads × T × T).
+const BATCH_SCORE_BYTES: usize = 256 << 20;
+
+/// Windows of `t` tokens forwarded together through a layer during evaluation (at least one).
+fn eval_batch(t: usize, heads: usize) -> usize {
+    (BATCH_TOKENS / t.max(1))
+        .min(BATCH_SCORE_BYTES / (heads * t * t * 4).max(1))
+        .max(1)
+}
 
 /// Perplexity of `model` on every set, streaming the decoder layers.
 pub fn evaluate(
@@ -177,7 +222,7 @@ pub fn evaluate_with_budget(
     budget_bytes: usize,
 ) -> Result<Vec<EvalResult>> {
     let started = Instant::now();
-    let mut jobs: Vec<(usize, &[u32])> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
     for (i, s) in sets.iter().enumerate() {
         jobs.extend(s.windows().into_iter().map(|w| (i, w)));
     }
@@ -197,34 +242,49 @@ pub fn evaluate_with_budget(
             end += 1;
         }
         let chunk = &jobs[start..end];
-        let mut hs = chunk
-            .iter()
-            .map(|(_, w)| model.embed(w))
-            .collect::<Result<Vec<_>>>()?;
+        // Windows of one length go through each layer together, `batch` at a time: a few
+        // large GEMMs instead of many small ones (the attention scores of a batch are capped).
+        let mut batches: Vec<(Tensor, &[Job])> = Vec::new();
+        let mut i = 0;
+        while i < chunk.len() {
+            let t = chunk[i].1.len();
+            let batch = eval_batch(t, model.cfg.num_attention_heads);
+            let mut j = i + 1;
+            while j < chunk.len() && j - i < batch && chunk[j].1.len() == t {
+                j += 1;
+            }
+            let hs = chunk[i..j]
+                .iter()
+                .map(|(_, w)| model.embed(w))
+                .collect::<Result<Vec<_>>>()?;
+            batches.push((Tensor::cat(&hs, 0)?, &chunk[i..j]));
+            i = j;
+        }
         let mut positions = std::collections::HashMap::new();
         for l in 0..layers {
             let layer = model.layer(src, l)?;
-            for (h, (_, w)) in hs.iter_mut().zip(chunk) {
-                let pos = match positions.get(&w.len()) {
+            for (h, windows) in batches.iter_mut() {
+                let t = windows[0].1.len();
+                let pos = match positions.get(&t) {
                     Some(p) => p,
-                    None => positions
-                        .entry(w.len())
-                        .or_insert(model.positions(w.len())?),
+                    None => positions.entry(t).or_insert(model.positions(t)?),
                 };
                 *h = layer.forward(h, pos)?;
-                pb.inc(1);
+                pb.inc(windows.len() as u64);
             }
         }
-        for (h, (set, w)) in hs.iter().zip(chunk) {
-            let nll = model.next_token_nll(h, w)?;
-            if let Some(bad) = nll.iter().position(|x| !x.is_finite()) {
-                anyhow::bail!(
-                    "non-finite loss at position {bad} of a {} window: the model produces NaN/Inf",
-                    sets[*set].dataset
-                );
+        for (h, windows) in &batches {
+            for (k, (set, w)) in windows.iter().enumerate() {
+                let nll = model.next_token_nll(&h.narrow(0, k, 1)?, w)?;
+                if let Some(bad) = nll.iter().position(|x| !x.is_finite()) {
+                    anyhow::bail!(
+                        "non-finite loss at position {bad} of a {} window: the model produces NaN/Inf",
+                        sets[*set].dataset
+                    );
+                }
+                acc[*set].add_window(&nll);
+                pb.inc(1);
             }
-            acc[*set].add_window(&nll);
-            pb.inc(1);
         }
         start = end;
     }
@@ -297,6 +357,23 @@ mod tests {
         let logits = Tensor::new(&[[0f32, 3f32.ln()], [0.0, 0.0]], &Device::Cpu).unwrap();
         let nll = window_nll(&logits, &[0, 1]).unwrap();
         assert!((nll[0] - (4.0f32 / 3.0).ln()).abs() < 1e-6, "{nll:?}");
+    }
+
+    #[test]
+    fn fused_nll_matches_log_softmax() {
+        let (t, v) = (9, 1000);
+        let z = (Tensor::randn(0f32, 1.0, (t, v), &Device::Cpu).unwrap() * 8.0).unwrap();
+        let ids: Vec<u32> = (0..t as u32).map(|i| (i * 331) % v as u32).collect();
+        let fused = window_nll(&z, &ids).unwrap();
+        let generic = window_nll_generic(&z.narrow(0, 0, t - 1).unwrap(), &ids[1..]).unwrap();
+        assert_eq!(fused.len(), t - 1);
+        for (a, b) in fused.iter().zip(&generic) {
+            assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+        }
+        assert!(
+            window_nll(&z, &[0, v as u32]).is_err(),
+            "target outside the vocabulary"
+        );
     }
 
     #[test]

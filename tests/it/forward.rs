@@ -208,7 +208,8 @@ fn layer_streamed_evaluation_equals_whole_forward() {
         split_tokens: stream.len(),
         windows: 5,
     };
-    // One window per chunk (budget of a single window) and all windows in one chunk.
+    // One window per chunk (budget of a single window, so batches of one) and all windows in
+    // one chunk, forwarded through each layer as one batch of five.
     let one =
         copal::eval::evaluate_with_budget(&m, &t, std::slice::from_ref(&set), "t", 1).unwrap();
     let all = copal::eval::evaluate_with_budget(&m, &t, std::slice::from_ref(&set), "t", 1 << 30)
@@ -220,7 +221,7 @@ fn layer_streamed_evaluation_equals_whole_forward() {
     }
     assert_eq!(
         one[0].ppl, all[0].ppl,
-        "chunking must not change the result"
+        "chunking and batching must not change the result"
     );
     assert!(
         (one[0].ppl - p.ppl()).abs() < 1e-9 * p.ppl(),
