@@ -8,6 +8,7 @@
 
 pub mod block;
 pub mod config;
+pub(crate) mod expsum;
 pub mod rope;
 pub mod softmax;
 

@@ -50,14 +50,8 @@ impl CustomOp1 for CausalSoftmax {
                 for i in 0..t {
                     let row = &s[i * t..i * t + i + 1];
                     let dst = &mut o[i * t..i * t + i + 1];
-                    let m = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x)) * c;
-                    let mut sum = 0f32;
-                    for (d, &x) in dst.iter_mut().zip(row) {
-                        let e = (x * c - m).exp();
-                        *d = e;
-                        sum += e;
-                    }
-                    let inv = 1.0 / sum;
+                    let m = super::expsum::max(row) * c;
+                    let inv = 1.0 / super::expsum::exp_sum(row, dst, c, m);
                     dst.iter_mut().for_each(|d| *d *= inv);
                 }
             });
