@@ -144,14 +144,19 @@ pub struct Positions {
 
 impl Positions {
     pub fn new(cfg: &LlamaConfig, seqlen: usize, dtype: DType, device: &Device) -> Result<Self> {
-        let mask: Vec<f32> = (0..seqlen)
-            .flat_map(|i| (0..seqlen).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
         Ok(Self {
             rope: Rope::new(cfg, seqlen, dtype, device)?,
-            mask: Tensor::from_vec(mask, (seqlen, seqlen), device)?,
+            mask: causal_mask(seqlen, device)?,
         })
     }
+}
+
+/// The additive causal mask (t, t) in f32: 0 on and below the diagonal, −∞ above.
+pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, t), device)?)
 }
 
 /// One decoder layer's weights, materialised in the compute dtype.

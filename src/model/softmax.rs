@@ -87,10 +87,7 @@ mod tests {
     use candle_core::{Device, D};
 
     fn mask(t: usize) -> Tensor {
-        let m: Vec<f32> = (0..t)
-            .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        Tensor::from_vec(m, (t, t), &Device::Cpu).unwrap()
+        crate::model::block::causal_mask(t, &Device::Cpu).unwrap()
     }
 
     #[test]
