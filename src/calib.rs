@@ -16,7 +16,7 @@ use crate::prune::sparsegpt::{SparseGptConfig, SparseGptPruner};
 use crate::prune::wanda::WandaPruner;
 use crate::prune::{Group, LayerPruner, Method, Pattern};
 use crate::state::StateReader;
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -44,6 +44,8 @@ pub struct StepSettings {
     pub seed: u64,
     /// The dataset's name (seeds the COPAL noise).
     pub dataset: String,
+    /// Windows per layer forward (None: `calib_batch`).
+    pub batch: Option<usize>,
 }
 
 impl StepSettings {
@@ -59,6 +61,7 @@ impl StepSettings {
             sparsegpt: plan.sparsegpt,
             seed: plan.seed,
             dataset,
+            batch: plan.calib_batch,
         }
     }
 }
@@ -171,6 +174,31 @@ pub fn step_flops(
     cfg.num_hidden_layers as f64 * (passes * w * fwd + per_linear)
 }
 
+/// Most tokens in one calibration batch: enough rows for the GEMMs to run at full rate.
+const CALIB_BATCH_TOKENS: usize = 4096;
+/// Memory allowed for one batch's taps (every linear's input and output, f32).
+const CALIB_TAP_BYTES: usize = 512 << 20;
+
+/// Windows of `seqlen` tokens that go through a layer together in a calibration step (at least
+/// one). The taps of a batch hold Σ (in + out) floats per token over the seven linears: 40 KB
+/// on the test model (batches of 8 × 512), 312 KB at LLaMA-7B shapes (one window of 2048).
+/// Every statistic is a sum over tokens, so batching changes no result beyond rounding; the one
+/// exception is the `gaussian` perturbation, which draws ΔX per batch (its noise then depends on
+/// the batch size, itself fixed by the model's shape and seqlen, so runs stay reproducible).
+pub fn calib_batch(cfg: &crate::model::LlamaConfig, seqlen: usize) -> usize {
+    let per_token: usize = Linear::ALL
+        .iter()
+        .map(|l| {
+            let (o, i) = l.shape(cfg);
+            (o + i) * 4
+        })
+        .sum();
+    let seqlen = seqlen.max(1);
+    (CALIB_BATCH_TOKENS / seqlen)
+        .min(CALIB_TAP_BYTES / (per_token * seqlen).max(1))
+        .max(1)
+}
+
 fn pruner_for(
     s: &StepSettings,
     name: &str,
@@ -208,15 +236,28 @@ pub fn run_step(
     let cfg = &model.cfg;
     let layers = cfg.num_hidden_layers;
     let uses_data = s.method.needs_data();
+    let seqlen = windows.first().map(Vec::len).unwrap_or(1);
+    ensure!(
+        windows.iter().all(|w| w.len() == seqlen),
+        "internal: calibration windows of different lengths"
+    );
+    // Hidden states of `batch` windows at a time, (batch, seqlen, hidden): each goes through
+    // a layer and its statistics as one batch of batch · seqlen tokens.
+    let batch = s.batch.unwrap_or_else(|| calib_batch(cfg, seqlen)).max(1);
     let mut hs: Vec<Tensor> = if uses_data {
         windows
-            .iter()
-            .map(|w| model.embed(w))
+            .chunks(batch)
+            .map(|ws| {
+                let e = ws
+                    .iter()
+                    .map(|w| model.embed(w))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&e, 0)?)
+            })
             .collect::<Result<_>>()?
     } else {
         Vec::new()
     };
-    let seqlen = windows.first().map(Vec::len).unwrap_or(1);
     let pos = model.positions(seqlen)?;
     let pb = crate::ui::bar(layers as u64, sinks.label.to_string());
     pb.set_message("layers");
@@ -304,8 +345,8 @@ pub fn run_step(
                 *h = layer.forward(h, &pos)?;
             }
         }
-        for (w, h) in hs.iter().enumerate() {
-            guard_finite(h, l, w)?;
+        for (k, h) in hs.iter().enumerate() {
+            guard_finite(h, l, k * batch)?;
         }
         costs.push(LayerCost {
             seconds: layer_started.elapsed().as_secs_f64(),
@@ -341,9 +382,33 @@ fn guard_finite(h: &Tensor, layer: usize, window: usize) -> Result<()> {
         .to_scalar::<f32>()?;
     if !s.is_finite() {
         bail!(
-            "the calibration activations after decoder layer {layer} (window {window}) hold NaN \
+            "the calibration activations after decoder layer {layer} (the batch from window {window}) hold NaN \
              or Inf; the checkpoint or the pruned layer is numerically broken"
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LlamaConfig;
+
+    fn cfg(preset: &str) -> LlamaConfig {
+        let j = crate::checkpoint::synth::preset(preset, 2).unwrap();
+        LlamaConfig::from_json(&j.to_string()).unwrap()
+    }
+
+    #[test]
+    fn calibration_batches_fit_their_budgets() {
+        // Test model: 4096 tokens, taps of 40 KB per token well inside 512 MB.
+        let small = cfg("smollm2-135m");
+        assert_eq!(calib_batch(&small, 512), 8);
+        assert_eq!(calib_batch(&small, 2048), 2);
+        assert_eq!(calib_batch(&small, 8192), 1);
+        // LLaMA-7B: 312 KB of taps per token, so one window of 2048 (no batching, as before).
+        let big = cfg("llama-7b");
+        assert_eq!(calib_batch(&big, 2048), 1);
+        assert_eq!(calib_batch(&big, 512), 3);
+    }
 }

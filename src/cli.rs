@@ -247,6 +247,15 @@ pub struct PruneArgs {
     #[arg(long, default_value_t = 128, value_name = "N")]
     pub nsamples: usize,
 
+    /// Calibration windows forwarded through a layer together [default: as many as fit in 4096
+    /// tokens and 512 MiB of taps: 8 × 512 on the test model, 1 × 2048 at LLaMA-7B shapes].
+    ///
+    /// Larger batches keep the GEMMs busy; 1 holds the least memory. The statistics are sums
+    /// over tokens, so the result does not depend on it beyond float rounding (the gaussian
+    /// perturbation draws its noise per batch).
+    #[arg(long, value_name = "N")]
+    pub calib_batch: Option<usize>,
+
     /// Seed of the calibration sampler (and of COPAL's Gaussian perturbation).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

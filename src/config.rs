@@ -26,6 +26,9 @@ pub struct PrunePlan {
     pub datasets: Vec<CalibSource>,
     pub data_dir: PathBuf,
     pub nsamples: usize,
+    /// Calibration windows per layer forward; None = `calib::calib_batch`'s choice.
+    #[serde(default)]
+    pub calib_batch: Option<usize>,
     /// None until the model is opened (default 2048 capped by max_position_embeddings).
     pub seqlen: Option<usize>,
     pub seed: u64,
@@ -121,6 +124,9 @@ impl PrunePlan {
             a.percdamp.is_finite() && a.percdamp >= 0.0,
             "--percdamp must be ≥ 0"
         );
+        if let Some(0) = a.calib_batch {
+            bail!("--calib-batch must be at least 1");
+        }
         if let Some(0) = a.max_windows {
             bail!("--max-windows must be at least 1");
         }
@@ -129,6 +135,7 @@ impl PrunePlan {
             datasets,
             data_dir: data::data_dir(a.data.data_dir.clone()),
             nsamples: a.nsamples,
+            calib_batch: a.calib_batch,
             seqlen: a.data.seqlen,
             seed: a.seed,
             method: a.method,

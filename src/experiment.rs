@@ -359,6 +359,7 @@ fn plan_for(
             .collect::<Result<_>>()?,
         data_dir: data_dir.to_path_buf(),
         nsamples: cfg.nsamples,
+        calib_batch: None,
         seqlen: cfg.seqlen,
         seed: cfg.seed,
         method: spec.method,

@@ -284,6 +284,67 @@ fn thread_count_does_not_change_the_result() {
 }
 
 #[test]
+fn calibration_batch_size_does_not_change_the_result() {
+    // 4 windows one at a time, and as a batch of 3 plus a batch of 1: the importance is a sum
+    // over tokens either way, so the states agree to rounding and the masks exactly.
+    let s = setup(false);
+    let (a, _) = ds(&s);
+    let tmp = s.t.tmp.path();
+    let run = |batch: &str| {
+        let out = tmp.join(format!("cb{batch}"));
+        let state = tmp.join(format!("cb{batch}.safetensors"));
+        let r = prune(
+            &s,
+            &a,
+            &out,
+            &[
+                "--calib-batch",
+                batch,
+                "--group",
+                "row",
+                "--save-masks",
+                "--state",
+                state.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(r.0, 0, "{}", r.2);
+        (out, copal::state::StateReader::open(&state).unwrap())
+    };
+    let (o1, s1) = run("1");
+    let (o3, s3) = run("3");
+    let m1 = copal::checkpoint::Shard::open(&o1.join("masks.safetensors")).unwrap();
+    let m3 = copal::checkpoint::Shard::open(&o3.join("masks.safetensors")).unwrap();
+    let cpu = candle_core::Device::Cpu;
+    for l in 0..2 {
+        for lin in Linear::ALL {
+            let name = lin.tensor_name(l);
+            let (x1, x3) = (
+                s1.tensor(&name, &cpu).unwrap(),
+                s3.tensor(&name, &cpu).unwrap(),
+            );
+            let scale = x1
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(scale > 0.0, "{name}: empty importance");
+            assert_close(&x1, &x3, scale * 1e-5, &name);
+            assert!(
+                m1.bytes(&name).unwrap() == m3.bytes(&name).unwrap(),
+                "{name}: masks differ between batches of 1 and 3"
+            );
+        }
+    }
+    assert_user_error(
+        &prune(&s, &a, &tmp.join("cb0"), &["--calib-batch", "0"], &[]),
+        "--calib-batch",
+    );
+}
+
+#[test]
 fn nm_patterns_hold_in_every_group() {
     let s = setup(true);
     let (a, _) = ds(&s);
