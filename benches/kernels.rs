@@ -3,6 +3,7 @@
 //!
 //!   cargo bench --bench kernels            (all)
 //!   cargo bench --bench kernels -- 576     (test-model shapes only)
+//!   cargo bench --bench kernels -- gemm    (the GEMM rate behind the README's FLOP bound)
 
 use candle_core::{Device, Tensor};
 use copal::prune::copal::{CopalPruner, Perturbation, PerturbationKind};
@@ -14,6 +15,31 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 
 fn randn(seed: u64, r: usize, c: usize) -> Tensor {
     Tensor::from_vec(gaussian(seed, r * c), (r, c), &Device::Cpu).unwrap()
+}
+
+/// The machine's GEMM rate, the FLOP bound's denominator: Y = X Wᵀ as the forward runs it
+/// (X: tokens × in, W: out × in, the transposed view handed to the GEMM as is), at the
+/// linears' shapes with a calibration batch's rows (4096 on the test model, 2048 at LLaMA-7B).
+fn gemm(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gemm");
+    g.sample_size(10);
+    for &(t, inp, out) in &[
+        (4096, 576, 576),
+        (4096, 576, 1536),
+        (4096, 1536, 576),
+        (2048, 4096, 4096),
+        (2048, 4096, 11008),
+        (2048, 11008, 4096),
+    ] {
+        let x = randn(1, t, inp);
+        let w = randn(2, out, inp);
+        g.throughput(Throughput::Elements((2 * t * inp * out) as u64)); // FLOPs
+        g.bench_function(
+            BenchmarkId::new(format!("cpu_{t}x{inp}x{out}"), "flops"),
+            |b| b.iter(|| x.matmul(&w.t().unwrap()).unwrap()),
+        );
+    }
+    g.finish();
 }
 
 /// COPAL's score increment for one batch: dY, |dY|ᵀ|X| (one GEMM) and the accumulation.
@@ -126,6 +152,7 @@ fn layer_forward(c: &mut Criterion) {
 
 criterion_group!(
     benches,
+    gemm,
     copal_score,
     mask_select,
     sparsegpt_finish,
