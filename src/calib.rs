@@ -382,8 +382,8 @@ fn guard_finite(h: &Tensor, layer: usize, window: usize) -> Result<()> {
         .to_scalar::<f32>()?;
     if !s.is_finite() {
         bail!(
-            "the calibration activations after decoder layer {layer} (the batch from window {window}) hold NaN \
-             or Inf; the checkpoint or the pruned layer is numerically broken"
+            "the calibration activations after decoder layer {layer} (the batch from window \
+             {window}) hold NaN or Inf; the checkpoint or the pruned layer is numerically broken"
         );
     }
     Ok(())
