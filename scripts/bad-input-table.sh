@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Issue #7's bad-input table: feeds `copal prune` one broken input at a time and prints a
-# Markdown table (case | exit code | the error and its causes). Every case must exit 1 with an
-# `error:` line and no panic; the script fails if one does not. The tests in tests/it/ cover
-# the same cases with assertions; this script shows what a user sees.
+# The bad-input table: feeds `copal prune` one broken input at a time and prints a Markdown
+# table (case | exit code | the error and its causes). Every case must exit with its expected
+# code (2 for a usage error: a flag, a value, a combination; 1 for a valid plan that fails on
+# its inputs) with an `error:` line and no panic; the script fails if one does not. The tests
+# in tests/it/ cover the same cases with assertions; this script shows what a user sees.
 #
 #   COPAL_BIN (default target/release/copal). Needs python3. Works in a temporary directory
 #   on a 2-layer synthetic model (`copal synth`), so it takes well under a minute.
@@ -77,32 +78,33 @@ prune --model good --method wanda --mode accumulate --out s3 --state wanda.state
 head -c $(( $(stat -c %s good.state) - 100 )) good.state > cut.state
 
 cases=(
-  "truncated safetensors|prune --model truncated --out o"
-  "header offsets past the end|prune --model offsets --out o"
-  "unsupported dtype (I16)|prune --model dtype --out o"
-  "NaN in a weight|prune --model nan --out o"
-  "config.json without hidden_size|prune --model noconf --out o"
-  "missing tokenizer.json|prune --model notok --out o"
-  "index naming a missing shard|prune --model shards --out o"
-  "empty dataset file|$copal prune --model good --datasets text:$PWD/empty.txt ${base[*]} --out o"
-  "dataset shorter than seqlen|$copal prune --model good --datasets text:$PWD/short.txt ${base[*]} --out o"
-  "C4 train file with no document longer than seqlen|$copal prune --model good --datasets c4 --data-dir $PWD/cdata ${base[*]} --out o"
-  "no jsonl document longer than seqlen|$copal prune --model good --datasets jsonl:$PWD/docs.jsonl ${base[*]} --out o"
-  "sparsity 0|prune --model good --out o --sparsity 0"
-  "sparsity 100|prune --model good --out o --sparsity 100"
-  "sparsity -5|prune --model good --out o --sparsity=-5"
-  "sparsity NaN|prune --model good --out o --sparsity NaN"
-  "N:M with M not dividing the width (3:7)|prune --model good --out o --pattern 3:7"
-  "state from another model|prune --model good --out o --state other.state"
-  "state from another method (wanda)|prune --model good --out o --state wanda.state"
-  "corrupted (truncated) state|prune --model good --out o --state cut.state"
-  "output directory not creatable|prune --model good --out a-file/out"
-  "full disk (ulimit -f 1024, EFBIG)|ulimit -f 1024; trap '' XFSZ; prune --model good --out o"
+  "1|truncated safetensors|prune --model truncated --out o"
+  "1|header offsets past the end|prune --model offsets --out o"
+  "1|unsupported dtype (I16)|prune --model dtype --out o"
+  "1|NaN in a weight|prune --model nan --out o"
+  "1|config.json without hidden_size|prune --model noconf --out o"
+  "1|missing tokenizer.json|prune --model notok --out o"
+  "1|index naming a missing shard|prune --model shards --out o"
+  "1|empty dataset file|$copal prune --model good --datasets text:$PWD/empty.txt ${base[*]} --out o"
+  "1|dataset shorter than seqlen|$copal prune --model good --datasets text:$PWD/short.txt ${base[*]} --out o"
+  "1|C4 train file with no document longer than seqlen|$copal prune --model good --datasets c4 --data-dir $PWD/cdata ${base[*]} --out o"
+  "1|no jsonl document longer than seqlen|$copal prune --model good --datasets jsonl:$PWD/docs.jsonl ${base[*]} --out o"
+  "2|sparsity 0|prune --model good --out o --sparsity 0"
+  "2|sparsity 100|prune --model good --out o --sparsity 100"
+  "2|sparsity -5|prune --model good --out o --sparsity=-5"
+  "2|sparsity NaN|prune --model good --out o --sparsity NaN"
+  "2|N:M with M not dividing the width (3:7)|prune --model good --out o --pattern 3:7"
+  "1|state from another model|prune --model good --out o --state other.state"
+  "1|state from another method (wanda)|prune --model good --out o --state wanda.state"
+  "1|corrupted (truncated) state|prune --model good --out o --state cut.state"
+  "1|output directory not creatable|prune --model good --out a-file/out"
+  "1|full disk (ulimit -f 1024, EFBIG)|ulimit -f 1024; trap '' XFSZ; prune --model good --out o"
 )
 echo "| bad input | exit | message |"
 echo "|---|---|---|"
 fail=0
 for c in "${cases[@]}"; do
+  want=${c%%|*}; c=${c#*|}
   name=${c%%|*}; cmd=${c#*|}
   set +e
   err=$( (eval "$cmd") 2>&1 >/dev/null)
@@ -114,7 +116,7 @@ for c in "${cases[@]}"; do
     | paste -sd'\t' | sed 's/\t/ — /g')
   msg=${msg//$PWD\//}
   echo "| $name | $code | ${msg//|/\\|} |"
-  if [ "$code" != 1 ] || [ -z "$line" ] || printf '%s' "$err" | grep -q panicked; then
+  if [ "$code" != "$want" ] || [ -z "$line" ] || printf '%s' "$err" | grep -q panicked; then
     echo "FAIL: $name (exit $code): $err" >&2; fail=1
   fi
   rm -rf o .o.copal-partial

@@ -10,60 +10,46 @@
 
 use crate::checkpoint::writer::{CheckpointWriter, ShardWriter};
 use crate::model::{Linear, Llama, TensorSource};
-use crate::prune::copal::{noise_seed, CopalPruner, CopalVariant, Perturbation};
-use crate::prune::magnitude::MagnitudePruner;
-use crate::prune::sparsegpt::{SparseGptConfig, SparseGptPruner};
-use crate::prune::wanda::WandaPruner;
-use crate::prune::{Group, LayerPruner, Method, Pattern};
-use crate::state::StateReader;
+use crate::plan::{Propagate, PrunePlan};
+use crate::prune::{Group, LayerPruner, MethodConfig, NoiseKey, Pattern};
+use crate::report::{LayerCost, LinearReport, StepReport};
 use anyhow::{bail, ensure, Context as _, Result};
-use candle_core::{DType, Tensor};
-use serde::{Deserialize, Serialize};
+use candle_core::{DType, Device, Tensor};
 use std::time::Instant;
-
-/// Which activations feed the next layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Propagate {
-    /// Outputs of the layer after it was pruned in this step (SparseGPT, Wanda).
-    Pruned,
-    /// Outputs of the dense layer.
-    Dense,
-}
 
 /// Everything a step needs besides the model and the data.
 #[derive(Debug, Clone)]
 pub struct StepSettings {
-    pub method: Method,
+    pub method: MethodConfig,
     pub pattern: Pattern,
     pub group: Group,
     pub propagate: Propagate,
-    pub perturbation: Perturbation,
-    pub variant: CopalVariant,
-    pub sparsegpt: SparseGptConfig,
     pub seed: u64,
     /// The dataset's name (seeds the COPAL noise).
     pub dataset: String,
-    /// Windows per layer forward (None: `calib_batch`).
+    /// Windows per layer forward (None: `plan::calib_batch`).
     pub batch: Option<usize>,
 }
 
 impl StepSettings {
     /// The settings a run's plan gives the step on `dataset`.
-    pub fn of(plan: &crate::config::PrunePlan, dataset: String) -> Self {
+    pub fn of(plan: &PrunePlan, dataset: String) -> Self {
         Self {
             method: plan.method,
             pattern: plan.pattern,
             group: plan.group,
             propagate: plan.propagate,
-            perturbation: plan.perturbation,
-            variant: plan.variant,
-            sparsegpt: plan.sparsegpt,
             seed: plan.seed,
             dataset,
             batch: plan.calib_batch,
         }
     }
+}
+
+/// Where each linear's carried statistic comes from (the state of the previous step).
+pub trait Priors {
+    /// The statistic stored under the weight's name, as f32 on `device`.
+    fn prior(&self, name: &str, device: &Device) -> Result<Tensor>;
 }
 
 /// Where a step's results (and its progress) go.
@@ -75,41 +61,6 @@ pub struct Sinks<'a> {
     pub label: &'a str,
     /// A run-wide bar advanced once per layer.
     pub overall: Option<&'a indicatif::ProgressBar>,
-}
-
-/// What one linear ended up as.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LinearReport {
-    pub name: String,
-    pub zeros: u64,
-    pub numel: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recon_error: Option<f64>,
-}
-
-/// One step's measurements.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepReport {
-    pub linears: Vec<LinearReport>,
-    /// Fraction of zeros per decoder layer over its seven linears.
-    pub layer_sparsity: Vec<f64>,
-    pub sparsity: f64,
-    pub seconds: f64,
-    pub calib_tokens: usize,
-    /// Floating-point operations the step needs (see [`step_flops`]).
-    #[serde(default)]
-    pub flops: f64,
-    /// Per decoder layer: seconds, and resident / peak memory when it was done.
-    #[serde(default)]
-    pub layers: Vec<LayerCost>,
-}
-
-/// Time and memory of one layer of a step.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LayerCost {
-    pub seconds: f64,
-    pub rss_bytes: Option<u64>,
-    pub peak_rss_bytes: Option<u64>,
 }
 
 /// FLOPs of one decoder layer's forward over a window of `t` tokens: every linear
@@ -128,43 +79,22 @@ pub fn layer_forward_flops(cfg: &crate::model::LlamaConfig, t: usize) -> f64 {
     linears + 4.0 * t * t * hd
 }
 
-/// FLOPs a calibration step needs, by method: the observing forward, the statistics (COPAL:
-/// one |dY|ᵀ|X| GEMM per linear, two more for the Gaussian dY; SparseGPT: XᵀX per distinct
-/// input and, per linear, the factorisations ≈ (2/3)·in³ and the OBS update ≈ 2·out·in²; Wanda: Σx²), and
-/// the forward of the pruned layer that feeds the next one.
+/// FLOPs a calibration step needs: the observing forward, the method's statistics and solve
+/// ([`MethodConfig::flops`]), and the forward of the pruned layer that feeds the next one.
 pub fn step_flops(
     cfg: &crate::model::LlamaConfig,
     s: &StepSettings,
     windows: usize,
     t: usize,
 ) -> f64 {
-    if !s.method.needs_data() {
+    if !s.method.method().needs_data() {
         return 0.0;
     }
     let (w, tf) = (windows as f64, t as f64);
     let fwd = layer_forward_flops(cfg, t);
     let per_linear: f64 = Linear::ALL
         .iter()
-        .map(|l| {
-            let (o, i) = l.shape(cfg);
-            let (o, i) = (o as f64, i as f64);
-            match s.method {
-                Method::Copal => match s.perturbation.kind {
-                    crate::prune::copal::PerturbationKind::Scaled => w * 2.0 * tf * o * i,
-                    crate::prune::copal::PerturbationKind::Gaussian => w * 6.0 * tf * o * i,
-                },
-                // Σ x xᵀ once per distinct input (shared by q/k/v and gate/up).
-                Method::SparseGpt => {
-                    let gram = if s.method.keeps_stats(*l) {
-                        w * 2.0 * tf * i * i
-                    } else {
-                        0.0
-                    };
-                    gram + 2.0 / 3.0 * i * i * i + 2.0 * o * i * i
-                }
-                _ => w * 2.0 * tf * i,
-            }
-        })
+        .map(|l| s.method.flops(*l, cfg, w, tf))
         .sum();
     let passes = if s.propagate == Propagate::Pruned {
         2.0
@@ -174,52 +104,18 @@ pub fn step_flops(
     cfg.num_hidden_layers as f64 * (passes * w * fwd + per_linear)
 }
 
-/// Most tokens in one calibration batch: enough rows for the GEMMs to run at full rate.
-const CALIB_BATCH_TOKENS: usize = 4096;
-/// Memory allowed for one batch's taps (every linear's input and output, f32).
-const CALIB_TAP_BYTES: usize = 512 << 20;
-
-/// Windows of `seqlen` tokens that go through a layer together in a calibration step (at least
-/// one). The taps of a batch hold Σ (in + out) floats per token over the seven linears: 40 KB
-/// on the test model (batches of 8 × 512), 312 KB at LLaMA-7B shapes (one window of 2048).
-/// Every statistic is a sum over tokens, so batching changes no result beyond rounding; the one
-/// exception is the `gaussian` perturbation, which draws ΔX per batch (its noise then depends on
-/// the batch size, itself fixed by the model's shape and seqlen, so runs stay reproducible).
-pub fn calib_batch(cfg: &crate::model::LlamaConfig, seqlen: usize) -> usize {
-    let per_token: usize = Linear::ALL
-        .iter()
-        .map(|l| {
-            let (o, i) = l.shape(cfg);
-            (o + i) * 4
-        })
-        .sum();
-    let seqlen = seqlen.max(1);
-    (CALIB_BATCH_TOKENS / seqlen)
-        .min(CALIB_TAP_BYTES / (per_token * seqlen).max(1))
-        .max(1)
-}
-
 fn pruner_for(
     s: &StepSettings,
     name: &str,
     w: &Tensor,
     prior: Option<Tensor>,
 ) -> Result<Box<dyn LayerPruner>> {
-    Ok(match s.method {
-        Method::Copal => Box::new(
-            CopalPruner::new(
-                w,
-                prior,
-                s.perturbation,
-                noise_seed(s.seed, &s.dataset, name),
-            )?
-            .with_variant(s.variant),
-        ),
-        Method::Wanda => Box::new(WandaPruner::new(w)?.with_prior(prior)?),
-        Method::SparseGpt => Box::new(SparseGptPruner::new(w, s.sparsegpt)?.with_prior(prior)?),
-        Method::Magnitude => Box::new(MagnitudePruner::new(w)?),
-        Method::Dense => bail!("internal: the dense method prunes nothing"),
-    })
+    let noise = NoiseKey {
+        seed: s.seed,
+        dataset: &s.dataset,
+        tensor: name,
+    };
+    s.method.pruner(w, prior, noise)
 }
 
 /// Runs one calibration step over all layers. `base` holds the weights to prune (dense, or
@@ -229,13 +125,14 @@ pub fn run_step(
     base: &dyn TensorSource,
     windows: &[Vec<u32>],
     s: &StepSettings,
-    prior: Option<&StateReader>,
+    prior: Option<&dyn Priors>,
     sinks: &mut Sinks,
 ) -> Result<StepReport> {
     let started = Instant::now();
     let cfg = &model.cfg;
     let layers = cfg.num_hidden_layers;
-    let uses_data = s.method.needs_data();
+    let method = s.method.method();
+    let uses_data = method.needs_data();
     let seqlen = windows.first().map(Vec::len).unwrap_or(1);
     ensure!(
         windows.iter().all(|w| w.len() == seqlen),
@@ -243,7 +140,10 @@ pub fn run_step(
     );
     // Hidden states of `batch` windows at a time, (batch, seqlen, hidden): each goes through
     // a layer and its statistics as one batch of batch · seqlen tokens.
-    let batch = s.batch.unwrap_or_else(|| calib_batch(cfg, seqlen)).max(1);
+    let batch = s
+        .batch
+        .unwrap_or_else(|| crate::plan::calib_batch(cfg, seqlen))
+        .max(1);
     let mut hs: Vec<Tensor> = if uses_data {
         windows
             .chunks(batch)
@@ -272,13 +172,13 @@ pub fn run_step(
         // starts from the earlier one's accumulated statistic instead of recomputing it.
         let mut pruners: Vec<Option<Box<dyn LayerPruner>>> = Vec::with_capacity(7);
         for lin in Linear::ALL {
-            if !s.method.keeps_stats(lin) {
+            if !method.keeps_stats(lin) {
                 pruners.push(None);
                 continue;
             }
             let name = lin.tensor_name(l);
             let prior_w = match prior {
-                Some(p) => Some(p.tensor(&name, &model.device)?),
+                Some(p) => Some(p.prior(&name, &model.device)?),
                 None => None,
             };
             pruners.push(Some(pruner_for(s, &name, layer.weight(lin), prior_w)?));
@@ -301,7 +201,7 @@ pub fn run_step(
         let mut input_stats: Vec<(Linear, Tensor)> = Vec::new();
         for (lin, p) in Linear::ALL.iter().zip(pruners) {
             let name = lin.tensor_name(l);
-            let own = s.method.keeps_stats(*lin);
+            let own = method.keeps_stats(*lin);
             let p = match p {
                 Some(p) => p,
                 None => {
@@ -316,7 +216,7 @@ pub fn run_step(
             let done = p
                 .finish(&s.pattern, s.group)
                 .with_context(|| format!("pruning {name}"))?;
-            if let (Some(st), true) = (done.state.as_ref(), own && s.method.shares_input_stats()) {
+            if let (Some(st), true) = (done.state.as_ref(), own && method.shares_input_stats()) {
                 input_stats.push((*lin, st.clone()));
             }
             let z = done.mask.count() as u64;
@@ -387,28 +287,4 @@ fn guard_finite(h: &Tensor, layer: usize, window: usize) -> Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::LlamaConfig;
-
-    fn cfg(preset: &str) -> LlamaConfig {
-        let j = crate::checkpoint::synth::preset(preset, 2).unwrap();
-        LlamaConfig::from_json(&j.to_string()).unwrap()
-    }
-
-    #[test]
-    fn calibration_batches_fit_their_budgets() {
-        // Test model: 4096 tokens, taps of 40 KB per token well inside 512 MB.
-        let small = cfg("smollm2-135m");
-        assert_eq!(calib_batch(&small, 512), 8);
-        assert_eq!(calib_batch(&small, 2048), 2);
-        assert_eq!(calib_batch(&small, 8192), 1);
-        // LLaMA-7B: 312 KB of taps per token, so one window of 2048 (no batching, as before).
-        let big = cfg("llama-7b");
-        assert_eq!(calib_batch(&big, 2048), 1);
-        assert_eq!(calib_batch(&big, 512), 3);
-    }
 }

@@ -48,7 +48,7 @@ pub fn replace_dir(staging: &Path, target: &Path) -> Result<()> {
     std::fs::rename(staging, target)
         .with_context(|| format!("moving {} to {}", staging.display(), target.display()))?;
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-        crate::checkpoint::writer::sync_dir(parent)?;
+        sync_dir(parent)?;
     }
     crate::fsutil::fault_point();
     if let Some(old) = old {
@@ -80,7 +80,7 @@ pub fn install_file(src: &Path, dst: &Path) -> Result<()> {
     fault_point();
     std::fs::rename(&tmp, dst).with_context(|| format!("replacing {}", dst.display()))?;
     if let Some(p) = dst.parent().filter(|p| !p.as_os_str().is_empty()) {
-        crate::checkpoint::writer::sync_dir(p)?;
+        sync_dir(p)?;
     }
     Ok(())
 }
@@ -122,4 +122,13 @@ pub fn fault_point() {
             std::process::abort();
         }
     }
+}
+
+/// fsync a directory so that the names created in it survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("flushing directory {}", dir.display()))?;
+    Ok(())
 }

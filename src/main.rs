@@ -1,6 +1,8 @@
 //! The `copal` binary: parse, run, print the error chain.
 
-use clap::Parser;
+mod cli;
+
+use clap::{CommandFactory, FromArgMatches};
 use std::process::ExitCode;
 
 /// Keeps freed activation buffers in the process instead of handing them back to the kernel.
@@ -27,8 +29,12 @@ fn tune_allocator() {}
 
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = copal::cli::Cli::parse();
-    match copal::commands::run(cli) {
+    let matches = cli::Cli::command().get_matches();
+    let parsed = match cli::Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match cli::run(parsed, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // A closed stdout (`copal … | head`) is not an error.
@@ -39,11 +45,7 @@ fn main() -> ExitCode {
             if broken_pipe {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::from(1)
+            ExitCode::from(cli::report_error(&err))
         }
     }
 }

@@ -1,13 +1,47 @@
 //! The run record (`copal.json`), checksums, peak memory, and the human-readable tables.
 
-use crate::calib::StepReport;
 use crate::checkpoint::Checkpoint;
-use crate::config::PrunePlan;
 use crate::data::Split;
 use crate::eval::EvalResult;
+use crate::plan::PrunePlan;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+
+/// What one linear ended up as.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinearReport {
+    pub name: String,
+    pub zeros: u64,
+    pub numel: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recon_error: Option<f64>,
+}
+
+/// One step's measurements.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepReport {
+    pub linears: Vec<LinearReport>,
+    /// Fraction of zeros per decoder layer over its seven linears.
+    pub layer_sparsity: Vec<f64>,
+    pub sparsity: f64,
+    pub seconds: f64,
+    pub calib_tokens: usize,
+    /// Floating-point operations the step needs (see [`step_flops`]).
+    #[serde(default)]
+    pub flops: f64,
+    /// Per decoder layer: seconds, and resident / peak memory when it was done.
+    #[serde(default)]
+    pub layers: Vec<LayerCost>,
+}
+
+/// Time and memory of one layer of a step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerCost {
+    pub seconds: f64,
+    pub rss_bytes: Option<u64>,
+    pub peak_rss_bytes: Option<u64>,
+}
 
 /// One input file and its SHA-256.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,7 +72,7 @@ pub struct StepRecordOut {
 }
 
 /// `copal.json`: how the artifact was made, and what was measured.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
     pub copal_version: String,
     pub command: Vec<String>,

@@ -9,13 +9,13 @@
 //! so a state saved after wikitext2 and continued with ptb gives bit for bit what one run
 //! over wikitext2,ptb gives.
 
-use crate::calib::Propagate;
 use crate::checkpoint::writer::ShardWriter;
 use crate::checkpoint::Shard;
 use crate::data::Split;
 use crate::model::{Linear, LlamaConfig};
-use crate::prune::copal::{CopalVariant, Perturbation};
-use crate::prune::{Group, Method, Pattern};
+use crate::plan::{Propagate, PrunePlan};
+use crate::prune::copal::{CopalConfig, CopalVariant, Perturbation};
+use crate::prune::{Group, Method, MethodConfig, Pattern};
 use anyhow::{bail, ensure, Context as _, Result};
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::Dtype;
@@ -28,6 +28,9 @@ pub const FORMAT: &str = "copal-state/1";
 
 /// Settings that change the accumulated sums or the activations they were measured on; a
 /// state can only be continued with the same ones.
+///
+/// The layout is format 1's: `perturbation` and `variant` are COPAL's settings, written for
+/// every method (COPAL's defaults for the others) and compared only for COPAL.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateSettings {
     pub method: Method,
@@ -37,6 +40,24 @@ pub struct StateSettings {
     pub pattern: Pattern,
     pub group: Group,
     pub propagate: Propagate,
+}
+
+impl StateSettings {
+    /// The settings of a plan's state.
+    pub fn of(plan: &PrunePlan) -> Self {
+        let copal = match plan.method {
+            MethodConfig::Copal(c) => c,
+            _ => CopalConfig::default(),
+        };
+        Self {
+            method: plan.method.method(),
+            perturbation: copal.perturbation(),
+            variant: copal.variant(),
+            pattern: plan.pattern,
+            group: plan.group,
+            propagate: plan.propagate,
+        }
+    }
 }
 
 /// One dataset folded into the state.
@@ -95,18 +116,20 @@ impl StateMeta {
                 a.method.name()
             ));
         }
-        if a.perturbation != settings.perturbation {
+        // COPAL's settings shape COPAL's sums only.
+        let copal = settings.method == Method::Copal && a.method == Method::Copal;
+        if copal && a.perturbation != settings.perturbation {
             diffs.push(format!(
                 "--perturbation {} --eps-w {} --eps-x {} (state: {} --eps-w {} --eps-x {})",
-                crate::cli::value_name(settings.perturbation.kind),
+                settings.perturbation.kind,
                 settings.perturbation.eps_w,
                 settings.perturbation.eps_x,
-                crate::cli::value_name(a.perturbation.kind),
+                a.perturbation.kind,
                 a.perturbation.eps_w,
                 a.perturbation.eps_x
             ));
         }
-        if a.variant != settings.variant {
+        if copal && a.variant != settings.variant {
             diffs.push(format!(
                 "{} (state: {})",
                 variant_flags(&settings.variant),
@@ -120,17 +143,12 @@ impl StateMeta {
             ));
         }
         if a.group != settings.group {
-            diffs.push(format!(
-                "--group {} (state: {})",
-                crate::cli::value_name(settings.group),
-                crate::cli::value_name(a.group)
-            ));
+            diffs.push(format!("--group {} (state: {})", settings.group, a.group));
         }
         if a.propagate != settings.propagate {
             diffs.push(format!(
                 "--propagate {} (state: {})",
-                crate::cli::value_name(settings.propagate),
-                crate::cli::value_name(a.propagate)
+                settings.propagate, a.propagate
             ));
         }
         if !diffs.is_empty() {
@@ -146,6 +164,12 @@ impl StateMeta {
 
     pub fn datasets(&self) -> Vec<String> {
         self.steps.iter().map(|s| s.dataset.clone()).collect()
+    }
+}
+
+impl crate::calib::Priors for StateReader {
+    fn prior(&self, name: &str, device: &Device) -> Result<Tensor> {
+        self.tensor(name, device)
     }
 }
 
@@ -203,17 +227,14 @@ impl StateReader {
     /// Checks that the state holds every linear of `cfg` with the shape `method` keeps.
     pub fn check_shapes(&self, cfg: &LlamaConfig, method: Method) -> Result<()> {
         for l in 0..cfg.num_hidden_layers {
-            for lin in state_linears(method) {
-                let name = lin.tensor_name(l);
+            for (name, want) in state_layout(method, cfg, l) {
                 let info = self.shard.info(&name).with_context(|| {
                     format!("state {} has no tensor {name}", self.shard.path.display())
                 })?;
-                let want = state_shape(method, lin, cfg);
                 ensure!(
                     info.shape == want,
-                    "state tensor {name} has shape {:?}, {} keeps {want:?} for this model",
-                    info.shape,
-                    method.name()
+                    "state tensor {name} has shape {:?}, {method} keeps {want:?} for this model",
+                    info.shape
                 );
             }
         }
@@ -221,24 +242,17 @@ impl StateReader {
     }
 }
 
-/// The linears whose statistics a state stores. SparseGPT's Σ x xᵀ depends only on the
-/// input, so it is kept once per distinct input (under q, o, gate and down) and shared by the
-/// linears that read the same input; the other methods keep one statistic per linear.
-pub fn state_linears(method: Method) -> impl Iterator<Item = Linear> {
+/// The linears whose statistics a state stores, with their shapes (see
+/// [`crate::prune::Statistic`]).
+pub fn state_layout(method: Method, cfg: &LlamaConfig, layer: usize) -> Vec<(String, Vec<usize>)> {
     Linear::ALL
         .into_iter()
-        .filter(move |l| method.keeps_stats(*l))
-}
-
-/// The statistic each method carries per linear: COPAL's importance (out × in), Wanda's
-/// Σ x² per input (in), SparseGPT's Σ x xᵀ (in × in).
-pub fn state_shape(method: Method, lin: Linear, cfg: &LlamaConfig) -> Vec<usize> {
-    let (o, i) = lin.shape(cfg);
-    match method {
-        Method::Wanda => vec![i],
-        Method::SparseGpt => vec![i, i],
-        _ => vec![o, i],
-    }
+        .filter_map(|lin| {
+            method
+                .state_shape(lin, cfg)
+                .map(|shape| (lin.tensor_name(layer), shape))
+        })
+        .collect()
 }
 
 /// A state file being written: all linears of `cfg`, f32, provenance in the header.
@@ -250,12 +264,8 @@ pub fn create_writer(
 ) -> Result<ShardWriter> {
     let mut layout = Vec::with_capacity(cfg.num_hidden_layers * 7);
     for l in 0..cfg.num_hidden_layers {
-        for lin in state_linears(method) {
-            layout.push((
-                lin.tensor_name(l),
-                Dtype::F32,
-                state_shape(method, lin, cfg),
-            ));
+        for (name, shape) in state_layout(method, cfg, l) {
+            layout.push((name, Dtype::F32, shape));
         }
     }
     let mut md = BTreeMap::new();
@@ -266,7 +276,7 @@ pub fn create_writer(
 fn variant_flags(v: &crate::prune::copal::CopalVariant) -> String {
     format!(
         "--copal-agg {}{} --decay {}",
-        crate::cli::value_name(v.agg),
+        v.agg,
         if v.normalize {
             " --copal-normalize"
         } else {
@@ -274,4 +284,55 @@ fn variant_flags(v: &crate::prune::copal::CopalVariant) -> String {
         },
         v.decay
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(settings: StateSettings) -> StateMeta {
+        StateMeta {
+            format: FORMAT.into(),
+            copal_version: "0".into(),
+            model_fingerprint: "f".into(),
+            settings,
+            steps: vec![],
+        }
+    }
+
+    fn settings(method: Method, copal: CopalConfig) -> StateSettings {
+        StateSettings {
+            method,
+            perturbation: copal.perturbation(),
+            variant: copal.variant(),
+            pattern: Pattern::Unstructured { percent: 50.0 },
+            group: Group::Matrix,
+            propagate: Propagate::Pruned,
+        }
+    }
+
+    #[test]
+    fn copal_settings_matter_only_to_copal_states() {
+        let other = CopalConfig {
+            eps_w: 0.05,
+            agg: crate::prune::copal::Aggregation::L2,
+            ..Default::default()
+        };
+        let p = Path::new("s.state");
+        // A SparseGPT state written with other COPAL values (format 1 wrote them for every
+        // method) continues: Σ x xᵀ does not depend on them.
+        let m = meta(settings(Method::SparseGpt, other));
+        m.check_continues("f", &settings(Method::SparseGpt, CopalConfig::default()), p)
+            .unwrap();
+        // A COPAL state does not.
+        let m = meta(settings(Method::Copal, other));
+        let e = m
+            .check_continues("f", &settings(Method::Copal, CopalConfig::default()), p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--eps-w 0.01") && e.contains("--copal-agg l1"),
+            "{e}"
+        );
+    }
 }

@@ -258,7 +258,7 @@ pub fn import(path: &Path, out: &Path, dtype: DType) -> Result<Imported> {
         )
     })?;
     write_json(&out.join("tokenizer_config.json"), &tokenizer_config)?;
-    super::writer::sync_dir(out)?;
+    crate::fsutil::sync_dir(out)?;
     Ok(Imported {
         tensors: names.len(),
         params,

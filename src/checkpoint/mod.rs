@@ -2,7 +2,7 @@
 //! shards (with `model.safetensors.index.json` when sharded), and the tokenizer files.
 //!
 //! Tensors are read straight from the mapping when a layer needs them, so opening even a 65B
-//! checkpoint costs only its headers. [`resolve`] turns `--model` (directory, alias from
+//! checkpoint costs only its headers. [`resolve::resolve`] turns `--model` (directory, alias from
 //! `configs/models.json`, or hub id) into such a directory.
 
 pub mod gguf;
@@ -16,8 +16,6 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-
-pub use resolve::resolve;
 
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -300,6 +298,38 @@ impl TensorSource for Checkpoint {
     fn has(&self, name: &str) -> bool {
         self.route.contains_key(name)
     }
+}
+
+/// Zeros and total elements of a raw tensor (±0 both count as zero).
+pub fn count_zeros(dtype: Dtype, bytes: &[u8]) -> Option<(u64, u64)> {
+    let zeros = match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .filter(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) << 1 == 0)
+            .count(),
+        Dtype::BF16 | Dtype::F16 => bytes
+            .chunks_exact(2)
+            .filter(|c| u16::from_le_bytes([c[0], c[1]]) << 1 == 0)
+            .count(),
+        _ => return None,
+    };
+    let size = if dtype == Dtype::F32 { 4 } else { 2 };
+    Some((zeros as u64, (bytes.len() / size) as u64))
+}
+
+/// Measured sparsity of every prunable linear: (name, zeros, elements).
+pub fn linear_sparsity(ckpt: &Checkpoint) -> Result<Vec<(String, u64, u64)>> {
+    let mut out = Vec::new();
+    for layer in 0..ckpt.config.num_hidden_layers {
+        for l in crate::model::Linear::ALL {
+            let name = l.tensor_name(layer);
+            let (info, bytes) = ckpt.raw(&name)?;
+            let (z, n) = count_zeros(info.dtype, bytes)
+                .ok_or_else(|| anyhow::anyhow!("{name}: dtype {:?} not countable", info.dtype))?;
+            out.push((name, z, n));
+        }
+    }
+    Ok(out)
 }
 
 /// The shard file names of a checkpoint, from its index or the single-file convention.

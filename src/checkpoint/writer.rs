@@ -280,7 +280,7 @@ impl CheckpointWriter {
                     .with_context(|| format!("copying {}", src.display()))?;
             }
         }
-        sync_dir(&self.dir)
+        crate::fsutil::sync_dir(&self.dir)
     }
 }
 
@@ -291,14 +291,5 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     f.write_all(b"\n")?;
     f.sync_all()
         .with_context(|| format!("flushing {}", path.display()))?;
-    Ok(())
-}
-
-/// fsync a directory so that the names created in it survive a crash.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("flushing directory {}", dir.display()))?;
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! - C4: one document per JSON line; calibration samples documents, evaluation joins the first
 //!   1100 with " ".
 
-use super::{Dataset, Split};
+use super::dataset::{Dataset, Split};
 use anyhow::{bail, ensure, Context as _, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -9,7 +9,7 @@
 //!
 //! Evaluation cuts the tokenised text into non-overlapping windows and drops the remainder.
 
-use super::Corpus;
+use super::corpus::Corpus;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Result};
 use std::collections::HashMap;

@@ -9,7 +9,7 @@
 
 use super::config::LlamaConfig;
 use super::rope::Rope;
-use super::TensorSource;
+use super::source::TensorSource;
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, D};
 

@@ -17,8 +17,9 @@
 //! - `gaussian`: ΔW = ε_W σ_row(W) Z, Δx_t = ε_x σ(x_t) Z′_t (σ = RMS of the row / token,
 //!   Z, Z′ standard normal from a generator seeded by seed, dataset, tensor and batch).
 
+use super::mask::{Group, Pattern};
 use super::noise::{derive_seed, gaussian};
-use super::{f32_rows, mask_by_score, Group, LayerPruner, Pattern, Pruned};
+use super::pruner::{f32_rows, mask_by_score, LayerPruner, Pruned};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -70,6 +71,92 @@ pub struct Perturbation {
     pub kind: PerturbationKind,
     pub eps_w: f64,
     pub eps_x: f64,
+}
+
+crate::display_as_value!(PerturbationKind, Aggregation);
+
+/// COPAL's settings (`--method copal`), named as in an experiment file (the flags are
+/// `--perturbation`, `--eps-w`, `--eps-x`, `--copal-agg`, `--copal-normalize`, `--decay`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CopalConfig {
+    pub perturbation: PerturbationKind,
+    pub eps_w: f64,
+    pub eps_x: f64,
+    pub agg: Aggregation,
+    pub normalize: bool,
+    pub decay: f64,
+}
+
+impl Default for CopalConfig {
+    /// The measured defaults: `scaled` (README, "Choosing COPAL's defaults"), ε 0.01, the
+    /// paper's L1 sum, no normalisation or decay.
+    fn default() -> Self {
+        Self {
+            perturbation: PerturbationKind::Scaled,
+            eps_w: 0.01,
+            eps_x: 0.01,
+            agg: Aggregation::L1,
+            normalize: false,
+            decay: 1.0,
+        }
+    }
+}
+
+impl CopalConfig {
+    /// Checks the values (usage errors naming `eps_w`, `eps_x` or `decay`).
+    pub fn validate(&self) -> Result<()> {
+        for (setting, v) in [("eps_w", self.eps_w), ("eps_x", self.eps_x)] {
+            crate::usage_ensure!(
+                v.is_finite() && v >= 0.0,
+                setting,
+                "must be a finite number ≥ 0, got {v}"
+            );
+        }
+        crate::usage_ensure!(
+            self.eps_w + self.eps_x > 0.0,
+            "eps_w",
+            "and eps_x cannot both be 0: dy would vanish"
+        );
+        crate::usage_ensure!(
+            self.decay > 0.0 && self.decay <= 1.0,
+            "decay",
+            "must be in (0, 1], got {}",
+            self.decay
+        );
+        Ok(())
+    }
+
+    pub fn perturbation(&self) -> Perturbation {
+        Perturbation {
+            kind: self.perturbation,
+            eps_w: self.eps_w,
+            eps_x: self.eps_x,
+        }
+    }
+
+    pub fn variant(&self) -> CopalVariant {
+        CopalVariant {
+            agg: self.agg,
+            normalize: self.normalize,
+            decay: self.decay,
+        }
+    }
+
+    /// The pruner of one linear; `seed` from [`noise_seed`].
+    pub fn pruner(&self, w: &Tensor, prior: Option<Tensor>, seed: u64) -> Result<CopalPruner> {
+        Ok(CopalPruner::new(w, prior, self.perturbation(), seed)?.with_variant(self.variant()))
+    }
+
+    /// FLOPs of the importance increment of one linear over `windows` windows of `t` tokens:
+    /// one |dY|ᵀ|X| GEMM (2·tokens·out·in), two more to form the Gaussian dY.
+    pub fn flops(&self, out: usize, inp: usize, windows: f64, t: f64) -> f64 {
+        let (o, i) = (out as f64, inp as f64);
+        match self.perturbation {
+            PerturbationKind::Scaled => windows * 2.0 * t * o * i,
+            PerturbationKind::Gaussian => windows * 6.0 * t * o * i,
+        }
+    }
 }
 
 /// COPAL's pruner for one linear.

@@ -1,7 +1,8 @@
 //! Magnitude pruning: score |W_ij|, one threshold per matrix by default (as Wanda's
 //! magnitude baseline and SparseGPT's `--gmp`). Needs no calibration data.
 
-use super::{mask_by_score, Group, LayerPruner, Pattern, Pruned};
+use super::mask::{Group, Pattern};
+use super::pruner::{mask_by_score, LayerPruner, Pruned};
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 

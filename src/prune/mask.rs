@@ -14,6 +14,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Unstructured sparsity without a percentage: half the weights, as in the anchors' tables.
+pub const DEFAULT_PERCENT: f64 = 50.0;
+
 /// The sparsity pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -25,18 +28,20 @@ pub enum Pattern {
 }
 
 impl Pattern {
-    /// Parses `unstructured` (with `percent`) or `N:M`.
+    /// Parses `unstructured` (with `percent`, default 50) or `N:M`. Errors are usage errors
+    /// about the settings `sparsity` and `pattern`.
     pub fn parse(pattern: &str, percent: Option<f64>) -> Result<Self> {
         if pattern == "unstructured" {
-            let p = percent.unwrap_or(50.0);
-            ensure!(
+            let p = percent.unwrap_or(DEFAULT_PERCENT);
+            crate::usage_ensure!(
                 p.is_finite() && p > 0.0 && p < 100.0,
-                "--sparsity must be a percentage strictly between 0 and 100, got {p}"
+                "sparsity",
+                "must be a percentage strictly between 0 and 100, got {p}"
             );
             if p < 1.0 {
-                bail!(
-                    "--sparsity {p} is a percentage: {p}% of the weights. For {}% write \
-                     --sparsity {}",
+                crate::usage_bail!(
+                    "sparsity",
+                    "{p} is a percentage: {p}% of the weights. For {}% write {}",
                     p * 100.0,
                     p * 100.0
                 );
@@ -44,22 +49,30 @@ impl Pattern {
             return Ok(Pattern::Unstructured { percent: p });
         }
         let Some((n, m)) = pattern.split_once(':') else {
-            bail!("--pattern {pattern:?}: expected unstructured, 2:4, 4:8 or another N:M");
+            crate::usage_bail!(
+                "pattern",
+                "{pattern:?}: expected unstructured, 2:4, 4:8 or another N:M"
+            );
         };
         let (n, m): (usize, usize) = match (n.parse(), m.parse()) {
             (Ok(n), Ok(m)) => (n, m),
-            _ => bail!("--pattern {pattern:?}: N and M must be integers, as in 2:4"),
+            _ => crate::usage_bail!(
+                "pattern",
+                "{pattern:?}: N and M must be integers, as in 2:4"
+            ),
         };
-        ensure!(
+        crate::usage_ensure!(
             n > 0 && n < m,
-            "--pattern {pattern}: need 0 < N < M (N of every M weights are zeroed)"
+            "pattern",
+            "{pattern}: need 0 < N < M (N of every M weights are zeroed)"
         );
         if let Some(p) = percent {
             let implied = 100.0 * n as f64 / m as f64;
-            ensure!(
+            crate::usage_ensure!(
                 (p - implied).abs() < 1e-9,
-                "--pattern {pattern} zeroes {implied}% of the weights, but --sparsity says {p}; \
-                 drop --sparsity or make it {implied}"
+                "pattern",
+                "{pattern} zeroes {implied}% of the weights, but the sparsity says {p}; drop \
+                 the sparsity or make it {implied}"
             );
         }
         Ok(Pattern::NM { n, m })
@@ -92,6 +105,8 @@ pub enum Group {
     /// One threshold per output row (Wanda's default).
     Row,
 }
+
+crate::display_as_value!(Group);
 
 /// Which weights of an (rows × cols) matrix are pruned; `true` = zeroed.
 #[derive(Debug, Clone, PartialEq, Eq)]

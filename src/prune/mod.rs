@@ -1,23 +1,27 @@
-//! Pruning methods: one small trait, one file per method.
+//! Pruning methods: one trait ([`pruner::LayerPruner`]), one file per method, and this table,
+//! which is the only place that knows every method.
 //!
-//! A [`LayerPruner`] is built with the weight it prunes (and, for methods that carry
-//! statistics across datasets, their prior state); it `observe`s the input rows X (and the
-//! output rows Y) of its linear for every calibration batch, then `finish`es into a pruned
-//! weight, its mask and the state to carry on. Selection itself is in [`mask`].
+//! Adding a method means a new file with its pruner and settings, and one line in each match
+//! below ([`Method::facts`] and the three [`MethodConfig`] matches); the compiler finds every
+//! one of them, and nothing outside `prune/` matches on methods.
 
 pub mod copal;
 pub mod linalg;
 pub mod magnitude;
 pub mod mask;
 pub mod noise;
+pub mod pruner;
 pub mod sparsegpt;
 pub mod wanda;
 
-use anyhow::{ensure, Result};
-use candle_core::{DType, Tensor};
+use crate::model::{Linear, LlamaConfig};
+use anyhow::{Context as _, Result};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 pub use mask::{Group, Mask, Pattern};
+pub use pruner::{LayerPruner, Pruned};
 
 /// What `copal prune` runs without --method: the best continual setting of the test model's
 /// grid (README, "Choosing the default"), in accumulate mode.
@@ -41,97 +45,339 @@ pub enum Method {
     Dense,
 }
 
+/// How a method is used across datasets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Sum statistics over all datasets so far, prune the dense weights (COPAL).
+    Accumulate,
+    /// Prune the dense model from the newest dataset only.
+    Global,
+    /// Prune the previous step's pruned model with the newest dataset.
+    Sequential,
+}
+
+crate::display_as_value!(Method, Mode);
+
+/// The statistic a method keeps per linear: what it accumulates, and what a state file stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statistic {
+    /// The method reads no data.
+    None,
+    /// One value per weight, out × in (COPAL's importance).
+    PerWeight,
+    /// One value per input column, in (Wanda's Σ x²).
+    PerInput,
+    /// Σ x xᵀ, in × in. It depends only on the input, so linears that read the same input
+    /// share one: it is kept under q, o, gate and down (SparseGPT).
+    InputGram,
+}
+
+/// What the rest of copal knows about a method besides how it prunes.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts {
+    /// Comparison group of the unstructured threshold unless told otherwise.
+    pub default_group: Group,
+    pub statistic: Statistic,
+}
+
 impl Method {
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Copal => "copal",
-            Method::Wanda => "wanda",
-            Method::SparseGpt => "sparsegpt",
-            Method::Magnitude => "magnitude",
-            Method::Dense => "dense",
+    pub const ALL: [Method; 5] = [
+        Method::Copal,
+        Method::Wanda,
+        Method::SparseGpt,
+        Method::Magnitude,
+        Method::Dense,
+    ];
+
+    /// The method table. COPAL's per-row default group, not the paper's per-matrix T_s: on the
+    /// test model (wikitext2 → ptb → c4, 50%) rows gave average PPL 86.9 against 121.7 for the
+    /// matrix (results/perturbation/, README "Choosing COPAL's defaults").
+    pub fn facts(self) -> Facts {
+        use Statistic::*;
+        let (default_group, statistic) = match self {
+            Method::Copal => (Group::Row, PerWeight),
+            Method::Wanda => (Group::Row, PerInput),
+            Method::SparseGpt => (Group::Matrix, InputGram),
+            Method::Magnitude => (Group::Matrix, None),
+            Method::Dense => (Group::Matrix, None),
+        };
+        Facts {
+            default_group,
+            statistic,
         }
     }
 
-    /// The comparison group each method uses unless told otherwise.
-    ///
-    /// COPAL defaults to per-row thresholds, not the paper's per-matrix T_s: on the test
-    /// model (wikitext2 → ptb → c4, 50%) rows gave average PPL 86.9 against 121.7 for the
-    /// matrix (results/perturbation/, README "Choosing COPAL's defaults").
+    pub fn name(self) -> String {
+        self.to_string()
+    }
+
     pub fn default_group(self) -> Group {
-        match self {
-            Method::Wanda | Method::Copal => Group::Row,
-            _ => Group::Matrix,
-        }
+        self.facts().default_group
+    }
+
+    /// Whether the method reads calibration activations at all.
+    pub fn needs_data(self) -> bool {
+        self.facts().statistic != Statistic::None
     }
 
     /// How the method is used across datasets unless told otherwise: every method that reads
     /// data accumulates its statistics over the datasets seen (with one dataset that is the
     /// method's usual one-shot result); magnitude and dense have nothing to accumulate.
-    pub fn default_mode(self) -> crate::continual::Mode {
+    pub fn default_mode(self) -> Mode {
         if self.needs_data() {
-            crate::continual::Mode::Accumulate
+            Mode::Accumulate
         } else {
-            crate::continual::Mode::Global
+            Mode::Global
         }
     }
 
-    /// Whether the method's statistic for a linear depends only on the linear's input
-    /// (SparseGPT's Σ x xᵀ), so that linears reading the same input share one.
+    /// Refuses a mode that makes no sense for the method (a usage error about `mode`).
+    pub fn check_mode(self, mode: Mode) -> Result<()> {
+        crate::usage_ensure!(
+            mode != Mode::Accumulate || self.needs_data(),
+            "mode",
+            "accumulate does not apply to {self}: it has no statistics to accumulate; use global"
+        );
+        Ok(())
+    }
+
+    /// Whether the method's statistic for a linear depends only on the linear's input, so that
+    /// linears reading the same input share one.
     pub fn shares_input_stats(self) -> bool {
-        self == Method::SparseGpt
+        self.facts().statistic == Statistic::InputGram
     }
 
     /// Whether `lin` observes and stores a statistic of its own, rather than starting from
     /// that of the earlier linear whose input it reads (`Linear::input_source`).
-    pub fn keeps_stats(self, lin: crate::model::Linear) -> bool {
+    pub fn keeps_stats(self, lin: Linear) -> bool {
         !self.shares_input_stats() || lin.input_source() == lin
     }
 
-    /// Whether the method reads calibration activations at all.
-    pub fn needs_data(self) -> bool {
-        !matches!(self, Method::Magnitude | Method::Dense)
+    /// The shape of the statistic `lin` keeps (None: it keeps none).
+    pub fn state_shape(self, lin: Linear, cfg: &LlamaConfig) -> Option<Vec<usize>> {
+        let (o, i) = lin.shape(cfg);
+        if !self.keeps_stats(lin) {
+            return None;
+        }
+        match self.facts().statistic {
+            Statistic::None => None,
+            Statistic::PerWeight => Some(vec![o, i]),
+            Statistic::PerInput => Some(vec![i]),
+            Statistic::InputGram => Some(vec![i, i]),
+        }
     }
 }
 
-/// A finished linear.
-#[derive(Debug)]
-pub struct Pruned {
-    /// The new weight (f32): the input weight masked, or reconstructed (SparseGPT).
-    pub weight: Tensor,
-    pub mask: Mask,
-    /// Statistics to carry to the next dataset (COPAL's importance W*), if the method has any.
-    pub state: Option<Tensor>,
-    /// Relative reconstruction error ‖XWᵀ − XŴᵀ‖²/‖XWᵀ‖² where the method measures it.
-    pub recon_error: Option<f64>,
+/// A method with its settings. Methods without settings have none to get wrong.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MethodConfig {
+    Copal(copal::CopalConfig),
+    Wanda,
+    SparseGpt(sparsegpt::SparseGptConfig),
+    Magnitude,
+    Dense,
 }
 
-/// One linear's pruner: observe calibration batches, then finish.
-pub trait LayerPruner {
-    /// Sees one batch: X (tokens × in) and Y = X Wᵀ (tokens × out) of the weight being pruned.
-    fn observe(&mut self, x: &Tensor, y: &Tensor) -> Result<()>;
-    /// Scores, selects and applies the mask.
-    fn finish(self: Box<Self>, pattern: &Pattern, group: Group) -> Result<Pruned>;
+/// Identifies the Gaussian noise of one linear in one step (COPAL's `gaussian` perturbation).
+#[derive(Debug, Clone, Copy)]
+pub struct NoiseKey<'a> {
+    pub seed: u64,
+    pub dataset: &'a str,
+    pub tensor: &'a str,
 }
 
-/// Selects the mask from `score` (same shape as `w`) and applies it to `w`.
-pub fn mask_by_score(
-    w: &Tensor,
-    score: &Tensor,
-    pattern: &Pattern,
-    group: Group,
-) -> Result<(Tensor, Mask)> {
-    let (rows, cols) = w.dims2()?;
-    ensure!(score.dims() == w.dims(), "score and weight shapes differ");
-    let s = score
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let mask = mask::select(&s, rows, cols, pattern, group)?;
-    let keep = Tensor::from_vec(mask.keep_f32(), (rows, cols), w.device())?;
-    Ok(((w.to_dtype(DType::F32)? * keep)?, mask))
+impl MethodConfig {
+    pub fn method(&self) -> Method {
+        match self {
+            MethodConfig::Copal(_) => Method::Copal,
+            MethodConfig::Wanda => Method::Wanda,
+            MethodConfig::SparseGpt(_) => Method::SparseGpt,
+            MethodConfig::Magnitude => Method::Magnitude,
+            MethodConfig::Dense => Method::Dense,
+        }
+    }
+
+    /// The method with its default settings.
+    pub fn defaults(method: Method) -> Self {
+        match method {
+            Method::Copal => MethodConfig::Copal(Default::default()),
+            Method::Wanda => MethodConfig::Wanda,
+            Method::SparseGpt => MethodConfig::SparseGpt(Default::default()),
+            Method::Magnitude => MethodConfig::Magnitude,
+            Method::Dense => MethodConfig::Dense,
+        }
+    }
+
+    /// The settings, by name (empty for methods that have none).
+    pub fn params(&self) -> Map<String, Value> {
+        let v = match self {
+            MethodConfig::Copal(c) => serde_json::to_value(c),
+            MethodConfig::SparseGpt(c) => serde_json::to_value(c),
+            MethodConfig::Wanda | MethodConfig::Magnitude | MethodConfig::Dense => {
+                Ok(Value::Object(Map::new()))
+            }
+        };
+        match v {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        }
+    }
+
+    /// `method` with the settings in `params` (by name) over its defaults, validated. A
+    /// setting of another method is refused naming the method it belongs to.
+    pub fn from_params(method: Method, params: &Map<String, Value>) -> Result<Self> {
+        let own = Self::defaults(method).params();
+        for key in params.keys() {
+            if own.contains_key(key) {
+                continue;
+            }
+            let owners: Vec<String> = Method::ALL
+                .iter()
+                .filter(|m| Self::defaults(**m).params().contains_key(key))
+                .map(|m| m.name())
+                .collect();
+            if owners.is_empty() {
+                let all: Vec<String> = Method::ALL
+                    .iter()
+                    .flat_map(|m| Self::defaults(*m).params().into_iter().map(|(k, _)| k))
+                    .collect();
+                let hint = crate::usage::did_you_mean(key, all.iter().map(String::as_str))
+                    .map(|k| format!(" (did you mean {k}?)"))
+                    .unwrap_or_default();
+                crate::usage_bail!(key, "is not a setting of any method{hint}");
+            }
+            crate::usage_bail!(
+                key,
+                "is a setting of {}, not of {method}; drop it or choose that method",
+                owners.join(" and ")
+            );
+        }
+        let value = Value::Object(params.clone());
+        let cfg = match method {
+            Method::Copal => MethodConfig::Copal(parse(method, value)?),
+            Method::Wanda => MethodConfig::Wanda,
+            Method::SparseGpt => MethodConfig::SparseGpt(parse(method, value)?),
+            Method::Magnitude => MethodConfig::Magnitude,
+            Method::Dense => MethodConfig::Dense,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the settings' values.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            MethodConfig::Copal(c) => c.validate(),
+            MethodConfig::SparseGpt(c) => c.validate(),
+            MethodConfig::Wanda | MethodConfig::Magnitude | MethodConfig::Dense => Ok(()),
+        }
+    }
+
+    /// The pruner of one linear: `w` its weight, `prior` the statistic carried from earlier
+    /// datasets (accumulate mode) or from the earlier linear that reads the same input.
+    pub fn pruner(
+        &self,
+        w: &Tensor,
+        prior: Option<Tensor>,
+        noise: NoiseKey,
+    ) -> Result<Box<dyn LayerPruner>> {
+        Ok(match self {
+            MethodConfig::Copal(c) => Box::new(c.pruner(
+                w,
+                prior,
+                copal::noise_seed(noise.seed, noise.dataset, noise.tensor),
+            )?),
+            MethodConfig::Wanda => Box::new(wanda::WandaPruner::new(w)?.with_prior(prior)?),
+            MethodConfig::SparseGpt(c) => {
+                Box::new(sparsegpt::SparseGptPruner::new(w, *c)?.with_prior(prior)?)
+            }
+            MethodConfig::Magnitude => Box::new(magnitude::MagnitudePruner::new(w)?),
+            MethodConfig::Dense => anyhow::bail!("internal: the dense method prunes nothing"),
+        })
+    }
+
+    /// FLOPs of `lin`'s statistics and solve for `windows` windows of `t` tokens (the layer's
+    /// forwards are counted by the caller).
+    pub fn flops(&self, lin: Linear, cfg: &LlamaConfig, windows: f64, t: f64) -> f64 {
+        let (o, i) = lin.shape(cfg);
+        match self {
+            MethodConfig::Copal(c) => c.flops(o, i, windows, t),
+            MethodConfig::Wanda => wanda::flops(i, windows, t),
+            MethodConfig::SparseGpt(c) => c.flops(o, i, windows, t, self.method().keeps_stats(lin)),
+            MethodConfig::Magnitude | MethodConfig::Dense => 0.0,
+        }
+    }
 }
 
-/// Input rows as f32 on the statistics path (whatever the compute dtype).
-pub(crate) fn f32_rows(x: &Tensor) -> Result<Tensor> {
-    Ok(x.to_dtype(DType::F32)?.contiguous()?)
+/// One method's settings from a JSON object of them.
+fn parse<T: serde::de::DeserializeOwned>(method: Method, value: Value) -> Result<T> {
+    serde_json::from_value(value).with_context(|| format!("reading the settings of {method}"))
+}
+
+/// In a plan (copal.json, `--dry-run`): `"method": NAME` and, for a method with settings,
+/// `NAME: {settings}`.
+impl Serialize for MethodConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let params = self.params();
+        let mut m = s.serialize_map(Some(1 + usize::from(!params.is_empty())))?;
+        m.serialize_entry("method", &self.method())?;
+        if !params.is_empty() {
+            m.serialize_entry(&self.method().name(), &params)?;
+        }
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_setting_of_another_method_names_its_owner() {
+        let e = MethodConfig::from_params(
+            Method::SparseGpt,
+            &params(serde_json::json!({"perturbation": "scaled"})),
+        )
+        .unwrap_err();
+        let u = e.downcast_ref::<crate::usage::UsageError>().unwrap();
+        assert_eq!(u.setting, "perturbation");
+        assert!(u.message.contains("copal"), "{u}");
+        let e = MethodConfig::from_params(Method::Copal, &params(serde_json::json!({"decy": 1})))
+            .unwrap_err();
+        assert!(e.to_string().contains("did you mean decay"), "{e}");
+    }
+
+    #[test]
+    fn settings_are_validated_only_for_their_method() {
+        // ε_W = ε_x = 0 makes COPAL's dy vanish, and means nothing to magnitude.
+        let zero = params(serde_json::json!({"eps_w": 0.0, "eps_x": 0.0}));
+        assert!(MethodConfig::from_params(Method::Copal, &zero).is_err());
+        assert_eq!(
+            MethodConfig::from_params(Method::Magnitude, &Map::new()).unwrap(),
+            MethodConfig::Magnitude
+        );
+        let c =
+            MethodConfig::from_params(Method::Copal, &params(serde_json::json!({"decay": 0.5})))
+                .unwrap();
+        match c {
+            MethodConfig::Copal(c) => assert_eq!((c.decay, c.eps_w), (0.5, 0.01)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_method_round_trips_through_its_settings() {
+        for m in Method::ALL {
+            let c = MethodConfig::defaults(m);
+            assert_eq!(c.method(), m);
+            assert_eq!(MethodConfig::from_params(m, &c.params()).unwrap(), c);
+            assert_eq!(m.to_string().parse::<Method>().unwrap(), m);
+        }
+    }
 }

@@ -12,19 +12,48 @@
 //! If the Cholesky factorisation fails, the damping is raised tenfold and retried.
 
 use super::linalg::{upper_cholesky_of_inverse, Mat};
-use super::mask::{self, Mask};
-use super::{f32_rows, Group, LayerPruner, Pattern, Pruned};
+use super::mask::{self, Group, Mask, Pattern};
+use super::pruner::{f32_rows, LayerPruner, Pruned};
 use anyhow::{bail, ensure, Result};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// SparseGPT's settings (`--method sparsegpt`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SparseGptConfig {
     /// Damping as a fraction of the mean Hessian diagonal.
     pub percdamp: f64,
     /// Columns per lazy-update block.
     pub blocksize: usize,
+}
+
+impl SparseGptConfig {
+    /// Checks the values (usage errors naming `percdamp` or `blocksize`).
+    pub fn validate(&self) -> Result<()> {
+        crate::usage_ensure!(
+            self.percdamp.is_finite() && self.percdamp >= 0.0,
+            "percdamp",
+            "must be a finite number ≥ 0, got {}",
+            self.percdamp
+        );
+        crate::usage_ensure!(self.blocksize > 0, "blocksize", "must be at least 1");
+        Ok(())
+    }
+
+    /// FLOPs of one linear's statistics and solve, for `windows` windows of `t` tokens: Σ x xᵀ
+    /// (2·tokens·in², only where the linear keeps its own: see [`super::Method::keeps_stats`]),
+    /// the factorisations ≈ (2/3)·in³ and the OBS update ≈ 2·out·in².
+    pub fn flops(&self, out: usize, inp: usize, windows: f64, t: f64, own_gram: bool) -> f64 {
+        let (o, i) = (out as f64, inp as f64);
+        let gram = if own_gram {
+            windows * 2.0 * t * i * i
+        } else {
+            0.0
+        };
+        gram + 2.0 / 3.0 * i * i * i + 2.0 * o * i * i
+    }
 }
 
 impl Default for SparseGptConfig {

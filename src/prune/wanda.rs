@@ -5,7 +5,8 @@
 //! datasets merge by addition (llama.cpp's imatrix lesson); the normaliser does not change a
 //! per-row or per-matrix ranking.
 
-use super::{f32_rows, mask_by_score, Group, LayerPruner, Pattern, Pruned};
+use super::mask::{Group, Pattern};
+use super::pruner::{f32_rows, mask_by_score, LayerPruner, Pruned};
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 
@@ -42,6 +43,11 @@ impl WandaPruner {
     pub fn sumsq(&self) -> Option<&Tensor> {
         self.sumsq.as_ref()
     }
+}
+
+/// FLOPs of Σx² for one linear of `inp` inputs over `windows` windows of `t` tokens.
+pub fn flops(inp: usize, windows: f64, t: f64) -> f64 {
+    windows * 2.0 * t * inp as f64
 }
 
 impl LayerPruner for WandaPruner {

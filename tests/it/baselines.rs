@@ -410,3 +410,54 @@ fn default_plan_is_sparsegpt_accumulate_and_copal_is_a_flag_away() {
     // The one-shot modes of the paper's baselines stay available.
     assert_eq!(plan(&["--mode", "global"])["mode"], "global");
 }
+
+/// A method's flags belong to it: given with another method they are a usage error that names
+/// the method, never silently ignored (a new user once ran SparseGPT believing
+/// `--perturbation scaled --group row` made it COPAL), and each method validates only its own.
+#[test]
+fn method_flags_belong_to_their_method() {
+    let plan = |extra: &[&str]| {
+        let mut args = vec![
+            "prune",
+            "--model",
+            "unused",
+            "--datasets",
+            "ptb",
+            "--out",
+            "unused",
+            "--dry-run",
+        ];
+        args.extend_from_slice(extra);
+        run_cli(&args, &[])
+    };
+    let r = plan(&["--perturbation", "scaled", "--group", "row"]);
+    assert_usage_error(&r, "--perturbation is a flag of --method copal");
+    assert!(r.2.contains("--method sparsegpt"), "{}", r.2);
+    assert_usage_error(
+        &plan(&["--method", "wanda", "--decay", "0.5"]),
+        "--decay is a flag of --method copal",
+    );
+    // ε only matters to COPAL: magnitude is not refused for "ε_W = ε_x = 0" but for the flags.
+    let r = plan(&["--method", "magnitude", "--eps-w", "0", "--eps-x", "0"]);
+    assert_usage_error(&r, "is a flag of --method copal");
+    assert!(!r.2.contains("cannot both be 0"), "{}", r.2);
+    assert_usage_error(
+        &plan(&["--method", "sparsegpt", "--copal-agg", "l2"]),
+        "--copal-agg is a flag of --method copal",
+    );
+    assert_usage_error(
+        &plan(&["--method", "copal", "--percdamp", "0.1"]),
+        "--percdamp is a flag of --method sparsegpt",
+    );
+    assert_usage_error(
+        &plan(&["--method", "copal", "--eps-w", "0", "--eps-x", "0"]),
+        "cannot both be 0",
+    );
+    // Given to their own method, they are used.
+    let (code, out, err) = plan(&["--method", "copal", "--decay", "0.5", "--copal-agg", "l2"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["copal"]["decay"], 0.5);
+    assert_eq!(v["copal"]["agg"], "l2");
+    assert_eq!(v["copal"]["eps_w"], 0.01);
+}

@@ -101,9 +101,9 @@ fn eval_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 
 #[test]
 fn bad_model_inputs_are_clear_errors() {
-    let data = data_dir();
-    let data = data.to_str().unwrap();
     let t = tiny_model(false, 2);
+    let data = fixture_data(t.tmp.path());
+    let data = data.to_str().unwrap();
     let d = t.dir.to_str().unwrap().to_string();
     let env = [("COPAL_DATA_DIR", data)];
 
@@ -160,15 +160,15 @@ fn bad_model_inputs_are_clear_errors() {
 
 #[test]
 fn bad_data_and_window_inputs_are_clear_errors() {
-    let data = data_dir();
-    let data = data.to_str().unwrap();
     let t = tiny_model(true, 1);
+    let data = fixture_data(t.tmp.path());
+    let data = data.to_str().unwrap();
     let d = t.dir.to_str().unwrap().to_string();
     let env = [("COPAL_DATA_DIR", data)];
     // seqlen above max_position_embeddings (256).
     let mut a = eval_args(&d, &[]);
     a[6] = "512";
-    assert_user_error(
+    assert_usage_error(
         &run_cli(&a, &env),
         "--seqlen 512 exceeds the model's max_position_embeddings (256)",
     );
@@ -184,7 +184,7 @@ fn bad_data_and_window_inputs_are_clear_errors() {
         ],
         &env,
     );
-    assert_user_error(&r, "wikitext2, ptb, c4");
+    assert_usage_error(&r, "wikitext2, ptb, c4");
     // An evaluation text shorter than one window.
     let short = t.tmp.path().join("short.txt");
     std::fs::write(&short, "too short").unwrap();
@@ -222,8 +222,8 @@ fn bad_data_and_window_inputs_are_clear_errors() {
 
 #[test]
 fn eval_json_has_the_documented_fields() {
-    let data = data_dir();
     let t = tiny_model(true, 1);
+    let data = fixture_data(t.tmp.path());
     let d = t.dir.to_str().unwrap();
     let (code, out, err) = run_cli(
         &[

@@ -217,7 +217,7 @@ fn layer_streamed_evaluation_equals_whole_forward() {
     let mut p = copal::eval::Perplexity::default();
     for w in stream.chunks_exact(16) {
         let logits = m.forward(&t, w).unwrap();
-        p.add_window(&copal::eval::window_nll(&logits, w).unwrap());
+        p.add_window(&copal::model::window_nll(&logits, w).unwrap());
     }
     assert_eq!(
         one[0].ppl, all[0].ppl,
@@ -238,7 +238,7 @@ fn blocked_lm_head_nll_equals_full_logits() {
     let t = tiny_tensors(&cfg, 13);
     let m = load(&cfg, &t);
     let w = ids(16, 6);
-    let full = copal::eval::window_nll(&m.forward(&t, &w).unwrap(), &w).unwrap();
+    let full = copal::model::window_nll(&m.forward(&t, &w).unwrap(), &w).unwrap();
     let mut h = m.embed(&w).unwrap();
     let pos = m.positions(w.len()).unwrap();
     for l in 0..cfg.num_hidden_layers {

@@ -193,12 +193,16 @@ fn random_sigkills_through_the_script() {
     assert!(err.contains("4 trials"), "{err}");
 }
 
-/// The README's bad-input table comes from this script: every case must exit 1 with an
-/// `error:` line and no panic (the script checks each and fails otherwise).
+/// The bad-input table comes from this script: every case must exit with its code (1, or 2
+/// for a usage error) with an `error:` line and no panic (the script checks each and fails
+/// otherwise).
 #[test]
 fn bad_input_table_script_passes_every_case() {
     let (stdout, _) = run_script("bad-input-table.sh", &[], &[]);
-    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("| 1 |")).collect();
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("| 1 |") || l.contains("| 2 |"))
+        .collect();
     assert_eq!(rows.len(), 21, "{stdout}");
     assert!(!stdout.contains("panicked"), "{stdout}");
 }

@@ -167,10 +167,24 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
-/// Asserts a failed run: exit code 1, an `error:` line naming `needle`, no panic.
+/// Asserts a failed run of a valid plan: exit code 1, an `error:` line naming `needle`, no
+/// panic.
 pub fn assert_user_error(res: &(i32, String, String), needle: &str) {
+    assert_failure(res, 1, needle)
+}
+
+/// Asserts a usage error (a flag, a value, a combination): exit code 2, an `error:` line
+/// naming `needle`, no panic.
+pub fn assert_usage_error(res: &(i32, String, String), needle: &str) {
+    assert_failure(res, 2, needle)
+}
+
+fn assert_failure(res: &(i32, String, String), expected: i32, needle: &str) {
     let (code, _, err) = res;
-    assert_eq!(*code, 1, "expected exit code 1, stderr:\n{err}");
+    assert_eq!(
+        *code, expected,
+        "expected exit code {expected}, stderr:\n{err}"
+    );
     assert!(
         err.starts_with("error: "),
         "stderr should start with 'error: ':\n{err}"
@@ -198,7 +212,8 @@ pub fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
     eprintln!("{what}: max |Δ| = {d:e} (tol {tol:e})");
 }
 
-/// The real datasets: $COPAL_DATA_DIR, else ../shared/data beside the repository.
+/// The real datasets (for the real-model tests): $COPAL_DATA_DIR, else ../shared/data beside
+/// the repository. Tiny-model tests use [`fixture_data`] instead.
 pub fn data_dir() -> PathBuf {
     let p = std::env::var_os("COPAL_DATA_DIR")
         .map(PathBuf::from)
@@ -206,7 +221,7 @@ pub fn data_dir() -> PathBuf {
     assert!(
         p.join("ptb").exists() || p.join("ptb.test.txt.gz").exists(),
         "the datasets are not at {}: set COPAL_DATA_DIR to the directory holding \
-         wikitext-2-raw/, ptb/ and c4/ (see README, Data)",
+         wikitext-2-raw/, ptb/ and c4/ (README, Data, says where to download them)",
         p.display()
     );
     p
@@ -227,11 +242,189 @@ pub fn test_model() -> PathBuf {
     p
 }
 
-/// A small plain-text corpus for tiny-model runs (a slice of PTB train, written to `dir`).
-pub fn small_text(dir: &Path, name: &str, skip_lines: usize, lines: usize) -> PathBuf {
-    let text = copal::data::corpus::read_text(&data_dir().join("ptb/ptb.train.txt.gz")).unwrap();
-    let part: Vec<&str> = text.lines().skip(skip_lines).take(lines).collect();
+const WORDS: &[&str] = &[
+    "the",
+    "of",
+    "and",
+    "a",
+    "to",
+    "in",
+    "is",
+    "was",
+    "it",
+    "for",
+    "on",
+    "that",
+    "by",
+    "with",
+    "as",
+    "at",
+    "from",
+    "his",
+    "her",
+    "they",
+    "which",
+    "an",
+    "be",
+    "this",
+    "had",
+    "are",
+    "not",
+    "but",
+    "one",
+    "first",
+    "new",
+    "two",
+    "were",
+    "their",
+    "after",
+    "also",
+    "been",
+    "has",
+    "its",
+    "market",
+    "company",
+    "city",
+    "river",
+    "music",
+    "game",
+    "year",
+    "people",
+    "world",
+    "house",
+    "water",
+    "light",
+    "time",
+    "school",
+    "war",
+    "government",
+    "album",
+    "season",
+    "team",
+    "song",
+    "state",
+    "film",
+    "church",
+    "road",
+    "station",
+    "island",
+    "species",
+    "army",
+    "king",
+    "north",
+    "south",
+    "west",
+    "east",
+    "early",
+    "late",
+    "small",
+    "large",
+    "old",
+    "young",
+    "long",
+    "high",
+    "built",
+    "played",
+    "released",
+    "wrote",
+    "found",
+    "named",
+    "called",
+    "moved",
+    "began",
+    "used",
+    "sold",
+    "shares",
+    "price",
+    "rose",
+    "fell",
+    "percent",
+    "million",
+    "bank",
+    "trade",
+    "rate",
+];
+
+/// A deterministic pseudo-English text of `lines` sentences (its own fixture: no dataset is
+/// needed for tiny-model runs). Different seeds give different word statistics.
+pub fn fixture_text(seed: u64, lines: usize) -> Vec<String> {
+    let mut r = copal::data::SplitMix64::new(seed);
+    // Each seed favours its own part of the vocabulary, so texts differ as domains do.
+    let bias = (seed as usize * 37) % WORDS.len();
+    (0..lines)
+        .map(|_| {
+            let n = 5 + (r.next() % 11) as usize;
+            let words: Vec<&str> = (0..n)
+                .map(|_| {
+                    let k = r.next() as usize;
+                    let i = if k % 3 == 0 {
+                        (bias + k / 3 % 20) % WORDS.len()
+                    } else {
+                        k / 3 % WORDS.len()
+                    };
+                    WORDS[i]
+                })
+                .collect();
+            words.join(" ")
+        })
+        .collect()
+}
+
+/// A small plain-text corpus for tiny-model runs, written to `dir/name`; `seed` picks the text.
+pub fn small_text(dir: &Path, name: &str, seed: usize, lines: usize) -> PathBuf {
     let p = dir.join(name);
-    std::fs::write(&p, part.join("\n")).unwrap();
+    std::fs::write(&p, fixture_text(seed as u64, lines).join("\n")).unwrap();
     p
+}
+
+fn gzip(path: &Path, text: &str) {
+    use std::io::Write;
+    let f = std::fs::File::create(path).unwrap();
+    let mut g = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    g.write_all(text.as_bytes()).unwrap();
+    g.finish().unwrap();
+}
+
+/// A data directory in the upstream layout (wikitext-2-raw/, ptb/, c4/) with fixture text,
+/// for tiny-model tests of the built-in datasets.
+pub fn fixture_data(dir: &Path) -> PathBuf {
+    let root = dir.join("data");
+    for sub in ["wikitext-2-raw", "ptb", "c4"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    for (k, split) in ["train", "valid", "test"].iter().enumerate() {
+        let ptb: String = fixture_text(100 + k as u64, 400)
+            .iter()
+            .map(|l| format!(" {l} \n"))
+            .collect();
+        std::fs::write(root.join(format!("ptb/ptb.{split}.txt")), ptb).unwrap();
+        // WikiText raw: heading lines, paragraphs, and blank lines of one space.
+        let mut wiki = String::from(" \n = Fixture = \n \n");
+        for (i, l) in fixture_text(200 + k as u64, 400).iter().enumerate() {
+            wiki.push_str(&format!(" {l} .\n"));
+            if i % 10 == 9 {
+                wiki.push_str(" \n");
+            }
+        }
+        gzip(
+            &root.join(format!("wikitext-2-raw/wiki.{split}.raw.gz")),
+            &wiki,
+        );
+    }
+    for (name, seed) in [
+        ("c4-train.00000-of-01024.json.gz", 300),
+        ("c4-validation.00000-of-00008.json.gz", 301),
+    ] {
+        let docs: String = (0..60)
+            .map(|d| {
+                let text = fixture_text(seed * 1000 + d, 12).join(". ");
+                format!(
+                    "{}\n",
+                    serde_json::json!({"text": text, "url": "x", "timestamp": "t"})
+                )
+            })
+            .collect();
+        gzip(&root.join("c4").join(name), &docs);
+    }
+    root
 }

@@ -1,12 +1,59 @@
 //! `copal experiment`: list, run (each run in its own process) and report the grid.
 
-use crate::cli::ExperimentArgs;
-use crate::data;
-use crate::experiment::{self, ExperimentConfig};
+use super::args::OutputArgs;
 use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use copal::data;
+use copal::experiment::{self, ExperimentConfig};
+use std::path::PathBuf;
+
+/// Run the paper's grid: every dataset order × methods × modes × patterns × sparsities.
+///
+/// The grid comes from a JSON file (see configs/experiments/). Each run leaves
+/// RESULTS/runs/ID.json when it finishes; runs already finished are skipped, so an
+/// interrupted experiment continues where it stopped. Without --run, every pending run is
+/// executed (each in its own process) and the report is written: RESULTS/table.md,
+/// runs.csv, runs.json and plots/*.svg.
+///
+/// In parallel: `copal experiment --config F --list --pending | parallel -j N copal experiment
+/// --config F --run {}`, then `copal experiment --config F --report`. In a job array:
+/// `copal experiment --config F --run-index $SLURM_ARRAY_TASK_ID`.
+#[derive(Debug, Args)]
+pub struct ExperimentArgs {
+    /// The experiment file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: PathBuf,
+
+    /// Print the run ids of the grid and exit.
+    #[arg(long)]
+    pub list: bool,
+
+    /// With --list: only runs that have not finished.
+    #[arg(long, requires = "list")]
+    pub pending: bool,
+
+    /// Run only this run (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub run: Vec<String>,
+
+    /// Run only the run at this 0-based position of --list (for job arrays).
+    #[arg(long, value_name = "N")]
+    pub run_index: Option<usize>,
+
+    /// Only aggregate the finished runs into the report.
+    #[arg(long)]
+    pub report: bool,
+
+    /// Directory with the dataset files [env: COPAL_DATA_DIR] [default: ./data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
 
 pub fn run(a: ExperimentArgs) -> Result<()> {
-    crate::ui::set_quiet(a.output.quiet);
+    copal::ui::set_quiet(a.output.quiet);
     let cfg = ExperimentConfig::load(&a.config)?;
     let runs = experiment::expand(&cfg)?;
     let data_dir = data::data_dir(a.data_dir.clone().or(cfg.data_dir.clone()));
@@ -14,7 +61,7 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
     if a.list {
         for r in &runs {
             if !a.pending || !experiment::run_path(&results, &r.id).exists() {
-                crate::ui::out(&r.id)?;
+                copal::ui::out(&r.id)?;
             }
         }
         return Ok(());
@@ -25,13 +72,13 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
     let selected = experiment::select(&runs, &a.run, a.run_index)?;
     if !selected.is_empty() {
         for spec in selected {
-            crate::ui::info(format!("run {}", spec.id));
+            copal::ui::info(format!("run {}", spec.id));
             let r = experiment::run_one(&cfg, spec, &data_dir)
                 .with_context(|| format!("run {}", spec.id))?;
             let bwt = r
                 .bwt
                 .map_or("– (one dataset)".into(), |b| format!("{b:+.3}"));
-            crate::ui::info(format!(
+            copal::ui::info(format!(
                 "{}: avg PPL {:.3}, BWT {bwt}",
                 r.spec.id, r.avg_ppl
             ));
@@ -44,7 +91,7 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
         .iter()
         .filter(|r| !experiment::run_path(&results, &r.id).exists())
         .collect();
-    crate::ui::info(format!(
+    copal::ui::info(format!(
         "{}: {} runs, {} finished, {} to go; results in {}",
         cfg.name,
         runs.len(),
@@ -54,7 +101,7 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
     ));
     let mut failed = Vec::new();
     for (i, spec) in pending.iter().enumerate() {
-        crate::ui::info(format!("[{}/{}] {}", i + 1, pending.len(), spec.id));
+        copal::ui::info(format!("[{}/{}] {}", i + 1, pending.len(), spec.id));
         let mut cmd = std::process::Command::new(&exe);
         cmd.arg("experiment")
             .arg("--config")
@@ -88,13 +135,13 @@ fn write_report(cfg: &ExperimentConfig, runs: &[experiment::RunSpec], json: bool
     let (rows, n) = experiment::report(cfg, runs)?;
     let dir = cfg.results_dir();
     if json {
-        crate::ui::out(serde_json::to_string_pretty(
+        copal::ui::out(serde_json::to_string_pretty(
             &serde_json::json!({"results": dir, "finished": n, "runs": runs.len(), "rows": rows}),
         )?)?;
     } else {
-        let results = experiment::finished(cfg, runs);
-        crate::ui::out(experiment::markdown(&rows, &results).trim_end())?;
-        crate::ui::out(format!(
+        let results = experiment::finished(cfg, runs)?;
+        copal::ui::out(experiment::markdown(&rows, &results).trim_end())?;
+        copal::ui::out(format!(
             "{n} of {} runs finished; report in {}",
             runs.len(),
             dir.display()

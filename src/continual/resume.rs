@@ -7,8 +7,8 @@
 //! last one; anything else in the directory (a step that was cut off) is redone. Another
 //! plan discards the directory. A lock file keeps two runs from sharing it.
 
-use crate::config::PrunePlan;
 use crate::eval::EvalResult;
+use crate::plan::PrunePlan;
 use crate::report::{DataFile, StepRecordOut};
 use crate::state::StepRecord;
 use anyhow::{bail, Context as _, Result};
@@ -127,7 +127,7 @@ impl Workdir {
 
     /// Marks step `k` (1-based) finished; written after all of its files.
     pub fn mark_done(&self, k: usize, d: &DoneStep) -> Result<()> {
-        crate::checkpoint::writer::sync_dir(&self.dir)?;
+        crate::fsutil::sync_dir(&self.dir)?;
         crate::fsutil::write_atomic(&self.done_file(k), &serde_json::to_vec_pretty(d)?)
     }
 

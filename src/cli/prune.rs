@@ -1,0 +1,379 @@
+//! `copal prune`: flags → plan, run the dataset sequence, print the results.
+
+use super::args::{DataArgs, ModelArgs, OutputArgs};
+use anyhow::Result;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
+use copal::plan::{Propagate, PrunePlan, Request};
+use copal::prune::copal::{Aggregation, CopalConfig, PerturbationKind};
+use copal::prune::sparsegpt::SparseGptConfig;
+use copal::prune::{Group, Method, Mode};
+use copal::{continual, report};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+
+/// Prune a model over a sequence of datasets (SparseGPT-accumulate by default).
+///
+/// Datasets are taken in the given order. For each, calibration windows are drawn (nsamples
+/// × seqlen tokens, seeded by --seed and the dataset name), decoder layers are processed one
+/// at a time, and the model is pruned. In accumulate mode (the default for every method that
+/// reads data) a method's statistics are summed over every dataset so far and the dense
+/// weights are pruned from them: SparseGPT's XᵀX (the default: lowest average perplexity on
+/// the test model's grid), Wanda's Σx², or COPAL's importance Σ|W ⊙ ∇W ‖dy‖²| (--method
+/// copal; add --group matrix for the paper's per-matrix threshold). --state carries the
+/// statistics to a later run, so a new domain can be added without the old data.
+///
+/// Sparsity patterns: `unstructured` prunes --sparsity percent of each comparison group
+/// (--group); `N:M` zeroes N of every M consecutive weights along the input dimension of each
+/// row (2:4 zeroes 2 of every 4 = 50%, as Wanda and SparseGPT read it).
+///
+/// A method's own flags (under its heading below) are refused for another method.
+///
+/// DIR receives the pruned model in the input's shard layout and dtype (loadable by
+/// transformers unchanged), config.json with a sparsity_config block, the tokenizer files
+/// and copal.json, the run record. DIR appears only when the run succeeds.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Calibration datasets in the order they arrive: wikitext2, ptb, c4, text:PATH, jsonl:PATH[:FIELD].
+    #[arg(long, short = 'd', value_name = "LIST")]
+    pub datasets: String,
+
+    /// Output directory for the pruned model (refused if it exists, unless --force).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Pruning method.
+    #[arg(long, value_enum, default_value_t = copal::prune::DEFAULT_METHOD)]
+    pub method: Method,
+
+    /// How a method is used across datasets [default: accumulate, global for magnitude and dense].
+    ///
+    /// accumulate: sum the method's statistics over every dataset so far, prune the dense
+    /// weights (as COPAL does). global: prune the dense model from the newest dataset only
+    /// (forgetting). sequential: prune the previous step's pruned model with the newest
+    /// dataset (weight stasis).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+
+    /// Percentage of weights to prune, 0 < s < 100 [default: 50] (for N:M patterns it is implied).
+    #[arg(long, value_name = "PERCENT", allow_negative_numbers = true)]
+    pub sparsity: Option<f64>,
+
+    /// unstructured, or N:M (N of every M consecutive input weights zeroed: 2:4, 4:8).
+    #[arg(long, default_value = "unstructured", value_name = "PATTERN")]
+    pub pattern: String,
+
+    /// Comparison group of the unstructured threshold [default: row for copal and wanda,
+    /// matrix for magnitude and sparsegpt]; `--group matrix` is the COPAL paper's per-matrix
+    /// threshold. SparseGPT applies the group within each --blocksize block of columns.
+    #[arg(long, value_enum)]
+    pub group: Option<Group>,
+
+    /// Which activations feed the next layer: those of the pruned layer, or the dense one.
+    #[arg(long, value_enum, default_value_t = copal::plan::DEFAULT_PROPAGATE)]
+    pub propagate: Propagate,
+
+    /// Calibration windows per dataset.
+    #[arg(long, default_value_t = copal::plan::DEFAULT_NSAMPLES, value_name = "N")]
+    pub nsamples: usize,
+
+    /// Calibration windows forwarded through a layer together [default: as many as fit in 4096
+    /// tokens and 512 MiB of taps: 8 × 512 on the test model, 1 × 2048 at LLaMA-7B shapes].
+    ///
+    /// Larger batches keep the GEMMs busy; 1 holds the least memory. The statistics are sums
+    /// over tokens, so the result does not depend on it beyond float rounding (the gaussian
+    /// perturbation draws its noise per batch).
+    #[arg(long, value_name = "N")]
+    pub calib_batch: Option<usize>,
+
+    /// Seed of the calibration sampler (and of COPAL's Gaussian perturbation).
+    #[arg(long, default_value_t = copal::plan::DEFAULT_SEED)]
+    pub seed: u64,
+
+    #[command(flatten)]
+    pub data: DataArgs,
+
+    /// Calibration split per dataset, e.g. wikitext2=valid [default: train].
+    #[arg(long, value_name = "DATASET=SPLIT,...")]
+    pub calib_split: Option<String>,
+
+    /// Accumulated statistics (accumulate mode: SparseGPT's XᵀX, Wanda's Σx², COPAL's
+    /// importance): loaded if the file exists, saved after every dataset.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+
+    /// Also write the pruned model after each step to DIR/steps/K-DATASET.
+    #[arg(long)]
+    pub save_steps: bool,
+
+    /// Also write masks.safetensors: packed bits per linear, 1 = kept, LSB first along the input.
+    #[arg(long)]
+    pub save_masks: bool,
+
+    /// Measure perplexity after every step on every dataset: the matrix R, average PPL, BWT.
+    #[arg(long)]
+    pub eval: bool,
+
+    /// With --eval: evaluate only the first N windows of each dataset.
+    #[arg(long, value_name = "N", requires = "eval")]
+    pub max_windows: Option<usize>,
+
+    /// With --eval: after step k, evaluate only the datasets seen so far (enough for average
+    /// PPL and BWT; the matrix's upper triangle is left empty).
+    #[arg(long, requires = "eval")]
+    pub eval_seen_only: bool,
+
+    /// Replace DIR if it exists.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print the resolved plan as JSON and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub copal: CopalArgs,
+
+    #[command(flatten)]
+    pub sparsegpt: SparseGptArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// COPAL's flags; each is named by its setting (`agg` is `--copal-agg`).
+#[derive(Debug, Clone, Args, Serialize)]
+#[command(next_help_heading = "COPAL (--method copal)")]
+pub struct CopalArgs {
+    /// Perturbation of weights and inputs.
+    #[arg(long, value_enum, default_value_t = CopalConfig::default().perturbation)]
+    pub perturbation: PerturbationKind,
+
+    /// Weight perturbation scale ε_W.
+    #[arg(long, default_value_t = CopalConfig::default().eps_w, value_name = "EPS")]
+    pub eps_w: f64,
+
+    /// Input perturbation scale ε_x.
+    #[arg(long, default_value_t = CopalConfig::default().eps_x, value_name = "EPS")]
+    pub eps_x: f64,
+
+    /// Aggregation over tokens: l1 = Σ|W ⊙ ∇| (the paper), l2 = Σ(W ⊙ ∇)².
+    #[arg(long = "copal-agg", value_enum, default_value_t = CopalConfig::default().agg)]
+    pub agg: Aggregation,
+
+    /// Divide each dataset's importance increment by its mean over the matrix.
+    #[arg(long = "copal-normalize")]
+    pub normalize: bool,
+
+    /// Decay γ of the accumulated importance per new dataset: W* = γ·W*_prev + increment.
+    #[arg(long, default_value_t = CopalConfig::default().decay, value_name = "GAMMA")]
+    pub decay: f64,
+}
+
+/// SparseGPT's flags.
+#[derive(Debug, Clone, Args, Serialize)]
+#[command(next_help_heading = "SparseGPT (--method sparsegpt)")]
+pub struct SparseGptArgs {
+    /// Damping, as a fraction of the mean Hessian diagonal.
+    #[arg(long, default_value_t = SparseGptConfig::default().percdamp, value_name = "FRACTION")]
+    pub percdamp: f64,
+
+    /// Column block size.
+    #[arg(long, default_value_t = SparseGptConfig::default().blocksize, value_name = "N")]
+    pub blocksize: usize,
+}
+
+/// Each method's flag group: the method, the clap group that derive names after the struct,
+/// and its values by setting name.
+fn method_groups(a: &PruneArgs) -> Vec<(Method, &'static str, Value)> {
+    vec![
+        (Method::Copal, "CopalArgs", to_json(&a.copal)),
+        (Method::SparseGpt, "SparseGptArgs", to_json(&a.sparsegpt)),
+    ]
+}
+
+fn to_json(v: &impl Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// The settings of the chosen method typed on the command line; a flag of another method is
+/// a usage error that names the method it belongs to.
+fn method_params(a: &PruneArgs, m: &ArgMatches) -> Result<Map<String, Value>> {
+    let typed = |id: &str| m.value_source(id) == Some(ValueSource::CommandLine);
+    let mut params = Map::new();
+    for (method, _group, values) in method_groups(a) {
+        let Value::Object(values) = values else {
+            continue;
+        };
+        for (setting, value) in values {
+            if !typed(&setting) {
+                continue;
+            }
+            if method != a.method {
+                copal::usage_bail!(
+                    &setting,
+                    "is a flag of --method {method}, but this run uses --method {}; add \
+                     --method {method} or drop it",
+                    a.method
+                );
+            }
+            params.insert(setting, value);
+        }
+    }
+    Ok(params)
+}
+
+/// What the flags ask for.
+pub fn request(a: &PruneArgs, m: &ArgMatches) -> Result<Request> {
+    let datasets = copal::data::Dataset::parse_list(&a.datasets)?;
+    let calib_split = match &a.calib_split {
+        Some(s) => copal::data::parse_split_overrides(s)?,
+        None => Vec::new(),
+    };
+    Ok(Request {
+        model: a.model.model.clone(),
+        datasets,
+        calib_split,
+        data_dir: a.data.data_dir.clone(),
+        method: Some(a.method),
+        params: method_params(a, m)?,
+        mode: a.mode,
+        sparsity: a.sparsity,
+        pattern: Some(a.pattern.clone()),
+        group: a.group,
+        propagate: Some(a.propagate),
+        nsamples: Some(a.nsamples),
+        seqlen: a.data.seqlen,
+        calib_batch: a.calib_batch,
+        seed: Some(a.seed),
+        state: a.state.clone(),
+        out: a.out.clone(),
+        force: a.force,
+        save_steps: a.save_steps,
+        save_masks: a.save_masks,
+        eval: a.eval,
+        max_windows: a.max_windows,
+        eval_seen_only: a.eval_seen_only,
+        eval_cache: None,
+        device: Some(a.model.device.clone()),
+        dtype: a.model.dtype,
+    })
+}
+
+pub fn run(a: PruneArgs, m: &ArgMatches) -> Result<()> {
+    copal::ui::set_quiet(a.output.quiet);
+    let plan = PrunePlan::resolve(request(&a, m)?)?;
+    if a.dry_run {
+        copal::ui::out(serde_json::to_string_pretty(&plan)?)?;
+        return Ok(());
+    }
+    let prepared = continual::prepare(plan)?;
+    let rec = continual::run(&prepared)?;
+    let out = &prepared.plan.out;
+    if a.output.json {
+        let v = serde_json::json!({
+            "out": out,
+            "datasets": rec.datasets,
+            "ppl_matrix": rec.ppl_matrix,
+            "dense_ppl": rec.dense_eval.as_ref().map(|d| d.iter().map(|e| e.ppl).collect::<Vec<_>>()),
+            "avg_ppl": rec.avg_ppl,
+            "bwt": rec.bwt,
+            "sparsity": rec.sparsity,
+            "seconds": rec.seconds,
+            "peak_rss_bytes": rec.peak_rss_bytes,
+        });
+        copal::ui::out(serde_json::to_string_pretty(&v)?)?;
+    } else {
+        let table = report::ppl_table(&rec);
+        if !table.is_empty() {
+            copal::ui::out(table.trim_end())?;
+        }
+        copal::ui::out(format!(
+            "wrote {} (sparsity {:.4} over the pruned linears, {:.1}s)",
+            out.display(),
+            rec.sparsity,
+            rec.seconds
+        ))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_method_group_is_a_clap_group_of_its_flags() {
+        let cmd = super::super::Cli::command();
+        let prune = cmd.find_subcommand("prune").unwrap();
+        let args = PruneArgs {
+            model: ModelArgs {
+                model: String::new(),
+                device: String::new(),
+                dtype: None,
+            },
+            datasets: String::new(),
+            out: PathBuf::new(),
+            method: Method::Copal,
+            mode: None,
+            sparsity: None,
+            pattern: String::new(),
+            group: None,
+            propagate: Propagate::Pruned,
+            nsamples: 1,
+            calib_batch: None,
+            seed: 0,
+            data: DataArgs {
+                data_dir: None,
+                seqlen: None,
+            },
+            calib_split: None,
+            state: None,
+            save_steps: false,
+            save_masks: false,
+            eval: false,
+            max_windows: None,
+            eval_seen_only: false,
+            force: false,
+            dry_run: false,
+            copal: CopalArgs {
+                perturbation: PerturbationKind::Scaled,
+                eps_w: 0.0,
+                eps_x: 0.0,
+                agg: Aggregation::L1,
+                normalize: false,
+                decay: 1.0,
+            },
+            sparsegpt: SparseGptArgs {
+                percdamp: 0.0,
+                blocksize: 1,
+            },
+            output: OutputArgs {
+                json: false,
+                quiet: false,
+            },
+        };
+        for (method, group, values) in method_groups(&args) {
+            let g = prune
+                .get_groups()
+                .find(|g| g.get_id() == group)
+                .unwrap_or_else(|| panic!("no clap group {group}"));
+            let ids: Vec<String> = g.get_args().map(|a| a.to_string()).collect();
+            let keys: Vec<String> = values.as_object().unwrap().keys().cloned().collect();
+            let mut sorted = ids.clone();
+            sorted.sort();
+            assert_eq!(sorted, keys, "{method}: flags and settings differ");
+            // Every flag sets a setting of the method.
+            let own = copal::prune::MethodConfig::defaults(method).params();
+            assert!(
+                keys.iter().all(|k| own.contains_key(k)),
+                "{method}: {keys:?}"
+            );
+        }
+    }
+}

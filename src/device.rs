@@ -1,0 +1,98 @@
+//! Where a model computes (`cpu`, `cuda`, `cuda:N`) and in which dtype.
+
+use anyhow::{Context as _, Result};
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+/// The dtype of the forward passes. Statistics are always kept in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+crate::display_as_value!(ComputeDtype);
+
+impl ComputeDtype {
+    pub fn dtype(self) -> DType {
+        match self {
+            ComputeDtype::F32 => DType::F32,
+            ComputeDtype::Bf16 => DType::BF16,
+            ComputeDtype::F16 => DType::F16,
+        }
+    }
+
+    /// The default on a device: bf16 on CUDA (as the anchors run), f32 on the CPU.
+    pub fn default_for(device: &str) -> Self {
+        if is_cuda(device) {
+            ComputeDtype::Bf16
+        } else {
+            ComputeDtype::F32
+        }
+    }
+}
+
+fn is_cuda(spec: &str) -> bool {
+    spec == "cuda" || spec.starts_with("cuda:")
+}
+
+/// The CUDA ordinal of `cuda` / `cuda:N`, or None for `cpu`; a usage error for anything else.
+fn parse(spec: &str) -> Result<Option<usize>> {
+    match spec {
+        "cpu" => Ok(None),
+        "cuda" => Ok(Some(0)),
+        _ => match spec.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(Some(n)),
+            Some(Err(_)) => {
+                crate::usage_bail!("device", "{spec}: expected cuda:N with N a GPU index")
+            }
+            None => crate::usage_bail!("device", "{spec}: expected cpu, cuda or cuda:N"),
+        },
+    }
+}
+
+/// Checks a device name without opening the device: its syntax, and that this build has CUDA.
+pub fn check(spec: &str) -> Result<()> {
+    if parse(spec)?.is_some() && !candle_core::utils::cuda_is_available() {
+        crate::usage_bail!(
+            "device",
+            "{spec}: this copal was built without CUDA; rebuild with --features cuda \
+             (README, CUDA)"
+        );
+    }
+    Ok(())
+}
+
+/// Opens the device.
+pub fn open(spec: &str) -> Result<Device> {
+    check(spec)?;
+    match parse(spec)? {
+        None => Ok(Device::Cpu),
+        Some(n) => Device::new_cuda(n).with_context(|| format!("opening CUDA device {n}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names() {
+        assert_eq!(parse("cpu").unwrap(), None);
+        assert_eq!(parse("cuda").unwrap(), Some(0));
+        assert_eq!(parse("cuda:3").unwrap(), Some(3));
+        for bad in ["gpu", "cuda:x", "cuda:"] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(
+                e.downcast_ref::<crate::usage::UsageError>()
+                    .unwrap()
+                    .setting,
+                "device"
+            );
+        }
+        assert_eq!(ComputeDtype::default_for("cuda:1"), ComputeDtype::Bf16);
+        assert_eq!(ComputeDtype::default_for("cpu"), ComputeDtype::F32);
+    }
+}

@@ -1,0 +1,95 @@
+//! A file of perplexities already measured, shared by the runs of an experiment.
+
+use super::evaluator::evaluate;
+use super::perplexity::EvalResult;
+use crate::data::EvalSet;
+use crate::model::{Llama, TensorSource};
+use anyhow::{Context as _, Result};
+use std::path::Path;
+
+/// Perplexities already measured, keyed by (model fingerprint, dataset, split, seqlen,
+/// windows), so that identical models (the dense reference, magnitude at every step) are
+/// evaluated once across the runs of an experiment. Stored as JSON, replaced atomically.
+#[derive(Debug, Default)]
+pub struct EvalCache {
+    path: std::path::PathBuf,
+    map: std::collections::BTreeMap<String, EvalResult>,
+}
+
+impl EvalCache {
+    /// Opens the cache (empty if the file does not exist yet). An unreadable cache is an
+    /// error, not a silent reset: it would throw away measured perplexities unnoticed.
+    pub fn open(path: &Path) -> Result<Self> {
+        let map = match std::fs::read_to_string(path) {
+            Ok(t) => serde_json::from_str(&t).with_context(|| {
+                format!(
+                    "the evaluation cache {} is unreadable; delete it to measure its \
+                     perplexities again",
+                    path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading {}", path.display()));
+            }
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    fn key(fingerprint: &str, s: &EvalSet) -> String {
+        format!(
+            "{fingerprint}|{}|{}|{}|{}",
+            s.dataset.name(),
+            s.split,
+            s.seqlen,
+            s.windows
+        )
+    }
+
+    /// Evaluates the sets not in the cache, stores them, and returns all in order.
+    pub fn evaluate(
+        &mut self,
+        fingerprint: &str,
+        model: &Llama,
+        src: &dyn TensorSource,
+        sets: &[EvalSet],
+        label: &str,
+    ) -> Result<Vec<EvalResult>> {
+        let missing: Vec<EvalSet> = sets
+            .iter()
+            .filter(|s| !self.map.contains_key(&Self::key(fingerprint, s)))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let fresh = evaluate(model, src, &missing, label)?;
+            for (s, r) in missing.iter().zip(fresh) {
+                self.map.insert(Self::key(fingerprint, s), r);
+            }
+            self.save()?;
+        } else {
+            crate::ui::info(format!(
+                "{label}: all {} results from the cache",
+                sets.len()
+            ));
+        }
+        Ok(sets
+            .iter()
+            .map(|s| self.map[&Self::key(fingerprint, s)].clone())
+            .collect())
+    }
+
+    /// Merges with what other processes saved meanwhile, then replaces the file.
+    fn save(&mut self) -> Result<()> {
+        if self.path.exists() {
+            let other = Self::open(&self.path)?;
+            for (k, v) in other.map {
+                self.map.entry(k).or_insert(v);
+            }
+        }
+        crate::fsutil::write_atomic(&self.path, &serde_json::to_vec_pretty(&self.map)?)?;
+        Ok(())
+    }
+}
