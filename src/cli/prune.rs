@@ -6,6 +6,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use copal::plan::{Propagate, PrunePlan, Request};
 use copal::prune::copal::{Aggregation, CopalConfig, PerturbationKind};
+use copal::prune::ria::RiaConfig;
 use copal::prune::sparsegpt::SparseGptConfig;
 use copal::prune::{Group, Method, Mode};
 use copal::{continual, report};
@@ -142,6 +143,9 @@ pub struct PruneArgs {
     pub sparsegpt: SparseGptArgs,
 
     #[command(flatten)]
+    pub ria: RiaArgs,
+
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -187,12 +191,27 @@ pub struct SparseGptArgs {
     pub blocksize: usize,
 }
 
+/// RIA's flags.
+#[derive(Debug, Clone, Args, Serialize)]
+#[command(next_help_heading = "RIA (--method ria)")]
+pub struct RiaArgs {
+    /// Exponent a of the input norm in RIA's score (|W|/Σcol + |W|/Σrow) · ‖X_j‖₂^a.
+    #[arg(
+        long = "ria-a",
+        default_value_t = RiaConfig::default().a,
+        value_name = "A",
+        allow_negative_numbers = true
+    )]
+    pub a: f64,
+}
+
 /// Each method's flag group: the method, the clap group that derive names after the struct,
 /// and its values by setting name.
 fn method_groups(a: &PruneArgs) -> Vec<(Method, &'static str, Value)> {
     vec![
         (Method::Copal, "CopalArgs", to_json(&a.copal)),
         (Method::SparseGpt, "SparseGptArgs", to_json(&a.sparsegpt)),
+        (Method::Ria, "RiaArgs", to_json(&a.ria)),
     ]
 }
 
@@ -353,6 +372,7 @@ mod tests {
                 percdamp: 0.0,
                 blocksize: 1,
             },
+            ria: RiaArgs { a: 0.5 },
             output: OutputArgs {
                 json: false,
                 quiet: false,

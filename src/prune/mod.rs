@@ -11,6 +11,7 @@ pub mod magnitude;
 pub mod mask;
 pub mod noise;
 pub mod pruner;
+pub mod ria;
 pub mod sparsegpt;
 pub mod wanda;
 
@@ -41,6 +42,8 @@ pub enum Method {
     SparseGpt,
     /// Magnitude: |W| per matrix; needs no data.
     Magnitude,
+    /// RIA: (|W_ij|/Σ_k|W_kj| + |W_ij|/Σ_k|W_ik|) · ‖X_j‖₂^a, per row by default; Wanda's Σx².
+    Ria,
     /// No pruning: the dense reference.
     Dense,
 }
@@ -82,11 +85,12 @@ pub struct Facts {
 }
 
 impl Method {
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 6] = [
         Method::Copal,
         Method::Wanda,
         Method::SparseGpt,
         Method::Magnitude,
+        Method::Ria,
         Method::Dense,
     ];
 
@@ -100,6 +104,7 @@ impl Method {
             Method::Wanda => (Group::Row, PerInput),
             Method::SparseGpt => (Group::Matrix, InputGram),
             Method::Magnitude => (Group::Matrix, None),
+            Method::Ria => (Group::Row, PerInput),
             Method::Dense => (Group::Matrix, None),
         };
         Facts {
@@ -176,6 +181,7 @@ pub enum MethodConfig {
     Wanda,
     SparseGpt(sparsegpt::SparseGptConfig),
     Magnitude,
+    Ria(ria::RiaConfig),
     Dense,
 }
 
@@ -194,6 +200,7 @@ impl MethodConfig {
             MethodConfig::Wanda => Method::Wanda,
             MethodConfig::SparseGpt(_) => Method::SparseGpt,
             MethodConfig::Magnitude => Method::Magnitude,
+            MethodConfig::Ria(_) => Method::Ria,
             MethodConfig::Dense => Method::Dense,
         }
     }
@@ -205,6 +212,7 @@ impl MethodConfig {
             Method::Wanda => MethodConfig::Wanda,
             Method::SparseGpt => MethodConfig::SparseGpt(Default::default()),
             Method::Magnitude => MethodConfig::Magnitude,
+            Method::Ria => MethodConfig::Ria(Default::default()),
             Method::Dense => MethodConfig::Dense,
         }
     }
@@ -214,6 +222,7 @@ impl MethodConfig {
         let v = match self {
             MethodConfig::Copal(c) => serde_json::to_value(c),
             MethodConfig::SparseGpt(c) => serde_json::to_value(c),
+            MethodConfig::Ria(c) => serde_json::to_value(c),
             MethodConfig::Wanda | MethodConfig::Magnitude | MethodConfig::Dense => {
                 Ok(Value::Object(Map::new()))
             }
@@ -259,6 +268,7 @@ impl MethodConfig {
             Method::Wanda => MethodConfig::Wanda,
             Method::SparseGpt => MethodConfig::SparseGpt(parse(method, value)?),
             Method::Magnitude => MethodConfig::Magnitude,
+            Method::Ria => MethodConfig::Ria(parse(method, value)?),
             Method::Dense => MethodConfig::Dense,
         };
         cfg.validate()?;
@@ -270,6 +280,7 @@ impl MethodConfig {
         match self {
             MethodConfig::Copal(c) => c.validate(),
             MethodConfig::SparseGpt(c) => c.validate(),
+            MethodConfig::Ria(c) => c.validate(),
             MethodConfig::Wanda | MethodConfig::Magnitude | MethodConfig::Dense => Ok(()),
         }
     }
@@ -293,6 +304,7 @@ impl MethodConfig {
                 Box::new(sparsegpt::SparseGptPruner::new(w, *c)?.with_prior(prior)?)
             }
             MethodConfig::Magnitude => Box::new(magnitude::MagnitudePruner::new(w)?),
+            MethodConfig::Ria(c) => Box::new(c.pruner(w, prior)?),
             MethodConfig::Dense => anyhow::bail!("internal: the dense method prunes nothing"),
         })
     }
@@ -305,6 +317,7 @@ impl MethodConfig {
             MethodConfig::Copal(c) => c.flops(o, i, windows, t),
             MethodConfig::Wanda => wanda::flops(i, windows, t),
             MethodConfig::SparseGpt(c) => c.flops(o, i, windows, t, self.method().keeps_stats(lin)),
+            MethodConfig::Ria(_) => ria::flops(i, windows, t),
             MethodConfig::Magnitude | MethodConfig::Dense => 0.0,
         }
     }

@@ -89,7 +89,7 @@ fn every_method_handles_every_pattern() {
     let data = small_text(t.tmp.path(), "a.txt", 0, 150);
     let data = format!("text:{}", data.display());
     let model = t.dir.to_str().unwrap();
-    for method in ["copal", "wanda", "sparsegpt", "magnitude"] {
+    for method in ["copal", "wanda", "sparsegpt", "magnitude", "ria"] {
         for pattern in ["unstructured", "2:4", "4:8"] {
             let out = t
                 .tmp
@@ -269,7 +269,7 @@ fn accumulate_modes_continue_bit_identically_through_the_state() {
         std::fs::read(out.join("model.safetensors")).unwrap()
     };
     let both = format!("{a},{b}");
-    for method in ["wanda", "sparsegpt"] {
+    for method in ["wanda", "sparsegpt", "ria"] {
         let s2 = tmp.join(format!("{method}-two.state"));
         let s1 = tmp.join(format!("{method}-one.state"));
         prune(
@@ -301,7 +301,7 @@ fn accumulate_modes_continue_bit_identically_through_the_state() {
             std::fs::read(&s2).unwrap() == std::fs::read(&s1).unwrap(),
             "{method}: states differ"
         );
-        // Wanda keeps Σx² per linear; SparseGPT keeps Σ x xᵀ once per distinct input
+        // Wanda and RIA keep Σx² per linear; SparseGPT keeps Σ x xᵀ once per distinct input
         // (q, o, gate, down of each layer: k/v and up share q's and gate's).
         let mut st = copal::checkpoint::Shard::open(&s2).unwrap().names();
         st.sort();
@@ -453,6 +453,18 @@ fn method_flags_belong_to_their_method() {
         &plan(&["--method", "copal", "--eps-w", "0", "--eps-x", "0"]),
         "cannot both be 0",
     );
+    assert_usage_error(
+        &plan(&["--method", "wanda", "--ria-a", "1"]),
+        "--ria-a is a flag of --method ria",
+    );
+    assert_usage_error(
+        &plan(&["--method", "ria", "--ria-a", "-1"]),
+        "--ria-a must be",
+    );
+    let (code, out, err) = plan(&["--method", "ria", "--ria-a", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((&v["ria"]["a"], &v["group"]), (&1.0.into(), &"row".into()));
     // Given to their own method, they are used.
     let (code, out, err) = plan(&["--method", "copal", "--decay", "0.5", "--copal-agg", "l2"]);
     assert_eq!(code, 0, "{err}");
