@@ -11,6 +11,8 @@
 use crate::checkpoint::writer::{CheckpointWriter, ShardWriter};
 use crate::model::{Linear, Llama, TensorSource};
 use crate::plan::{Propagate, PrunePlan};
+use crate::prune::allocate::{self, Allocation};
+use crate::prune::wanda::WandaPruner;
 use crate::prune::{Group, LayerPruner, MethodConfig, NoiseKey, Pattern};
 use crate::report::{LayerCost, LinearReport, StepReport};
 use anyhow::{bail, ensure, Context as _, Result};
@@ -24,6 +26,8 @@ pub struct StepSettings {
     pub pattern: Pattern,
     pub group: Group,
     pub propagate: Propagate,
+    /// How the sparsity is spread over the layers.
+    pub allocate: Allocation,
     pub seed: u64,
     /// The dataset's name (seeds the COPAL noise).
     pub dataset: String,
@@ -39,6 +43,7 @@ impl StepSettings {
             pattern: plan.pattern,
             group: plan.group,
             propagate: plan.propagate,
+            allocate: plan.allocate,
             seed: plan.seed,
             dataset,
             batch: plan.calib_batch,
@@ -87,11 +92,22 @@ pub fn step_flops(
     windows: usize,
     t: usize,
 ) -> f64 {
-    if !s.method.method().needs_data() {
+    let owl = !s.allocate.is_uniform();
+    if !s.method.method().needs_data() && !owl {
         return 0.0;
     }
     let (w, tf) = (windows as f64, t as f64);
     let fwd = layer_forward_flops(cfg, t);
+    // OWL's dense pass: one more forward and Wanda's Σx² per linear.
+    let allocation = if owl {
+        w * fwd
+            + Linear::ALL
+                .iter()
+                .map(|l| crate::prune::wanda::flops(l.shape(cfg).1, w, tf))
+                .sum::<f64>()
+    } else {
+        0.0
+    };
     let per_linear: f64 = Linear::ALL
         .iter()
         .map(|l| s.method.flops(*l, cfg, w, tf))
@@ -101,7 +117,69 @@ pub fn step_flops(
     } else {
         1.0
     };
-    cfg.num_hidden_layers as f64 * (passes * w * fwd + per_linear)
+    if !s.method.method().needs_data() {
+        return cfg.num_hidden_layers as f64 * allocation;
+    }
+    cfg.num_hidden_layers as f64 * (passes * w * fwd + per_linear + allocation)
+}
+
+/// The windows' embeddings, `batch` windows to a tensor (batch, seqlen, hidden).
+fn embed_batches(model: &Llama, windows: &[Vec<u32>], batch: usize) -> Result<Vec<Tensor>> {
+    windows
+        .chunks(batch)
+        .map(|ws| {
+            let e = ws
+                .iter()
+                .map(|w| model.embed(w))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::cat(&e, 0)?)
+        })
+        .collect()
+}
+
+/// OWL's dense pass ([`allocate`]): each decoder layer's outlier ratio of Wanda scores, the
+/// windows going through the layers of `base` as they are.
+fn owl_ratios(
+    model: &Llama,
+    base: &dyn TensorSource,
+    windows: &[Vec<u32>],
+    batch: usize,
+    m: f64,
+    label: &str,
+) -> Result<Vec<f64>> {
+    let seqlen = windows.first().map(Vec::len).unwrap_or(1);
+    let mut hs = embed_batches(model, windows, batch)?;
+    let pos = model.positions(seqlen)?;
+    let layers = model.cfg.num_hidden_layers;
+    let pb = crate::ui::bar(layers as u64, label.to_string());
+    pb.set_message("OWL layer sparsities");
+    let mut ratios = Vec::with_capacity(layers);
+    for l in 0..layers {
+        let layer = model.layer(base, l)?;
+        let mut stats = Linear::ALL
+            .iter()
+            .map(|lin| WandaPruner::new(layer.weight(*lin)))
+            .collect::<Result<Vec<_>>>()?;
+        for h in hs.iter_mut() {
+            let (out, taps) = layer.forward_tapped(h, &pos)?;
+            for (lin, st) in Linear::ALL.iter().zip(stats.iter_mut()) {
+                st.observe(taps.input(*lin), taps.output(*lin))?;
+            }
+            *h = out;
+        }
+        let scores = Linear::ALL
+            .iter()
+            .zip(&stats)
+            .map(|(lin, st)| {
+                let sumsq = st.sumsq().context("OWL saw no calibration tokens")?;
+                allocate::wanda_score(layer.weight(*lin), sumsq)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        ratios.push(allocate::outlier_ratio(&scores, m)?);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(ratios)
 }
 
 fn pruner_for(
@@ -144,17 +222,21 @@ pub fn run_step(
         .batch
         .unwrap_or_else(|| crate::plan::calib_batch(cfg, seqlen))
         .max(1);
+    // Each layer's pattern: the plan's, or its share of an OWL allocation.
+    let layer_targets = match s.allocate {
+        Allocation::Uniform => None,
+        Allocation::Owl { m, lambda } => {
+            let ratios = owl_ratios(model, base, windows, batch, m, sinks.label)?;
+            Some(allocate::owl_sparsities(
+                &ratios,
+                s.pattern.fraction(),
+                lambda,
+            )?)
+        }
+    };
+    let patterns = allocate::layer_patterns(&s.pattern, layer_targets.as_deref(), layers);
     let mut hs: Vec<Tensor> = if uses_data {
-        windows
-            .chunks(batch)
-            .map(|ws| {
-                let e = ws
-                    .iter()
-                    .map(|w| model.embed(w))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Tensor::cat(&e, 0)?)
-            })
-            .collect::<Result<_>>()?
+        embed_batches(model, windows, batch)?
     } else {
         Vec::new()
     };
@@ -214,7 +296,7 @@ pub fn run_step(
                 }
             };
             let done = p
-                .finish(&s.pattern, s.group)
+                .finish(&patterns[l], s.group)
                 .with_context(|| format!("pruning {name}"))?;
             if let (Some(st), true) = (done.state.as_ref(), own && method.shares_input_stats()) {
                 input_stats.push((*lin, st.clone()));
@@ -267,8 +349,13 @@ pub fn run_step(
         layer_sparsity,
         sparsity: z as f64 / n.max(1) as f64,
         seconds: started.elapsed().as_secs_f64(),
-        calib_tokens: if uses_data { windows.len() * seqlen } else { 0 },
+        calib_tokens: if uses_data || !s.allocate.is_uniform() {
+            windows.len() * seqlen
+        } else {
+            0
+        },
         flops: step_flops(cfg, s, windows.len(), seqlen),
+        layer_targets,
         layers: costs,
     })
 }

@@ -10,6 +10,7 @@
 use crate::data::{Dataset, Split};
 use crate::device::ComputeDtype;
 use crate::model::{Linear, LlamaConfig};
+use crate::prune::allocate::{Allocation, AllocationKind};
 use crate::prune::{Group, Method, MethodConfig, Mode, Pattern, DEFAULT_METHOD};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,10 @@ pub struct Request {
     pub pattern: Option<String>,
     pub group: Option<Group>,
     pub propagate: Option<Propagate>,
+    /// How the sparsity is spread over the layers, with OWL's M and λ.
+    pub allocate: Option<AllocationKind>,
+    pub owl_m: Option<f64>,
+    pub owl_lambda: Option<f64>,
     pub nsamples: Option<usize>,
     pub seqlen: Option<usize>,
     pub calib_batch: Option<usize>,
@@ -99,6 +104,7 @@ pub struct PrunePlan {
     pub pattern: Pattern,
     pub group: Group,
     pub propagate: Propagate,
+    pub allocate: Allocation,
     pub state: Option<PathBuf>,
     pub out: PathBuf,
     pub force: bool,
@@ -174,6 +180,18 @@ impl PrunePlan {
                 "applies to unstructured sparsity; {pattern} groups are fixed by the pattern"
             );
         }
+        let allocate = Allocation::new(
+            r.allocate.unwrap_or(AllocationKind::Uniform),
+            r.owl_m,
+            r.owl_lambda,
+        )?;
+        allocate.check(&pattern)?;
+        crate::usage_ensure!(
+            allocate.is_uniform() || m != Method::Dense,
+            "allocate",
+            "{} does not apply to dense: it prunes nothing",
+            allocate.kind()
+        );
         for (setting, v) in [
             ("nsamples", r.nsamples),
             ("calib_batch", r.calib_batch),
@@ -199,6 +217,7 @@ impl PrunePlan {
             mode,
             pattern,
             propagate: r.propagate.unwrap_or(DEFAULT_PROPAGATE),
+            allocate,
             state: r.state,
             out: r.out,
             force: r.force,

@@ -33,6 +33,9 @@ pub struct StepReport {
     /// Per decoder layer: seconds, and resident / peak memory when it was done.
     #[serde(default)]
     pub layers: Vec<LayerCost>,
+    /// Per decoder layer, the sparsity (fraction) an allocation such as OWL gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_targets: Option<Vec<f64>>,
 }
 
 /// Time and memory of one layer of a step.

@@ -14,6 +14,7 @@ use crate::checkpoint::Shard;
 use crate::data::Split;
 use crate::model::{Linear, LlamaConfig};
 use crate::plan::{Propagate, PrunePlan};
+use crate::prune::allocate::Allocation;
 use crate::prune::copal::{CopalConfig, CopalVariant, Perturbation};
 use crate::prune::{Group, Method, MethodConfig, Pattern};
 use anyhow::{bail, ensure, Context as _, Result};
@@ -40,6 +41,9 @@ pub struct StateSettings {
     pub pattern: Pattern,
     pub group: Group,
     pub propagate: Propagate,
+    /// Written only when not uniform (format 1 had none).
+    #[serde(default, skip_serializing_if = "Allocation::is_uniform")]
+    pub allocate: Allocation,
 }
 
 impl StateSettings {
@@ -56,6 +60,7 @@ impl StateSettings {
             pattern: plan.pattern,
             group: plan.group,
             propagate: plan.propagate,
+            allocate: plan.allocate,
         }
     }
 }
@@ -149,6 +154,12 @@ impl StateMeta {
             diffs.push(format!(
                 "--propagate {} (state: {})",
                 settings.propagate, a.propagate
+            ));
+        }
+        if a.allocate != settings.allocate {
+            diffs.push(format!(
+                "allocation {:?} (state: {:?})",
+                settings.allocate, a.allocate
             ));
         }
         if !diffs.is_empty() {
@@ -308,6 +319,7 @@ mod tests {
             pattern: Pattern::Unstructured { percent: 50.0 },
             group: Group::Matrix,
             propagate: Propagate::Pruned,
+            allocate: Allocation::Uniform,
         }
     }
 

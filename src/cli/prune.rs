@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use copal::plan::{Propagate, PrunePlan, Request};
+use copal::prune::allocate::AllocationKind;
 use copal::prune::copal::{Aggregation, CopalConfig, PerturbationKind};
 use copal::prune::ria::RiaConfig;
 use copal::prune::sparsegpt::SparseGptConfig;
@@ -73,6 +74,23 @@ pub struct PruneArgs {
     /// threshold. SparseGPT applies the group within each --blocksize block of columns.
     #[arg(long, value_enum)]
     pub group: Option<Group>,
+
+    /// How the sparsity is spread over the decoder layers: the same everywhere, or OWL's
+    /// outlier-weighted layer sparsities (Yin et al., ICML 2024; any method, unstructured).
+    ///
+    /// owl adds a dense pass over the calibration windows: each layer's share of Wanda scores
+    /// above --owl-m times their mean sets its density, spread over ±--owl-lambda around
+    /// 1 − sparsity, so the mean sparsity is unchanged.
+    #[arg(long, value_enum, default_value_t = AllocationKind::Uniform)]
+    pub allocate: AllocationKind,
+
+    /// OWL: outlier threshold M, a multiple of the layer's mean Wanda score [default: 5].
+    #[arg(long, value_name = "M")]
+    pub owl_m: Option<f64>,
+
+    /// OWL: half-width λ of the range of layer densities [default: 0.08].
+    #[arg(long, value_name = "LAMBDA")]
+    pub owl_lambda: Option<f64>,
 
     /// Which activations feed the next layer: those of the pruned layer, or the dense one.
     #[arg(long, value_enum, default_value_t = copal::plan::DEFAULT_PROPAGATE)]
@@ -265,6 +283,9 @@ pub fn request(a: &PruneArgs, m: &ArgMatches) -> Result<Request> {
         pattern: Some(a.pattern.clone()),
         group: a.group,
         propagate: Some(a.propagate),
+        allocate: Some(a.allocate),
+        owl_m: a.owl_m,
+        owl_lambda: a.owl_lambda,
         nsamples: Some(a.nsamples),
         seqlen: a.data.seqlen,
         calib_batch: a.calib_batch,
@@ -344,6 +365,9 @@ mod tests {
             pattern: String::new(),
             group: None,
             propagate: Propagate::Pruned,
+            allocate: AllocationKind::Uniform,
+            owl_m: None,
+            owl_lambda: None,
             nsamples: 1,
             calib_batch: None,
             seed: 0,

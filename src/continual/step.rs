@@ -92,7 +92,7 @@ pub fn prune_step(
         tokens: 0,
         source_tokens: 0,
     };
-    let windows = if plan.method.method().needs_data() {
+    let windows = if plan.method.method().needs_data() || !plan.allocate.is_uniform() {
         let (corpus, path) =
             corpus::load(ds, src.split, corpus::Purpose::Calibration, &plan.data_dir)
                 .with_context(|| format!("loading the {} calibration split", ds.name()))?;
@@ -169,6 +169,7 @@ pub fn prune_step(
             calib_tokens: 0,
             flops: 0.0,
             layers: Vec::new(),
+            layer_targets: None,
         }
     } else {
         let prior_ref = if plan.mode == Mode::Accumulate {

@@ -187,6 +187,7 @@ mod tests {
                 perturbation: PerturbationKind::Scaled,
                 variant: CopalVariant::default(),
                 params: Default::default(),
+                allocate: Default::default(),
             },
             ppl_matrix: vec![],
             dense_ppl: vec![],

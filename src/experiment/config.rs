@@ -10,6 +10,7 @@
 use crate::data::{Dataset, Split};
 use crate::device::ComputeDtype;
 use crate::plan::Propagate;
+use crate::prune::allocate::{Allocation, AllocationKind};
 use crate::prune::{Group, Method, MethodConfig, Mode};
 use crate::usage::{did_you_mean, UsageError};
 use anyhow::{Context as _, Result};
@@ -24,6 +25,11 @@ pub struct MethodEntry {
     pub method: Method,
     pub mode: Option<Mode>,
     pub group: Option<Group>,
+    /// How the sparsity is spread over the layers (`"allocate": "owl"`, `"owl_m"`,
+    /// `"owl_lambda"`).
+    pub allocate: Option<AllocationKind>,
+    pub owl_m: Option<f64>,
+    pub owl_lambda: Option<f64>,
     /// The entry's own settings of its method (they make its setting id distinct).
     pub own: Map<String, Value>,
     /// The method's settings for this entry: the experiment-wide block, then the entry's own.
@@ -82,7 +88,7 @@ const KEYS: &[&str] = &[
 ];
 
 /// An entry's keys besides its method's settings.
-const ENTRY_KEYS: &[&str] = &["method", "mode", "group"];
+const ENTRY_KEYS: &[&str] = &["method", "mode", "group", "allocate", "owl_m", "owl_lambda"];
 
 /// How a setting of the prune plan is named in an experiment file.
 pub fn key_of(setting: &str) -> &str {
@@ -232,10 +238,23 @@ fn entry(v: &Value, blocks: &BTreeMap<String, Map<String, Value>>) -> Result<Met
     if let Some(m) = mode {
         method.check_mode(m)?;
     }
+    let (allocate, owl_m, owl_lambda) = (
+        optional(obj, "allocate")?,
+        optional(obj, "owl_m")?,
+        optional(obj, "owl_lambda")?,
+    );
+    Allocation::new(
+        allocate.unwrap_or(AllocationKind::Uniform),
+        owl_m,
+        owl_lambda,
+    )?;
     Ok(MethodEntry {
         method,
         mode,
         group: optional(obj, "group")?,
+        allocate,
+        owl_m,
+        owl_lambda,
         own,
         params,
     })

@@ -3,6 +3,7 @@
 
 use super::config::{key_of, ExperimentConfig};
 use crate::plan::{PrunePlan, Request};
+use crate::prune::allocate::AllocationKind;
 use crate::prune::copal::{CopalConfig, CopalVariant, PerturbationKind};
 use crate::prune::{Group, Method, MethodConfig, Mode, Pattern};
 use anyhow::{bail, Result};
@@ -31,6 +32,9 @@ pub struct RunSpec {
     /// The method's settings for this run (not stored: they are the experiment file's).
     #[serde(skip)]
     pub params: Map<String, Value>,
+    /// The entry's allocation of sparsity over layers (not stored, likewise; it is in the id).
+    #[serde(skip)]
+    pub allocate: (Option<AllocationKind>, Option<f64>, Option<f64>),
 }
 
 /// Every order of `items` (lexicographic in their positions).
@@ -110,6 +114,14 @@ fn override_tag(e: &super::config::MethodEntry) -> String {
     if let Some(g) = e.group {
         tag.push_str(&format!("-{g}"));
     }
+    if let Some(a) = e.allocate.filter(|a| *a != AllocationKind::Uniform) {
+        tag.push_str(&format!("-{a}"));
+    }
+    for (k, v) in [("owl_m", e.owl_m), ("owl_lambda", e.owl_lambda)] {
+        if let Some(v) = v {
+            tag.push_str(&format!("-{k}{v}"));
+        }
+    }
     for (k, v) in &e.own {
         let value = match v {
             Value::String(s) => s.clone(),
@@ -179,6 +191,7 @@ pub fn expand(cfg: &ExperimentConfig) -> Result<Vec<RunSpec>> {
                     perturbation: copal.perturbation,
                     variant: copal.variant(),
                     params: mm.params.clone(),
+                    allocate: (mm.allocate, mm.owl_m, mm.owl_lambda),
                 });
             }
         }
@@ -235,6 +248,9 @@ pub fn request(cfg: &ExperimentConfig, spec: &RunSpec, out: PathBuf) -> Request 
         pattern: Some(pattern),
         group: matches!(spec.pattern, Pattern::Unstructured { .. }).then_some(spec.group),
         propagate: cfg.propagate,
+        allocate: spec.allocate.0,
+        owl_m: spec.allocate.1,
+        owl_lambda: spec.allocate.2,
         nsamples: cfg.nsamples,
         seqlen: cfg.seqlen,
         seed: cfg.seed,
@@ -316,12 +332,13 @@ mod tests {
                 {"method": "copal", "group": "row", "normalize": true},
                 {"method": "copal", "group": "row", "decay": 0.5},
                 {"method": "copal", "perturbation": "gaussian"},
-                {"method": "sparsegpt", "mode": "global", "percdamp": 0.1}
+                {"method": "sparsegpt", "mode": "global", "percdamp": 0.1},
+                {"method": "wanda", "allocate": "owl", "owl_lambda": 0.1}
             ]
         });
         let cfg = ExperimentConfig::from_json(&v).unwrap();
         let runs = expand(&cfg).unwrap();
-        let settings: Vec<&str> = runs[..8].iter().map(|r| r.setting.as_str()).collect();
+        let settings: Vec<&str> = runs[..9].iter().map(|r| r.setting.as_str()).collect();
         assert_eq!(
             settings,
             [
@@ -332,11 +349,12 @@ mod tests {
                 "copal-accumulate-row-norm",
                 "copal-accumulate-row-decay0.5",
                 "copal-accumulate-gaussian",
-                "sparsegpt-global-percdamp0.1"
+                "sparsegpt-global-percdamp0.1",
+                "wanda-accumulate-owl-owl_lambda0.1"
             ]
         );
         assert_eq!(runs[0].id, "dense-u50-ptb+c4");
-        assert_eq!(runs.len(), 16);
+        assert_eq!(runs.len(), 18);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! below ([`Method::facts`] and the three [`MethodConfig`] matches); the compiler finds every
 //! one of them, and nothing outside `prune/` matches on methods.
 
+pub mod allocate;
 pub mod copal;
 pub mod linalg;
 pub mod magnitude;

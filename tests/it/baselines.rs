@@ -473,3 +473,90 @@ fn method_flags_belong_to_their_method() {
     assert_eq!(v["copal"]["agg"], "l2");
     assert_eq!(v["copal"]["eps_w"], 0.01);
 }
+
+/// OWL spreads the sparsity over the layers by their outlier ratios, keeps its mean, applies
+/// to every method (magnitude then draws calibration data for the allocation), and is
+/// refused where it cannot apply.
+#[test]
+fn owl_allocation_keeps_the_mean_sparsity() {
+    let t = tiny_model(false, 1);
+    let tmp = t.tmp.path();
+    let data = format!("text:{}", small_text(tmp, "a.txt", 0, 150).display());
+    let model = t.dir.to_str().unwrap();
+    let run = |method: &str, extra: &[&str]| {
+        let out = tmp.join(format!("owl-{method}-{}", extra.len()));
+        let mut args = vec![
+            "prune",
+            "--model",
+            model,
+            "--datasets",
+            &data,
+            "--method",
+            method,
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let r = run_cli(&args, &[]);
+        (r, out)
+    };
+    for method in ["wanda", "magnitude", "copal"] {
+        let (r, out) = run(
+            method,
+            &[
+                "--allocate",
+                "owl",
+                "--sparsity",
+                "60",
+                "--owl-lambda",
+                "0.1",
+            ],
+        );
+        assert_eq!(r.0, 0, "{method}: {}", r.2);
+        let rec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("copal.json")).unwrap())
+                .unwrap();
+        let report = &rec["steps"][0]["report"];
+        let targets: Vec<f64> = report["layer_targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method}: no layer targets"))
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(targets.len(), 2);
+        assert!(
+            ((targets[0] + targets[1]) / 2.0 - 0.6).abs() < 1e-9,
+            "{targets:?}"
+        );
+        // Two layers with different outlier ratios sit at the ends of the ±λ range.
+        assert!((targets[0] - targets[1]).abs() > 0.199, "{targets:?}");
+        let measured: Vec<f64> = report["layer_sparsity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        // Within the flooring of ⌊s · 64⌋ per row of the tiny model's 64 inputs.
+        for (m, t) in measured.iter().zip(&targets) {
+            assert!(
+                (m - t).abs() < 1.0 / 64.0,
+                "{method}: layer at {m}, target {t}"
+            );
+        }
+        assert!((rec["sparsity"].as_f64().unwrap() - 0.6).abs() < 1.0 / 64.0);
+    }
+    assert_usage_error(
+        &run("wanda", &["--allocate", "owl", "--pattern", "2:4"]).0,
+        "--allocate owl spreads unstructured sparsity",
+    );
+    assert_usage_error(
+        &run("dense", &["--allocate", "owl"]).0,
+        "does not apply to dense",
+    );
+    assert_usage_error(&run("wanda", &["--owl-m", "3"]).0, "--owl-m applies to");
+}
