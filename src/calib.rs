@@ -123,6 +123,24 @@ pub fn step_flops(
     cfg.num_hidden_layers as f64 * (passes * w * fwd + per_linear + allocation)
 }
 
+/// The rows of window `w` of a batch in the taps of `lin`: its input X and output Y.
+///
+/// Statistics are sums over tokens, and every method observes one window at a time, in
+/// window order: each sum is then added up in the same order (and each GEMM over tokens has
+/// the same length) whatever the batch, so the result is the same to the bit for any
+/// `calib_batch`.
+fn window_rows(
+    taps: &crate::model::Taps,
+    lin: Linear,
+    w: usize,
+    seqlen: usize,
+) -> Result<(Tensor, Tensor)> {
+    Ok((
+        taps.input(lin).narrow(0, w * seqlen, seqlen)?,
+        taps.output(lin).narrow(0, w * seqlen, seqlen)?,
+    ))
+}
+
 /// The windows' embeddings, `batch` windows to a tensor (batch, seqlen, hidden).
 fn embed_batches(model: &Llama, windows: &[Vec<u32>], batch: usize) -> Result<Vec<Tensor>> {
     windows
@@ -162,8 +180,11 @@ fn owl_ratios(
             .collect::<Result<Vec<_>>>()?;
         for h in hs.iter_mut() {
             let (out, taps) = layer.forward_tapped(h, &pos)?;
-            for (lin, st) in Linear::ALL.iter().zip(stats.iter_mut()) {
-                st.observe(taps.input(*lin), taps.output(*lin))?;
+            for w in 0..h.dim(0)? {
+                for (lin, st) in Linear::ALL.iter().zip(stats.iter_mut()) {
+                    let (x, y) = window_rows(&taps, *lin, w, seqlen)?;
+                    st.observe(&x, &y)?;
+                }
             }
             *h = out;
         }
@@ -268,10 +289,13 @@ pub fn run_step(
         if uses_data {
             for h in hs.iter_mut() {
                 let (out, taps) = layer.forward_tapped(h, &pos)?;
-                for (lin, p) in Linear::ALL.iter().zip(pruners.iter_mut()) {
-                    if let Some(p) = p {
-                        p.observe(taps.input(*lin), taps.output(*lin))
-                            .with_context(|| format!("observing {}", lin.tensor_name(l)))?;
+                for w in 0..h.dim(0)? {
+                    for (lin, p) in Linear::ALL.iter().zip(pruners.iter_mut()) {
+                        if let Some(p) = p {
+                            let (x, y) = window_rows(&taps, *lin, w, seqlen)?;
+                            p.observe(&x, &y)
+                                .with_context(|| format!("observing {}", lin.tensor_name(l)))?;
+                        }
                     }
                 }
                 if s.propagate == Propagate::Dense {

@@ -288,9 +288,8 @@ pub fn resolve_seqlen(asked: Option<usize>, max_pos: usize) -> Result<usize> {
 /// Windows of `seqlen` tokens that go through a layer together in a calibration step (at least
 /// one). The taps of a batch hold Σ (in + out) floats per token over the seven linears: 40 KB
 /// on the test model (batches of 8 × 512), 312 KB at LLaMA-7B shapes (one window of 2048).
-/// Every statistic is a sum over tokens, so batching changes no result beyond rounding; the one
-/// exception is the `gaussian` perturbation, which draws ΔX per batch (its noise then depends on
-/// the batch size, itself fixed by the model's shape and seqlen, so runs stay reproducible).
+/// The batch changes no result: statistics are summed one window at a time, in order
+/// (`calib::run_step`).
 pub fn calib_batch(cfg: &LlamaConfig, seqlen: usize) -> usize {
     let per_token: usize = Linear::ALL
         .iter()

@@ -15,7 +15,7 @@
 //! Perturbations:
 //! - `scaled`: ΔW = ε_W W, Δx_t = ε_x x_t, so dy_t = (ε_W + ε_x) y_t; ε only scales the score.
 //! - `gaussian`: ΔW = ε_W σ_row(W) Z, Δx_t = ε_x σ(x_t) Z′_t (σ = RMS of the row / token,
-//!   Z, Z′ standard normal from a generator seeded by seed, dataset, tensor and batch).
+//!   Z, Z′ standard normal from a generator seeded by seed, dataset, tensor and window).
 
 use super::mask::{Group, Pattern};
 use super::noise::{derive_seed, gaussian};
@@ -163,13 +163,14 @@ impl CopalConfig {
 pub struct CopalPruner {
     w: Tensor,
     prior: Option<Tensor>,
-    /// Σ over batches of |dY|ᵀ|X| (out × in, f32).
+    /// Σ over windows of |dY|ᵀ|X| (out × in, f32).
     g: Option<Tensor>,
     pert: Perturbation,
-    /// Seed for this (seed, dataset, tensor); ΔW and each batch's Z′ derive from it.
+    /// Seed for this (seed, dataset, tensor); ΔW and each window's Z′ derive from it.
     seed: u64,
     delta_w: Option<Tensor>,
-    batch: usize,
+    /// Windows observed so far (the calibration step feeds one window per `observe`).
+    window: usize,
     variant: CopalVariant,
 }
 
@@ -192,7 +193,7 @@ impl CopalPruner {
             pert,
             seed,
             delta_w: None,
-            batch: 0,
+            window: 0,
             variant: CopalVariant::default(),
         })
     }
@@ -214,7 +215,7 @@ impl CopalPruner {
                 let dx = gaussian_delta_x(
                     x,
                     self.pert.eps_x,
-                    derive_seed(self.seed, &format!("dx/{}", self.batch)),
+                    derive_seed(self.seed, &format!("dx/{}", self.window)),
                 )?;
                 // dY = X ΔWᵀ + ΔX Wᵀ
                 Ok((x.matmul(&dw.t()?)? + dx.matmul(&self.w.t()?)?)?)
@@ -258,7 +259,7 @@ impl LayerPruner for CopalPruner {
             None => inc,
             Some(g) => (g + inc)?,
         });
-        self.batch += 1;
+        self.window += 1;
         Ok(())
     }
 
