@@ -12,6 +12,7 @@ use crate::checkpoint::writer::{CheckpointWriter, ShardWriter};
 use crate::model::{Linear, Llama, TensorSource};
 use crate::plan::{Propagate, PrunePlan};
 use crate::prune::allocate::{self, Allocation};
+use crate::prune::obs::{self, MaskChoice};
 use crate::prune::wanda::WandaPruner;
 use crate::prune::{Group, LayerPruner, MethodConfig, NoiseKey, Pattern};
 use crate::report::{LayerCost, LinearReport, StepReport};
@@ -93,7 +94,7 @@ pub fn step_flops(
     t: usize,
 ) -> f64 {
     let owl = !s.allocate.is_uniform();
-    if !s.method.method().needs_data() && !owl {
+    if !s.method.needs_data() && !owl {
         return 0.0;
     }
     let (w, tf) = (windows as f64, t as f64);
@@ -117,7 +118,7 @@ pub fn step_flops(
     } else {
         1.0
     };
-    if !s.method.method().needs_data() {
+    if !s.method.needs_data() {
         return cfg.num_hidden_layers as f64 * allocation;
     }
     cfg.num_hidden_layers as f64 * (passes * w * fwd + per_linear + allocation)
@@ -231,7 +232,10 @@ pub fn run_step(
     let cfg = &model.cfg;
     let layers = cfg.num_hidden_layers;
     let method = s.method.method();
-    let uses_data = method.needs_data();
+    let uses_data = s.method.needs_data();
+    // `update obs`: the mask-only method's kept weights are reconstructed from XᵀX, kept once
+    // per distinct input (q for q/k/v, gate for gate/up, o, down) as SparseGPT keeps its own.
+    let update = s.method.obs_update();
     let seqlen = windows.first().map(Vec::len).unwrap_or(1);
     ensure!(
         windows.iter().all(|w| w.len() == seqlen),
@@ -280,11 +284,25 @@ pub fn run_step(
                 continue;
             }
             let name = lin.tensor_name(l);
+            // The method's own carried statistic (magnitude has none, even with XᵀX kept).
             let prior_w = match prior {
-                Some(p) => Some(p.prior(&name, &model.device)?),
-                None => None,
+                Some(p) if method.state_shape(lin, cfg).is_some() => {
+                    Some(p.prior(&name, &model.device)?)
+                }
+                _ => None,
             };
             pruners.push(Some(pruner_for(s, &name, layer.weight(lin), prior_w)?));
+        }
+        let mut grams: Vec<Option<Tensor>> = vec![None; Linear::ALL.len()];
+        if update.is_some() {
+            for (k, lin) in Linear::ALL.iter().enumerate() {
+                if lin.input_source() == *lin {
+                    if let Some(p) = prior {
+                        let key = obs::gram_key(&lin.tensor_name(l));
+                        grams[k] = Some(p.prior(&key, &model.device)?);
+                    }
+                }
+            }
         }
         if uses_data {
             for h in hs.iter_mut() {
@@ -295,6 +313,14 @@ pub fn run_step(
                             let (x, y) = window_rows(&taps, *lin, w, seqlen)?;
                             p.observe(&x, &y)
                                 .with_context(|| format!("observing {}", lin.tensor_name(l)))?;
+                        }
+                    }
+                    if update.is_some() {
+                        for (k, lin) in Linear::ALL.iter().enumerate() {
+                            if lin.input_source() == *lin {
+                                let (x, _) = window_rows(&taps, *lin, w, seqlen)?;
+                                obs::add_gram(&mut grams[k], &x)?;
+                            }
                         }
                     }
                 }
@@ -319,9 +345,30 @@ pub fn run_step(
                     pruner_for(s, &name, layer.weight(*lin), Some(shared))?
                 }
             };
-            let done = p
+            let mut done = p
                 .finish(&patterns[l], s.group)
                 .with_context(|| format!("pruning {name}"))?;
+            // The mask stays the method's; the kept weights move to fit XWᵀ again.
+            let mut mask_error = None;
+            let src = Linear::ALL
+                .iter()
+                .position(|x| *x == lin.input_source())
+                .context("internal: no input source")?;
+            if let Some(cfg) = update {
+                let gram = grams[src]
+                    .as_ref()
+                    .context("update obs saw no calibration tokens")?;
+                let r =
+                    obs::reconstruct(layer.weight(*lin), gram, cfg, MaskChoice::Given(&done.mask))
+                        .with_context(|| format!("reconstructing {name}"))?;
+                mask_error = Some(obs::relative_output_error(
+                    layer.weight(*lin),
+                    &done.weight,
+                    &gram.to_device(&candle_core::Device::Cpu)?,
+                )?);
+                done.weight = r.weight;
+                done.recon_error = Some(r.recon_error);
+            }
             if let (Some(st), true) = (done.state.as_ref(), own && method.shares_input_stats()) {
                 input_stats.push((*lin, st.clone()));
             }
@@ -332,6 +379,13 @@ pub fn run_step(
             {
                 state.write_tensor(&name, st)?;
             }
+            if let (Some(g), Some(state), true) = (
+                grams[src].as_ref(),
+                sinks.state.as_mut(),
+                lin.input_source() == *lin,
+            ) {
+                state.write_tensor(&obs::gram_key(&name), g)?;
+            }
             if let Some(m) = sinks.masks.as_mut() {
                 m.write_bytes(&name, &done.mask.pack())?;
             }
@@ -340,6 +394,7 @@ pub fn run_step(
                 zeros: z,
                 numel: n,
                 recon_error: done.recon_error,
+                mask_error,
             });
             zeros += z;
             numel += n;

@@ -166,7 +166,7 @@ impl PrunePlan {
         let method = MethodConfig::from_params(r.method.unwrap_or(DEFAULT_METHOD), &r.params)?;
         let m = method.method();
         let mode = r.mode.unwrap_or(m.default_mode());
-        m.check_mode(mode)?;
+        method.check_mode(mode)?;
         if r.state.is_some() && mode != Mode::Accumulate {
             crate::usage_bail!(
                 "state",

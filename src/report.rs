@@ -16,6 +16,9 @@ pub struct LinearReport {
     pub numel: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recon_error: Option<f64>,
+    /// With `update obs`: the relative error of the mask alone, before the reconstruction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_error: Option<f64>,
 }
 
 /// One step's measurements.

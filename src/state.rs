@@ -16,6 +16,7 @@ use crate::model::{Linear, LlamaConfig};
 use crate::plan::{Propagate, PrunePlan};
 use crate::prune::allocate::Allocation;
 use crate::prune::copal::{CopalConfig, CopalVariant, Perturbation};
+use crate::prune::obs::{gram_key, Update};
 use crate::prune::{Group, Method, MethodConfig, Pattern};
 use anyhow::{bail, ensure, Context as _, Result};
 use candle_core::{DType, Device, Tensor};
@@ -44,6 +45,9 @@ pub struct StateSettings {
     /// Written only when not uniform (format 1 had none).
     #[serde(default, skip_serializing_if = "Allocation::is_uniform")]
     pub allocate: Allocation,
+    /// A mask-only method's `update obs` keeps XᵀX beside its statistic (written only then).
+    #[serde(default, skip_serializing_if = "Update::is_none")]
+    pub update: Update,
 }
 
 impl StateSettings {
@@ -61,6 +65,7 @@ impl StateSettings {
             group: plan.group,
             propagate: plan.propagate,
             allocate: plan.allocate,
+            update: plan.method.update().map(|u| u.update).unwrap_or_default(),
         }
     }
 }
@@ -156,6 +161,25 @@ impl StateMeta {
                 settings.propagate, a.propagate
             ));
         }
+        if a.method == settings.method
+            && a.update != settings.update
+            && settings.update == Update::Obs
+        {
+            bail!(
+                "{} holds no XᵀX for --update obs: it was accumulated with --update {}. \
+                 Continue it without --update obs, or start a new state file with --update obs \
+                 (--state NEW.state) and calibrate on its datasets again ({})",
+                path.display(),
+                a.update,
+                self.datasets().join(", ")
+            );
+        }
+        if a.update != settings.update {
+            diffs.push(format!(
+                "--update {} (state: {})",
+                settings.update, a.update
+            ));
+        }
         if a.allocate != settings.allocate {
             diffs.push(format!(
                 "allocation {:?} (state: {:?})",
@@ -235,8 +259,8 @@ impl StateReader {
         Ok(t.to_device(device)?)
     }
 
-    /// Checks that the state holds every linear of `cfg` with the shape `method` keeps.
-    pub fn check_shapes(&self, cfg: &LlamaConfig, method: Method) -> Result<()> {
+    /// Checks that the state holds every tensor of `cfg` with the shape `method` keeps.
+    pub fn check_shapes(&self, cfg: &LlamaConfig, method: &MethodConfig) -> Result<()> {
         for l in 0..cfg.num_hidden_layers {
             for (name, want) in state_layout(method, cfg, l) {
                 let info = self.shard.info(&name).with_context(|| {
@@ -244,8 +268,9 @@ impl StateReader {
                 })?;
                 ensure!(
                     info.shape == want,
-                    "state tensor {name} has shape {:?}, {method} keeps {want:?} for this model",
-                    info.shape
+                    "state tensor {name} has shape {:?}, {} keeps {want:?} for this model",
+                    info.shape,
+                    method.method()
                 );
             }
         }
@@ -253,24 +278,37 @@ impl StateReader {
     }
 }
 
-/// The linears whose statistics a state stores, with their shapes (see
-/// [`crate::prune::Statistic`]).
-pub fn state_layout(method: Method, cfg: &LlamaConfig, layer: usize) -> Vec<(String, Vec<usize>)> {
-    Linear::ALL
+/// The tensors a state stores for one layer, with their shapes: the method's statistic per
+/// linear (see [`crate::prune::Statistic`]) and, for a mask-only method with `update obs`,
+/// XᵀX once per distinct input (under [`gram_key`] of q, o, gate and down).
+pub fn state_layout(
+    method: &MethodConfig,
+    cfg: &LlamaConfig,
+    layer: usize,
+) -> Vec<(String, Vec<usize>)> {
+    let mut out: Vec<(String, Vec<usize>)> = Linear::ALL
         .into_iter()
         .filter_map(|lin| {
             method
+                .method()
                 .state_shape(lin, cfg)
                 .map(|shape| (lin.tensor_name(layer), shape))
         })
-        .collect()
+        .collect();
+    if method.obs_update().is_some() {
+        for lin in Linear::ALL.into_iter().filter(|l| l.input_source() == *l) {
+            let i = lin.shape(cfg).1;
+            out.push((gram_key(&lin.tensor_name(layer)), vec![i, i]));
+        }
+    }
+    out
 }
 
 /// A state file being written: all linears of `cfg`, f32, provenance in the header.
 pub fn create_writer(
     path: &Path,
     cfg: &LlamaConfig,
-    method: Method,
+    method: &MethodConfig,
     meta: &StateMeta,
 ) -> Result<ShardWriter> {
     let mut layout = Vec::with_capacity(cfg.num_hidden_layers * 7);
@@ -320,6 +358,7 @@ mod tests {
             group: Group::Matrix,
             propagate: Propagate::Pruned,
             allocate: Allocation::Uniform,
+            update: Update::None,
         }
     }
 

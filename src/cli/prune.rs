@@ -7,9 +7,9 @@ use clap::{ArgMatches, Args};
 use copal::plan::{Propagate, PrunePlan, Request};
 use copal::prune::allocate::AllocationKind;
 use copal::prune::copal::{Aggregation, CopalConfig, PerturbationKind};
+use copal::prune::obs::{ObsConfig, Update};
 use copal::prune::ria::RiaConfig;
-use copal::prune::sparsegpt::SparseGptConfig;
-use copal::prune::{Group, Method, Mode};
+use copal::prune::{Group, Method, MethodConfig, Mode};
 use copal::{continual, report};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -158,7 +158,7 @@ pub struct PruneArgs {
     pub copal: CopalArgs,
 
     #[command(flatten)]
-    pub sparsegpt: SparseGptArgs,
+    pub update: UpdateArgs,
 
     #[command(flatten)]
     pub ria: RiaArgs,
@@ -196,16 +196,24 @@ pub struct CopalArgs {
     pub decay: f64,
 }
 
-/// SparseGPT's flags.
+/// The OBS reconstruction's flags: SparseGPT's, and a mask-only method's with --update obs.
 #[derive(Debug, Clone, Args, Serialize)]
-#[command(next_help_heading = "SparseGPT (--method sparsegpt)")]
-pub struct SparseGptArgs {
+#[command(
+    next_help_heading = "Weight reconstruction (sparsegpt; copal, wanda, magnitude, ria with --update obs)"
+)]
+pub struct UpdateArgs {
+    /// After a mask-only method (copal, wanda, magnitude, ria) chose its mask: none keeps the
+    /// dense values of the kept weights; obs reconstructs them by SparseGPT's OBS update
+    /// from XᵀX (accumulated like the method's statistic), the mask unchanged.
+    #[arg(long, value_enum, default_value_t = Update::None)]
+    pub update: Update,
+
     /// Damping, as a fraction of the mean Hessian diagonal.
-    #[arg(long, default_value_t = SparseGptConfig::default().percdamp, value_name = "FRACTION")]
+    #[arg(long, default_value_t = ObsConfig::default().percdamp, value_name = "FRACTION")]
     pub percdamp: f64,
 
-    /// Column block size.
-    #[arg(long, default_value_t = SparseGptConfig::default().blocksize, value_name = "N")]
+    /// Column block size of the OBS update.
+    #[arg(long, default_value_t = ObsConfig::default().blocksize, value_name = "N")]
     pub blocksize: usize,
 }
 
@@ -223,13 +231,13 @@ pub struct RiaArgs {
     pub a: f64,
 }
 
-/// Each method's flag group: the method, the clap group that derive names after the struct,
-/// and its values by setting name.
-fn method_groups(a: &PruneArgs) -> Vec<(Method, &'static str, Value)> {
+/// The flag groups of methods' settings: the clap group derive names after the struct, and
+/// its values by setting name.
+fn method_groups(a: &PruneArgs) -> Vec<(&'static str, Value)> {
     vec![
-        (Method::Copal, "CopalArgs", to_json(&a.copal)),
-        (Method::SparseGpt, "SparseGptArgs", to_json(&a.sparsegpt)),
-        (Method::Ria, "RiaArgs", to_json(&a.ria)),
+        ("CopalArgs", to_json(&a.copal)),
+        ("UpdateArgs", to_json(&a.update)),
+        ("RiaArgs", to_json(&a.ria)),
     ]
 }
 
@@ -237,12 +245,13 @@ fn to_json(v: &impl Serialize) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-/// The settings of the chosen method typed on the command line; a flag of another method is
-/// a usage error that names the method it belongs to.
+/// The methods' settings typed on the command line. One that the chosen method does not have
+/// (the method table says which have it) is a usage error naming the methods it belongs to.
 fn method_params(a: &PruneArgs, m: &ArgMatches) -> Result<Map<String, Value>> {
     let typed = |id: &str| m.value_source(id) == Some(ValueSource::CommandLine);
+    let own = MethodConfig::defaults(a.method).params();
     let mut params = Map::new();
-    for (method, _group, values) in method_groups(a) {
+    for (_group, values) in method_groups(a) {
         let Value::Object(values) = values else {
             continue;
         };
@@ -250,11 +259,17 @@ fn method_params(a: &PruneArgs, m: &ArgMatches) -> Result<Map<String, Value>> {
             if !typed(&setting) {
                 continue;
             }
-            if method != a.method {
+            if !own.contains_key(&setting) {
+                let owners: Vec<String> = Method::ALL
+                    .iter()
+                    .filter(|m| MethodConfig::defaults(**m).params().contains_key(&setting))
+                    .map(|m| format!("--method {m}"))
+                    .collect();
                 copal::usage_bail!(
                     &setting,
-                    "is a flag of --method {method}, but this run uses --method {}; add \
-                     --method {method} or drop it",
+                    "is a flag of {}, but this run uses --method {}; choose such a method or \
+                     drop it",
+                    owners.join(", "),
                     a.method
                 );
             }
@@ -392,7 +407,8 @@ mod tests {
                 normalize: false,
                 decay: 1.0,
             },
-            sparsegpt: SparseGptArgs {
+            update: UpdateArgs {
+                update: Update::None,
                 percdamp: 0.0,
                 blocksize: 1,
             },
@@ -402,22 +418,26 @@ mod tests {
                 quiet: false,
             },
         };
-        for (method, group, values) in method_groups(&args) {
+        let all: Vec<String> = Method::ALL
+            .iter()
+            .flat_map(|m| {
+                MethodConfig::defaults(*m)
+                    .params()
+                    .into_iter()
+                    .map(|(k, _)| k)
+            })
+            .collect();
+        for (group, values) in method_groups(&args) {
             let g = prune
                 .get_groups()
                 .find(|g| g.get_id() == group)
                 .unwrap_or_else(|| panic!("no clap group {group}"));
-            let ids: Vec<String> = g.get_args().map(|a| a.to_string()).collect();
+            let mut ids: Vec<String> = g.get_args().map(|a| a.to_string()).collect();
+            ids.sort();
             let keys: Vec<String> = values.as_object().unwrap().keys().cloned().collect();
-            let mut sorted = ids.clone();
-            sorted.sort();
-            assert_eq!(sorted, keys, "{method}: flags and settings differ");
-            // Every flag sets a setting of the method.
-            let own = copal::prune::MethodConfig::defaults(method).params();
-            assert!(
-                keys.iter().all(|k| own.contains_key(k)),
-                "{method}: {keys:?}"
-            );
+            assert_eq!(ids, keys, "{group}: flags and settings differ");
+            // Every flag sets a setting of some method.
+            assert!(keys.iter().all(|k| all.contains(k)), "{group}: {keys:?}");
         }
     }
 }

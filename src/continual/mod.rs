@@ -52,7 +52,7 @@ pub fn prepare(plan: PrunePlan) -> Result<Prepared> {
 pub fn preflight(p: &Prepared) -> Result<()> {
     let plan = &p.plan;
     for src in &plan.datasets {
-        if plan.method.method().needs_data() {
+        if plan.method.needs_data() || !plan.allocate.is_uniform() {
             corpus::find(&src.dataset, src.split, &plan.data_dir)?;
         }
         if plan.eval {
@@ -135,7 +135,7 @@ pub fn run(p: &Prepared) -> Result<RunRecord> {
     if let Some(path) = plan.state.as_ref().filter(|s| s.exists()) {
         let r = StateReader::open(path)?;
         r.meta.check_continues(&fingerprint, &settings, path)?;
-        r.check_shapes(cfg, plan.method.method())?;
+        r.check_shapes(cfg, &plan.method)?;
         user_state = Some(r);
     }
     let opened = Opened {

@@ -92,7 +92,7 @@ pub fn prune_step(
         tokens: 0,
         source_tokens: 0,
     };
-    let windows = if plan.method.method().needs_data() || !plan.allocate.is_uniform() {
+    let windows = if plan.method.needs_data() || !plan.allocate.is_uniform() {
         let (corpus, path) =
             corpus::load(ds, src.split, corpus::Purpose::Calibration, &plan.data_dir)
                 .with_context(|| format!("loading the {} calibration split", ds.name()))?;
@@ -145,7 +145,7 @@ pub fn prune_step(
         Some(state::create_writer(
             &state_path,
             &dense.config,
-            plan.method.method(),
+            &plan.method,
             &meta,
         )?)
     } else {

@@ -233,10 +233,10 @@ fn entry(v: &Value, blocks: &BTreeMap<String, Map<String, Value>>) -> Result<Met
     let mut params = blocks.get(&method.name()).cloned().unwrap_or_default();
     params.extend(own.clone());
     // Checks every setting against the method (and names the owner of a stray one).
-    MethodConfig::from_params(method, &params)?;
+    let config = MethodConfig::from_params(method, &params)?;
     let mode: Option<Mode> = optional(obj, "mode")?;
     if let Some(m) = mode {
-        method.check_mode(m)?;
+        config.check_mode(m)?;
     }
     let (allocate, owl_m, owl_lambda) = (
         optional(obj, "allocate")?,

@@ -128,7 +128,9 @@ fn override_tag(e: &super::config::MethodEntry) -> String {
             other => other.to_string(),
         };
         match (e.method, k.as_str()) {
-            (Method::Copal, "perturbation" | "agg") => tag.push_str(&format!("-{value}")),
+            (Method::Copal, "perturbation" | "agg") | (_, "update") => {
+                tag.push_str(&format!("-{value}"))
+            }
             (Method::Copal, "normalize") if v == &Value::Bool(true) => tag.push_str("-norm"),
             (Method::Copal, "normalize") => {}
             (_, _) if v == &Value::Bool(true) => tag.push_str(&format!("-{k}")),
@@ -333,12 +335,13 @@ mod tests {
                 {"method": "copal", "group": "row", "decay": 0.5},
                 {"method": "copal", "perturbation": "gaussian"},
                 {"method": "sparsegpt", "mode": "global", "percdamp": 0.1},
-                {"method": "wanda", "allocate": "owl", "owl_lambda": 0.1}
+                {"method": "wanda", "allocate": "owl", "owl_lambda": 0.1},
+                {"method": "copal", "update": "obs"}
             ]
         });
         let cfg = ExperimentConfig::from_json(&v).unwrap();
         let runs = expand(&cfg).unwrap();
-        let settings: Vec<&str> = runs[..9].iter().map(|r| r.setting.as_str()).collect();
+        let settings: Vec<&str> = runs[..10].iter().map(|r| r.setting.as_str()).collect();
         assert_eq!(
             settings,
             [
@@ -350,11 +353,12 @@ mod tests {
                 "copal-accumulate-row-decay0.5",
                 "copal-accumulate-gaussian",
                 "sparsegpt-global-percdamp0.1",
-                "wanda-accumulate-owl-owl_lambda0.1"
+                "wanda-accumulate-owl-owl_lambda0.1",
+                "copal-accumulate-obs"
             ]
         );
         assert_eq!(runs[0].id, "dense-u50-ptb+c4");
-        assert_eq!(runs.len(), 18);
+        assert_eq!(runs.len(), 20);
     }
 
     #[test]

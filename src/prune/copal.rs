@@ -19,6 +19,7 @@
 
 use super::mask::{Group, Pattern};
 use super::noise::{derive_seed, gaussian};
+use super::obs::UpdateConfig;
 use super::pruner::{f32_rows, mask_by_score, LayerPruner, Pruned};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor, D};
@@ -76,9 +77,10 @@ pub struct Perturbation {
 crate::display_as_value!(PerturbationKind, Aggregation);
 
 /// COPAL's settings (`--method copal`), named as in an experiment file (the flags are
-/// `--perturbation`, `--eps-w`, `--eps-x`, `--copal-agg`, `--copal-normalize`, `--decay`).
+/// `--perturbation`, `--eps-w`, `--eps-x`, `--copal-agg`, `--copal-normalize`, `--decay`, and
+/// `--update`, `--percdamp`, `--blocksize` for the reconstruction of the kept weights).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct CopalConfig {
     pub perturbation: PerturbationKind,
     pub eps_w: f64,
@@ -86,6 +88,8 @@ pub struct CopalConfig {
     pub agg: Aggregation,
     pub normalize: bool,
     pub decay: f64,
+    #[serde(flatten)]
+    pub update: UpdateConfig,
 }
 
 impl Default for CopalConfig {
@@ -99,6 +103,7 @@ impl Default for CopalConfig {
             agg: Aggregation::L1,
             normalize: false,
             decay: 1.0,
+            update: UpdateConfig::default(),
         }
     }
 }
@@ -124,7 +129,7 @@ impl CopalConfig {
             "must be in (0, 1], got {}",
             self.decay
         );
-        Ok(())
+        self.update.validate()
     }
 
     pub fn perturbation(&self) -> Perturbation {

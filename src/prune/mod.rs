@@ -11,6 +11,7 @@ pub mod linalg;
 pub mod magnitude;
 pub mod mask;
 pub mod noise;
+pub mod obs;
 pub mod pruner;
 pub mod ria;
 pub mod sparsegpt;
@@ -138,16 +139,6 @@ impl Method {
         }
     }
 
-    /// Refuses a mode that makes no sense for the method (a usage error about `mode`).
-    pub fn check_mode(self, mode: Mode) -> Result<()> {
-        crate::usage_ensure!(
-            mode != Mode::Accumulate || self.needs_data(),
-            "mode",
-            "accumulate does not apply to {self}: it has no statistics to accumulate; use global"
-        );
-        Ok(())
-    }
-
     /// Whether the method's statistic for a linear depends only on the linear's input, so that
     /// linears reading the same input share one.
     pub fn shares_input_stats(self) -> bool {
@@ -175,13 +166,15 @@ impl Method {
     }
 }
 
-/// A method with its settings. Methods without settings have none to get wrong.
+/// A method with its settings. Mask-only methods (COPAL, Wanda, magnitude, RIA) carry
+/// `update` ([`obs::UpdateConfig`]): their mask, then optionally the OBS reconstruction of the
+/// kept weights; SparseGPT always reconstructs; dense has nothing to set.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MethodConfig {
     Copal(copal::CopalConfig),
-    Wanda,
+    Wanda(obs::UpdateConfig),
     SparseGpt(sparsegpt::SparseGptConfig),
-    Magnitude,
+    Magnitude(obs::UpdateConfig),
     Ria(ria::RiaConfig),
     Dense,
 }
@@ -198,9 +191,9 @@ impl MethodConfig {
     pub fn method(&self) -> Method {
         match self {
             MethodConfig::Copal(_) => Method::Copal,
-            MethodConfig::Wanda => Method::Wanda,
+            MethodConfig::Wanda(_) => Method::Wanda,
             MethodConfig::SparseGpt(_) => Method::SparseGpt,
-            MethodConfig::Magnitude => Method::Magnitude,
+            MethodConfig::Magnitude(_) => Method::Magnitude,
             MethodConfig::Ria(_) => Method::Ria,
             MethodConfig::Dense => Method::Dense,
         }
@@ -210,9 +203,9 @@ impl MethodConfig {
     pub fn defaults(method: Method) -> Self {
         match method {
             Method::Copal => MethodConfig::Copal(Default::default()),
-            Method::Wanda => MethodConfig::Wanda,
+            Method::Wanda => MethodConfig::Wanda(Default::default()),
             Method::SparseGpt => MethodConfig::SparseGpt(Default::default()),
-            Method::Magnitude => MethodConfig::Magnitude,
+            Method::Magnitude => MethodConfig::Magnitude(Default::default()),
             Method::Ria => MethodConfig::Ria(Default::default()),
             Method::Dense => MethodConfig::Dense,
         }
@@ -224,9 +217,8 @@ impl MethodConfig {
             MethodConfig::Copal(c) => serde_json::to_value(c),
             MethodConfig::SparseGpt(c) => serde_json::to_value(c),
             MethodConfig::Ria(c) => serde_json::to_value(c),
-            MethodConfig::Wanda | MethodConfig::Magnitude | MethodConfig::Dense => {
-                Ok(Value::Object(Map::new()))
-            }
+            MethodConfig::Wanda(c) | MethodConfig::Magnitude(c) => serde_json::to_value(c),
+            MethodConfig::Dense => Ok(Value::Object(Map::new())),
         };
         match v {
             Ok(Value::Object(m)) => m,
@@ -266,13 +258,23 @@ impl MethodConfig {
         let value = Value::Object(params.clone());
         let cfg = match method {
             Method::Copal => MethodConfig::Copal(parse(method, value)?),
-            Method::Wanda => MethodConfig::Wanda,
+            Method::Wanda => MethodConfig::Wanda(parse(method, value)?),
             Method::SparseGpt => MethodConfig::SparseGpt(parse(method, value)?),
-            Method::Magnitude => MethodConfig::Magnitude,
+            Method::Magnitude => MethodConfig::Magnitude(parse(method, value)?),
             Method::Ria => MethodConfig::Ria(parse(method, value)?),
             Method::Dense => MethodConfig::Dense,
         };
         cfg.validate()?;
+        // The OBS settings of a mask-only method mean something only with its update.
+        if cfg.update().is_some_and(|u| u.update.is_none()) {
+            for key in ["percdamp", "blocksize"] {
+                crate::usage_ensure!(
+                    !params.contains_key(key),
+                    key,
+                    "applies to {method} only with update obs (the reconstruction it sets up)"
+                );
+            }
+        }
         Ok(cfg)
     }
 
@@ -282,8 +284,44 @@ impl MethodConfig {
             MethodConfig::Copal(c) => c.validate(),
             MethodConfig::SparseGpt(c) => c.validate(),
             MethodConfig::Ria(c) => c.validate(),
-            MethodConfig::Wanda | MethodConfig::Magnitude | MethodConfig::Dense => Ok(()),
+            MethodConfig::Wanda(c) | MethodConfig::Magnitude(c) => c.validate(),
+            MethodConfig::Dense => Ok(()),
         }
+    }
+
+    /// A mask-only method's reconstruction settings (None: SparseGPT and dense).
+    pub fn update(&self) -> Option<&obs::UpdateConfig> {
+        match self {
+            MethodConfig::Copal(c) => Some(&c.update),
+            MethodConfig::Ria(c) => Some(&c.update),
+            MethodConfig::Wanda(c) | MethodConfig::Magnitude(c) => Some(c),
+            MethodConfig::SparseGpt(_) | MethodConfig::Dense => None,
+        }
+    }
+
+    /// The OBS settings of a mask-only method with `update obs` (its kept weights are
+    /// reconstructed after its mask is chosen).
+    pub fn obs_update(&self) -> Option<obs::ObsConfig> {
+        self.update()
+            .filter(|u| u.update == obs::Update::Obs)
+            .map(|u| u.obs)
+    }
+
+    /// Refuses a mode that makes no sense for the method (a usage error about `mode`).
+    pub fn check_mode(&self, mode: Mode) -> Result<()> {
+        crate::usage_ensure!(
+            mode != Mode::Accumulate || self.needs_data(),
+            "mode",
+            "accumulate does not apply to {}: it has no statistics to accumulate; use global",
+            self.method()
+        );
+        Ok(())
+    }
+
+    /// Whether a step reads calibration data: for the method's statistic, or for the XᵀX of
+    /// `update obs` (which magnitude, too, can ask for).
+    pub fn needs_data(&self) -> bool {
+        self.method().needs_data() || self.obs_update().is_some()
     }
 
     /// The pruner of one linear: `w` its weight, `prior` the statistic carried from earlier
@@ -300,11 +338,11 @@ impl MethodConfig {
                 prior,
                 copal::noise_seed(noise.seed, noise.dataset, noise.tensor),
             )?),
-            MethodConfig::Wanda => Box::new(wanda::WandaPruner::new(w)?.with_prior(prior)?),
+            MethodConfig::Wanda(_) => Box::new(wanda::WandaPruner::new(w)?.with_prior(prior)?),
             MethodConfig::SparseGpt(c) => {
                 Box::new(sparsegpt::SparseGptPruner::new(w, *c)?.with_prior(prior)?)
             }
-            MethodConfig::Magnitude => Box::new(magnitude::MagnitudePruner::new(w)?),
+            MethodConfig::Magnitude(_) => Box::new(magnitude::MagnitudePruner::new(w)?),
             MethodConfig::Ria(c) => Box::new(c.pruner(w, prior)?),
             MethodConfig::Dense => anyhow::bail!("internal: the dense method prunes nothing"),
         })
@@ -314,13 +352,19 @@ impl MethodConfig {
     /// forwards are counted by the caller).
     pub fn flops(&self, lin: Linear, cfg: &LlamaConfig, windows: f64, t: f64) -> f64 {
         let (o, i) = lin.shape(cfg);
-        match self {
+        let own = match self {
             MethodConfig::Copal(c) => c.flops(o, i, windows, t),
-            MethodConfig::Wanda => wanda::flops(i, windows, t),
+            MethodConfig::Wanda(_) => wanda::flops(i, windows, t),
             MethodConfig::SparseGpt(c) => c.flops(o, i, windows, t, self.method().keeps_stats(lin)),
             MethodConfig::Ria(_) => ria::flops(i, windows, t),
-            MethodConfig::Magnitude | MethodConfig::Dense => 0.0,
-        }
+            MethodConfig::Magnitude(_) | MethodConfig::Dense => 0.0,
+        };
+        // `update obs`: XᵀX once per distinct input, the factorisation and the OBS update.
+        let update = self
+            .obs_update()
+            .map(|c| c.flops(o, i, windows, t, lin.input_source() == lin))
+            .unwrap_or(0.0);
+        own + update
     }
 }
 
@@ -374,8 +418,22 @@ mod tests {
         assert!(MethodConfig::from_params(Method::Copal, &zero).is_err());
         assert_eq!(
             MethodConfig::from_params(Method::Magnitude, &Map::new()).unwrap(),
-            MethodConfig::Magnitude
+            MethodConfig::Magnitude(Default::default())
         );
+        // OBS settings need the update.
+        let damp = params(serde_json::json!({"percdamp": 0.1}));
+        assert!(MethodConfig::from_params(Method::Wanda, &damp).is_err());
+        let obs = params(serde_json::json!({"percdamp": 0.1, "update": "obs"}));
+        let w = MethodConfig::from_params(Method::Wanda, &obs).unwrap();
+        assert_eq!(w.obs_update().unwrap().percdamp, 0.1);
+        assert!(w.needs_data());
+        let m = MethodConfig::from_params(Method::Magnitude, &obs).unwrap();
+        assert!(m.needs_data() && !m.method().needs_data());
+        assert!(MethodConfig::from_params(
+            Method::SparseGpt,
+            &params(serde_json::json!({"update": "obs"}))
+        )
+        .is_err());
         let c =
             MethodConfig::from_params(Method::Copal, &params(serde_json::json!({"decay": 0.5})))
                 .unwrap();
@@ -390,7 +448,13 @@ mod tests {
         for m in Method::ALL {
             let c = MethodConfig::defaults(m);
             assert_eq!(c.method(), m);
-            assert_eq!(MethodConfig::from_params(m, &c.params()).unwrap(), c);
+            let mut p = c.params();
+            if c.update().is_some() {
+                // The OBS settings are refused without `update obs`.
+                p.remove("percdamp");
+                p.remove("blocksize");
+            }
+            assert_eq!(MethodConfig::from_params(m, &p).unwrap(), c);
             assert_eq!(m.to_string().parse::<Method>().unwrap(), m);
         }
     }

@@ -11,23 +11,29 @@
 //! update.
 
 use super::mask::{Group, Pattern};
+use super::obs::UpdateConfig;
 use super::pruner::{mask_by_score, LayerPruner, Pruned};
 use super::wanda::WandaPruner;
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-/// RIA's settings (`--method ria`; the flag is `--ria-a`).
+/// RIA's settings (`--method ria`; the flag is `--ria-a`, and `--update` and its OBS settings).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct RiaConfig {
     /// Exponent of the input norm ‖X_j‖₂.
     pub a: f64,
+    #[serde(flatten)]
+    pub update: UpdateConfig,
 }
 
 impl Default for RiaConfig {
     fn default() -> Self {
-        Self { a: 0.5 }
+        Self {
+            a: 0.5,
+            update: UpdateConfig::default(),
+        }
     }
 }
 
@@ -40,7 +46,7 @@ impl RiaConfig {
             "must be a finite number ≥ 0, got {}",
             self.a
         );
-        Ok(())
+        self.update.validate()
     }
 
     /// The pruner of one linear, starting from Σ x² of earlier datasets if given.
@@ -111,7 +117,12 @@ mod tests {
         let w = Tensor::from_vec(gaussian(1, o * i), (o, i), &Device::Cpu).unwrap();
         let x = Tensor::from_vec(gaussian(2, t * i), (t, i), &Device::Cpu).unwrap();
         let a = 0.5;
-        let mut p = RiaConfig { a }.pruner(&w, None).unwrap();
+        let mut p = RiaConfig {
+            a,
+            ..Default::default()
+        }
+        .pruner(&w, None)
+        .unwrap();
         p.observe(&x, &x).unwrap();
         let wv = w.to_vec2::<f32>().unwrap();
         let xv = x.to_vec2::<f32>().unwrap();

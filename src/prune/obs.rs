@@ -1,0 +1,433 @@
+//! The OBS weight update (Frantar & Alistarh's SparseGPT): prune the columns of W left to
+//! right in blocks, and spread each pruned weight's error over the columns not yet reached,
+//! so that XŴᵀ stays close to XWᵀ.
+//!
+//! H = XᵀX over the calibration tokens (statistics in f32, algebra in f64). Dead inputs
+//! (H_jj = 0) get H_jj = 1; then H += λI with λ = percdamp · mean(diag H), raised tenfold and
+//! retried if the Cholesky factorisation fails. With U the upper Cholesky factor of H⁻¹, for
+//! each column j with error e = (w_j − q_j) / U_jj (q_j = 0 where pruned, w_j otherwise):
+//!   W[:, j:] −= e · U[j, j:]
+//! (within a block at once, and for the columns right of the block as one GEMM,
+//! W[:, i2:] −= Err · U[i1:i2, i2:]).
+//!
+//! The mask is either chosen as the columns are reached, from the already-updated weights
+//! (SparseGPT: per block from w² / U_jj², or N of each aligned M), or **given** (`--update obs`
+//! after a mask-only method chose it from its own score): then the mask is exactly the given
+//! one and only the kept weights move.
+
+use super::linalg::{upper_cholesky_of_inverse, Mat};
+use super::mask::{self, Group, Mask, Pattern};
+use super::pruner::f32_rows;
+use anyhow::{bail, ensure, Result};
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// The OBS update's settings (SparseGPT's, and `--update obs`'s).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObsConfig {
+    /// Damping as a fraction of the mean Hessian diagonal.
+    pub percdamp: f64,
+    /// Columns per lazy-update block.
+    pub blocksize: usize,
+}
+
+impl Default for ObsConfig {
+    fn default() -> Self {
+        Self {
+            percdamp: 0.01,
+            blocksize: 128,
+        }
+    }
+}
+
+impl ObsConfig {
+    /// Checks the values (usage errors naming `percdamp` or `blocksize`).
+    pub fn validate(&self) -> Result<()> {
+        crate::usage_ensure!(
+            self.percdamp.is_finite() && self.percdamp >= 0.0,
+            "percdamp",
+            "must be a finite number ≥ 0, got {}",
+            self.percdamp
+        );
+        crate::usage_ensure!(self.blocksize > 0, "blocksize", "must be at least 1");
+        Ok(())
+    }
+
+    /// FLOPs of one linear's XᵀX and solve, for `windows` windows of `t` tokens: Σ x xᵀ
+    /// (2·tokens·in², only where the linear keeps its own: see [`super::Method::keeps_stats`]),
+    /// the factorisations ≈ (2/3)·in³ and the OBS update ≈ 2·out·in².
+    pub fn flops(&self, out: usize, inp: usize, windows: f64, t: f64, own_gram: bool) -> f64 {
+        let (o, i) = (out as f64, inp as f64);
+        let gram = if own_gram {
+            windows * 2.0 * t * i * i
+        } else {
+            0.0
+        };
+        gram + 2.0 / 3.0 * i * i * i + 2.0 * o * i * i
+    }
+}
+
+/// Whether a mask-only method's kept weights are reconstructed after its mask is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Update {
+    /// Mask the dense weights (the method as published).
+    #[default]
+    None,
+    /// Then reconstruct the kept weights by the OBS update from XᵀX, the mask given.
+    Obs,
+}
+
+crate::display_as_value!(Update);
+
+impl Update {
+    pub fn is_none(&self) -> bool {
+        *self == Update::None
+    }
+}
+
+/// A mask-only method's reconstruction settings: `update`, and the OBS update's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct UpdateConfig {
+    pub update: Update,
+    #[serde(flatten)]
+    pub obs: ObsConfig,
+}
+
+impl UpdateConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.obs.validate()
+    }
+}
+
+/// The state's name for the XᵀX of a weight's input (`update obs`; SparseGPT stores its XᵀX
+/// under the weight's own name, being its only statistic).
+pub fn gram_key(weight: &str) -> String {
+    format!("{weight}.xtx")
+}
+
+/// Adds Σ_t x_t x_tᵀ of the rows `x` (tokens × in) to `acc`.
+pub fn add_gram(acc: &mut Option<Tensor>, x: &Tensor) -> Result<()> {
+    let x = f32_rows(x)?;
+    let s = x.t()?.matmul(&x)?;
+    *acc = Some(match acc.take() {
+        None => s,
+        Some(a) => (a + s)?,
+    });
+    Ok(())
+}
+
+/// How the mask of the OBS update is decided.
+#[derive(Debug, Clone, Copy)]
+pub enum MaskChoice<'a> {
+    /// As the columns are reached (SparseGPT).
+    Select { pattern: &'a Pattern, group: Group },
+    /// Given beforehand (a mask-only method's).
+    Given(&'a Mask),
+}
+
+/// The reconstructed weight, its mask, and ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖².
+#[derive(Debug)]
+pub struct Reconstructed {
+    pub weight: Tensor,
+    pub mask: Mask,
+    pub recon_error: f64,
+}
+
+/// Prunes `w_dense` (out × in) with the OBS update from `xtx` = Σ x xᵀ (in × in). H = XᵀX:
+/// the update, the mask scores and the relative damping are all invariant to the scale of H,
+/// so the anchors' 2/n factor is left out (sums then merge by addition).
+pub fn reconstruct(
+    w_dense: &Tensor,
+    xtx: &Tensor,
+    cfg: ObsConfig,
+    choice: MaskChoice,
+) -> Result<Reconstructed> {
+    let w_dense = w_dense.to_dtype(DType::F32)?;
+    let (rows, cols) = w_dense.dims2()?;
+    ensure!(
+        xtx.dims() == [cols, cols],
+        "XᵀX has shape {:?}, the weight {rows} × {cols}",
+        xtx.dims()
+    );
+    if let MaskChoice::Given(m) = &choice {
+        ensure!(
+            (m.rows, m.cols) == (rows, cols),
+            "the mask is {} × {}, the weight {rows} × {cols}",
+            m.rows,
+            m.cols
+        );
+    }
+    // H = XᵀX: the OBS update, the mask scores and the relative damping are all invariant
+    // to the scale of H, so the anchors' 2/n factor is left out (sums then merge by addition).
+    let hf = xtx.flatten_all()?.to_vec1::<f32>()?;
+    let mut w = w_dense.flatten_all()?.to_vec1::<f32>()?;
+    let w0 = w_dense.clone();
+    let dead: Vec<bool> = (0..cols).map(|j| hf[j * cols + j] == 0.0).collect();
+    // SparseGPT zeroes the weights of dead inputs (they meet no data); a given mask keeps
+    // them, and with H_jj = 1 and no coupling a kept dead weight stays as it is.
+    if matches!(choice, MaskChoice::Select { .. }) {
+        for (j, _) in dead.iter().enumerate().filter(|(_, d)| **d) {
+            for r in 0..rows {
+                w[r * cols + j] = 0.0;
+            }
+        }
+    }
+    let diag = |j: usize| {
+        if dead[j] {
+            1.0
+        } else {
+            hf[j * cols + j] as f64
+        }
+    };
+    let mean_diag = (0..cols).map(diag).sum::<f64>() / cols as f64;
+    // The damped f64 H is built afresh for each try and consumed by the factorisation, so
+    // only one n × n f64 copy of H exists at a time (at LLaMA-7B's down_proj, 0.97 GB each).
+    let damped = |damp: f64| {
+        let mut a: Vec<f64> = hf.par_iter().map(|&v| v as f64).collect();
+        for j in 0..cols {
+            a[j * cols + j] = diag(j) + damp;
+        }
+        Mat { n: cols, a }
+    };
+    let mut damp = cfg.percdamp * mean_diag;
+    let mut tries = 0;
+    let u = loop {
+        match upper_cholesky_of_inverse(damped(damp)) {
+            Ok(u) => break u,
+            Err(e) if tries < 6 => {
+                let next = if damp > 0.0 {
+                    damp * 10.0
+                } else {
+                    1e-6 * mean_diag.max(1e-12)
+                };
+                crate::ui::info(format!(
+                    "warning: SparseGPT Cholesky failed ({e}); raising damping from {damp:e} to {next:e}"
+                ));
+                damp = next;
+                tries += 1;
+            }
+            Err(e) => {
+                bail!("SparseGPT: H is not positive definite even with damping {damp:e}: {e}")
+            }
+        }
+    };
+    drop(hf);
+    let u32: Vec<f32> = u.a.iter().map(|&v| v as f32).collect();
+    drop(u);
+    let mut pruned = vec![false; rows * cols];
+    // The N:M pattern whose groups the blocks must hold whole (selected, or given).
+    let nm = match choice {
+        MaskChoice::Select { pattern, .. } => match pattern {
+            Pattern::NM { n, m } => Some((*n, *m)),
+            _ => None,
+        },
+        MaskChoice::Given(_) => None,
+    };
+    let bs = match nm {
+        Some((n, m)) => {
+            let pattern = Pattern::NM { n, m };
+            ensure!(
+                cols % m == 0,
+                "the {pattern} pattern needs an input width divisible by {m}, got {cols}"
+            );
+            // Blocks must hold whole N:M groups.
+            cfg.blocksize.div_ceil(m) * m
+        }
+        _ => cfg.blocksize,
+    };
+    let mut i1 = 0;
+    while i1 < cols {
+        let i2 = (i1 + bs).min(cols);
+        let b = i2 - i1;
+        let diag: Vec<f32> = (i1..i2).map(|j| u32[j * cols + j]).collect();
+        // Block mask: given, or for unstructured sparsity chosen from the current
+        // (updated) weights.
+        let mut block_mask = vec![false; rows * b];
+        if let MaskChoice::Given(m) = &choice {
+            for r in 0..rows {
+                block_mask[r * b..(r + 1) * b]
+                    .copy_from_slice(&m.pruned[r * cols + i1..r * cols + i2]);
+            }
+        }
+        if let MaskChoice::Select {
+            pattern: Pattern::Unstructured { percent },
+            group,
+        } = choice
+        {
+            let score: Vec<f32> = (0..rows * b)
+                .map(|k| {
+                    let (r, c) = (k / b, k % b);
+                    let v = w[r * cols + i1 + c];
+                    v * v / (diag[c] * diag[c])
+                })
+                .collect();
+            // The group applies within the block: `matrix` = the whole block over all
+            // rows (the reference implementation), `row` = each row's slice of the block.
+            let m = mask::select(
+                &score,
+                rows,
+                b,
+                &Pattern::Unstructured { percent: *percent },
+                group,
+            )?;
+            block_mask = m.pruned;
+        }
+        // Rows are independent inside a block.
+        let mut err = vec![0f32; rows * b];
+        w.par_chunks_mut(cols)
+            .zip(block_mask.par_chunks_mut(b))
+            .zip(err.par_chunks_mut(b))
+            .for_each(|((row, bm), e)| {
+                for i in 0..b {
+                    if let Some((n, m)) = nm {
+                        if i % m == 0 {
+                            let s: Vec<f32> = (i..i + m)
+                                .map(|c| row[i1 + c] * row[i1 + c] / (diag[c] * diag[c]))
+                                .collect();
+                            let mut idx: Vec<usize> = (0..m).collect();
+                            idx.sort_by(|&a, &b| s[a].total_cmp(&s[b]).then(a.cmp(&b)));
+                            for &k in &idx[..n] {
+                                bm[i + k] = true;
+                            }
+                        }
+                    }
+                    let wv = row[i1 + i];
+                    let q = if bm[i] { 0.0 } else { wv };
+                    let d = diag[i];
+                    let ev = (wv - q) / d;
+                    let urow = &u32[(i1 + i) * cols + i1 + i..(i1 + i) * cols + i2];
+                    for (k, uv) in urow.iter().enumerate() {
+                        row[i1 + i + k] -= ev * uv;
+                    }
+                    row[i1 + i] = q;
+                    e[i] = ev;
+                }
+            });
+        for r in 0..rows {
+            for c in 0..b {
+                pruned[r * cols + i1 + c] = block_mask[r * b + c];
+            }
+        }
+        // Lazy batch update of the columns right of the block: W[:, i2:] −= Err · U[i1:i2, i2:].
+        if i2 < cols {
+            let rest = cols - i2;
+            let e = Tensor::from_vec(err, (rows, b), &Device::Cpu)?;
+            let mut ublk = Vec::with_capacity(b * rest);
+            for j in i1..i2 {
+                ublk.extend_from_slice(&u32[j * cols + i2..(j + 1) * cols]);
+            }
+            let ublk = Tensor::from_vec(ublk, (b, rest), &Device::Cpu)?;
+            let upd = e.matmul(&ublk)?.flatten_all()?.to_vec1::<f32>()?;
+            w.par_chunks_mut(cols)
+                .zip(upd.par_chunks(rest))
+                .for_each(|(row, u)| {
+                    for (a, d) in row[i2..].iter_mut().zip(u) {
+                        *a -= d;
+                    }
+                });
+        }
+        i1 = i2;
+    }
+    let weight = Tensor::from_vec(w, (rows, cols), &Device::Cpu)?.to_device(w_dense.device())?;
+    let recon_error = relative_output_error(&w0, &weight, &xtx.to_device(&Device::Cpu)?)?;
+    Ok(Reconstructed {
+        weight,
+        mask: Mask { rows, cols, pruned },
+        recon_error,
+    })
+}
+
+/// ‖X W₀ᵀ − X Wᵀ‖² / ‖X W₀ᵀ‖² = tr(ΔW H ΔWᵀ) / tr(W₀ H W₀ᵀ), with H ∝ XᵀX.
+pub fn relative_output_error(w0: &Tensor, w: &Tensor, h: &Tensor) -> Result<f64> {
+    let w0 = w0.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let w = w.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let d = (&w0 - &w)?;
+    let num = d.matmul(h)?.mul(&d)?.sum_all()?.to_scalar::<f32>()? as f64;
+    let den = w0.matmul(h)?.mul(&w0)?.sum_all()?.to_scalar::<f32>()? as f64;
+    Ok(if den > 0.0 { num / den } else { 0.0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prune::noise::gaussian;
+    use crate::prune::sparsegpt::SparseGptPruner;
+    use crate::prune::LayerPruner;
+
+    fn correlated(t: usize, n: usize, seed: u64) -> Tensor {
+        let z = Tensor::from_vec(gaussian(seed, t * n), (t, n), &Device::Cpu).unwrap();
+        let a = Tensor::from_vec(gaussian(seed + 1, n * n), (n, n), &Device::Cpu).unwrap();
+        z.matmul(&a).unwrap()
+    }
+
+    #[test]
+    fn given_sparsegpts_own_mask_the_update_reproduces_its_weights() {
+        let (o, i, t) = (12, 48, 256);
+        let w = Tensor::from_vec(gaussian(7, o * i), (o, i), &Device::Cpu).unwrap();
+        let x = correlated(t, i, 3);
+        let cfg = ObsConfig {
+            percdamp: 0.01,
+            blocksize: 16,
+        };
+        for pattern in [
+            Pattern::Unstructured { percent: 50.0 },
+            Pattern::NM { n: 2, m: 4 },
+        ] {
+            let mut p = SparseGptPruner::new(&w, cfg).unwrap();
+            p.observe(&x, &x).unwrap();
+            let sgpt = Box::new(p).finish(&pattern, Group::Matrix).unwrap();
+            let mut gram = None;
+            add_gram(&mut gram, &x).unwrap();
+            let r = reconstruct(&w, &gram.unwrap(), cfg, MaskChoice::Given(&sgpt.mask)).unwrap();
+            assert_eq!(r.mask, sgpt.mask);
+            assert_eq!(
+                r.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                sgpt.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{pattern}: bit-identical weights"
+            );
+            assert_eq!(r.recon_error, sgpt.recon_error.unwrap());
+        }
+    }
+
+    #[test]
+    fn a_given_mask_is_kept_and_the_error_falls() {
+        let (o, i, t) = (8, 32, 200);
+        let w = Tensor::from_vec(gaussian(11, o * i), (o, i), &Device::Cpu).unwrap();
+        let x = correlated(t, i, 5);
+        // Any mask: here the smallest half of |W| per row.
+        let score = w
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let half = Pattern::Unstructured { percent: 50.0 };
+        let m = mask::select(&score, o, i, &half, Group::Row).unwrap();
+        let mut gram = None;
+        add_gram(&mut gram, &x).unwrap();
+        let gram = gram.unwrap();
+        let r = reconstruct(&w, &gram, ObsConfig::default(), MaskChoice::Given(&m)).unwrap();
+        assert_eq!(r.mask, m);
+        let v = r.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (k, &pruned) in m.pruned.iter().enumerate() {
+            assert_eq!(
+                pruned,
+                v[k] == 0.0,
+                "weight {k}: zero exactly where the mask prunes"
+            );
+        }
+        let keep = Tensor::from_vec(m.keep_f32(), (o, i), &Device::Cpu).unwrap();
+        let masked = (&w * keep).unwrap();
+        let e_mask = relative_output_error(&w, &masked, &gram).unwrap();
+        assert!(
+            r.recon_error < 0.8 * e_mask,
+            "reconstructed {} vs masked {e_mask}",
+            r.recon_error
+        );
+    }
+}
