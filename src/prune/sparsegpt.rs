@@ -84,7 +84,6 @@ mod tests {
     use super::*;
     use crate::model::block::max_abs;
     use crate::prune::noise::gaussian;
-    use crate::prune::obs::relative_output_error;
     use candle_core::Device;
 
     /// Inputs with strongly correlated columns: x = z A with A random mixing.
