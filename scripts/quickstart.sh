@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a continually pruned model: builds copal, fetches the
-# test model (SmolLM2-135M-Instruct), and prunes it with copal's default (SparseGPT statistics
-# accumulated over the datasets) over wikitext2 → ptb → c4 at 50% unstructured sparsity,
-# evaluating perplexity after every step. Extra arguments go to `copal prune`
-# (e.g. `--method copal` for COPAL).
+# test model (SmolLM2-135M-Instruct), and prunes it with copal's default (COPAL: its
+# sensitivity accumulated over the datasets, the dense weights masked) over wikitext2 → ptb →
+# c4 at 50% unstructured sparsity, evaluating perplexity after every step. Extra arguments go
+# to `copal prune` (e.g. `--method sparsegpt` for SparseGPT-accumulate, `--update obs` for
+# COPAL's mask with SparseGPT's weight reconstruction).
 #
 #   COPAL_DATA_DIR  the datasets (default: ../shared/data beside the repository, else ./data)
 #   OUT             output directory (default: out/smollm2-135m-50)

@@ -15,16 +15,19 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 
-/// Prune a model over a sequence of datasets (SparseGPT-accumulate by default).
+/// Prune a model over a sequence of datasets with COPAL (continual pruning).
 ///
 /// Datasets are taken in the given order. For each, calibration windows are drawn (nsamples
 /// × seqlen tokens, seeded by --seed and the dataset name), decoder layers are processed one
-/// at a time, and the model is pruned. In accumulate mode (the default for every method that
-/// reads data) a method's statistics are summed over every dataset so far and the dense
-/// weights are pruned from them: SparseGPT's XᵀX (the default: lowest average perplexity on
-/// the test model's grid), Wanda's Σx², or COPAL's importance Σ|W ⊙ ∇W ‖dy‖²| (--method
-/// copal; add --group matrix for the paper's per-matrix threshold). --state carries the
-/// statistics to a later run, so a new domain can be added without the old data.
+/// at a time, and the model is pruned. By default COPAL's sensitivity Σ|W ⊙ ∇W ‖dy‖²| is
+/// accumulated over every dataset so far, thresholded per row at the sparsity (--group matrix:
+/// the paper's per-matrix threshold), and the dense weights are masked. --state carries the
+/// accumulated statistics to a later run, so a new domain can be added without the old data.
+///
+/// The baselines are a flag away: --method wanda, sparsegpt, magnitude, ria, each in
+/// accumulate (its own statistic summed over the datasets), global or sequential mode.
+/// --update obs reconstructs the kept weights of a mask-only method (SparseGPT's OBS update
+/// with the method's mask); --allocate owl spreads the sparsity over the layers (OWL).
 ///
 /// Sparsity patterns: `unstructured` prunes --sparsity percent of each comparison group
 /// (--group); `N:M` zeroes N of every M consecutive weights along the input dimension of each

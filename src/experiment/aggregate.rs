@@ -162,10 +162,15 @@ pub fn paired(
     out
 }
 
+/// Whether a run is `method` in `mode` with nothing else set (its setting id is METHOD-MODE).
+pub fn is_plain(s: &RunSpec, method: Method, mode: Mode) -> bool {
+    s.method == method && s.mode == mode && s.setting == format!("{method}-{mode}")
+}
+
 /// Whether a run is what `copal prune` does without --method, --mode, --group or variants.
 pub fn is_prune_default(s: &RunSpec) -> bool {
     let m = crate::prune::DEFAULT_METHOD;
-    s.method == m && s.mode == m.default_mode() && s.setting == format!("{m}-{}", s.mode)
+    is_plain(s, m, m.default_mode())
 }
 
 #[cfg(test)]
@@ -228,16 +233,20 @@ mod tests {
     #[test]
     fn the_prune_default_is_recognised_among_the_settings() {
         let o = &["a", "b"][..];
-        let mut plain = result("sparsegpt-accumulate", Method::SparseGpt, o, 1.0, 0.0);
+        let mut plain = result("copal-accumulate", Method::Copal, o, 1.0, 0.0);
         plain.spec.mode = Mode::Accumulate;
         assert!(is_prune_default(&plain.spec));
         let mut row = plain.clone();
-        row.spec.setting = "sparsegpt-accumulate-row".into();
+        row.spec.setting = "copal-accumulate-matrix".into();
+        let mut obs = plain.clone();
+        obs.spec.setting = "copal-accumulate-obs".into();
         let mut global = plain.clone();
         global.spec.mode = Mode::Global;
-        global.spec.setting = "sparsegpt-global".into();
-        let copal = result("copal-accumulate", Method::Copal, o, 1.0, 0.0);
-        for other in [row, global, copal] {
+        global.spec.setting = "copal-global".into();
+        let mut sgpt = result("sparsegpt-accumulate", Method::SparseGpt, o, 1.0, 0.0);
+        sgpt.spec.mode = Mode::Accumulate;
+        assert!(is_plain(&sgpt.spec, Method::SparseGpt, Mode::Accumulate));
+        for other in [row, obs, global, sgpt] {
             assert!(!is_prune_default(&other.spec), "{}", other.spec.setting);
         }
     }

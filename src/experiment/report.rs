@@ -1,12 +1,12 @@
 //! Writes the report of the finished runs: table.md, runs.csv, runs.json and SVG plots.
 
-use super::aggregate::{aggregate, is_prune_default, paired, Row};
+use super::aggregate::{aggregate, is_plain, is_prune_default, paired, Row};
 use super::config::ExperimentConfig;
 use super::grid::{orders, pattern_tag, RunSpec};
 use super::render::{cost_table, csv, markdown, paired_markdown};
 use super::run::{finished, RunResult};
 use crate::plot;
-use crate::prune::{Method, Pattern};
+use crate::prune::{Method, Mode, Pattern};
 use anyhow::Result;
 use std::path::Path;
 
@@ -34,12 +34,17 @@ pub fn report(cfg: &ExperimentConfig, runs: &[RunSpec]) -> Result<(Vec<Row>, usi
         .and_then(|d| crate::checkpoint::Checkpoint::open(&d))
         .map(|c| c.config)
         .ok();
-    // Paired with COPAL (the paper's method) and with `copal prune`'s default.
-    let copal = |s: &RunSpec| s.method == Method::Copal;
+    // Paired with `copal prune`'s default (COPAL, accumulating) and with the best baseline
+    // of the first grids, SparseGPT-accumulate.
+    let d = crate::prune::DEFAULT_METHOD;
+    let sgpt = |s: &RunSpec| is_plain(s, Method::SparseGpt, Mode::Accumulate);
     let mut md = md;
     for (title, is_ref) in [
-        ("COPAL", &copal as &dyn Fn(&RunSpec) -> bool),
-        ("copal prune's default", &is_prune_default),
+        (
+            format!("copal prune's default ({d} {})", d.default_mode()),
+            &is_prune_default as &dyn Fn(&RunSpec) -> bool,
+        ),
+        ("SparseGPT-accumulate".to_string(), &sgpt),
     ] {
         let pairs = paired(&rows, &results, is_ref);
         if !pairs.is_empty() {

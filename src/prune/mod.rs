@@ -26,9 +26,11 @@ use serde_json::{Map, Value};
 pub use mask::{Group, Mask, Pattern};
 pub use pruner::{LayerPruner, Pruned};
 
-/// What `copal prune` runs without --method: the best continual setting of the test model's
-/// grid (README, "Choosing the default"), in accumulate mode.
-pub const DEFAULT_METHOD: Method = Method::SparseGpt;
+/// What `copal prune` runs without --method, in accumulate mode: COPAL, the method this tool
+/// is named after (its masks from the accumulated importance, the dense weights masked).
+/// Other methods, `--update obs` and the one-shot modes are options beside it, measured
+/// against it (docs/results.md).
+pub const DEFAULT_METHOD: Method = Method::Copal;
 
 /// The pruning method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]

@@ -373,10 +373,12 @@ fn accumulate_modes_continue_bit_identically_through_the_state() {
     assert_user_error(&r, "--method sparsegpt (state: wanda)");
 }
 
-/// The default of `copal prune` is the best continual setting of the test model's grid
-/// (README, "Choosing the default"); COPAL, and the paper's per-matrix COPAL, stay a flag away.
+/// `copal prune` without --method runs COPAL in accumulate mode (its sensitivity summed over
+/// the datasets, per-row threshold, `scaled` perturbation, the dense weights masked): the
+/// same model as `--method copal`. The baselines and the paper's per-matrix COPAL stay a flag
+/// away.
 #[test]
-fn default_plan_is_sparsegpt_accumulate_and_copal_is_a_flag_away() {
+fn default_plan_is_copal_accumulate_and_sparsegpt_is_a_flag_away() {
     let plan = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec![
             "prune",
@@ -396,19 +398,72 @@ fn default_plan_is_sparsegpt_accumulate_and_copal_is_a_flag_away() {
     let d = plan(&[]);
     assert_eq!(
         (&d["method"], &d["mode"], &d["group"]),
-        (&"sparsegpt".into(), &"accumulate".into(), &"matrix".into())
+        (&"copal".into(), &"accumulate".into(), &"row".into())
     );
-    let c = plan(&["--method", "copal"]);
     assert_eq!(
-        (&c["mode"], &c["group"]),
-        (&"accumulate".into(), &"row".into())
+        (&d["copal"]["perturbation"], &d["copal"]["update"]),
+        (&"scaled".into(), &"none".into())
     );
-    let p = plan(&["--method", "copal", "--group", "matrix"]);
-    assert_eq!(p["group"], "matrix");
+    let s = plan(&["--method", "sparsegpt"]);
+    assert_eq!(
+        (&s["mode"], &s["group"]),
+        (&"accumulate".into(), &"matrix".into())
+    );
+    assert_eq!(plan(&["--group", "matrix"])["group"], "matrix");
     assert_eq!(plan(&["--method", "wanda"])["mode"], "accumulate");
     assert_eq!(plan(&["--method", "magnitude"])["mode"], "global");
     // The one-shot modes of the paper's baselines stay available.
     assert_eq!(plan(&["--mode", "global"])["mode"], "global");
+
+    // The default run writes what --method copal writes, and says so.
+    let t = tiny_model(false, 1);
+    let tmp = t.tmp.path();
+    let a = format!("text:{}", small_text(tmp, "a.txt", 0, 150).display());
+    let b = format!("text:{}", small_text(tmp, "b.txt", 9000, 150).display());
+    let ds = format!("{a},{b}");
+    let run = |out: &str, extra: &[&str]| {
+        let out = tmp.join(out);
+        let mut args = vec![
+            "prune",
+            "--model",
+            t.dir.to_str().unwrap(),
+            "--datasets",
+            &ds,
+            "--sparsity",
+            "50",
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--save-masks",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let r = run_cli(&args, &[]);
+        assert_eq!(r.0, 0, "{}", r.2);
+        out
+    };
+    let default = run("default", &[]);
+    let copal = run("copal", &["--method", "copal"]);
+    for f in ["masks.safetensors", "model.safetensors"] {
+        assert!(
+            std::fs::read(default.join(f)).unwrap() == std::fs::read(copal.join(f)).unwrap(),
+            "{f} differs from --method copal's"
+        );
+    }
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(default.join("copal.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (&rec["plan"]["method"], &rec["plan"]["mode"]),
+        (&"copal".into(), &"accumulate".into())
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(default.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["sparsity_config"]["copal"]["method"], "copal");
 }
 
 /// A method's flags belong to it: given with another method they are a usage error that names

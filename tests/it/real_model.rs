@@ -234,6 +234,13 @@ fn prune_end_to_end_at_half_sparsity() {
     }
     assert!(v["bwt"].as_f64().unwrap().is_finite());
     assert!(v["avg_ppl"].as_f64().unwrap() > 0.0);
+    // The default is COPAL, accumulating over the datasets.
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("copal.json")).unwrap()).unwrap();
+    assert_eq!(
+        (&rec["plan"]["method"], &rec["plan"]["mode"]),
+        (&"copal".into(), &"accumulate".into())
+    );
     // The output loads as a model and its measured zeros agree.
     let ck = Checkpoint::open(&out).unwrap();
     let rows = copal_inspect(&ck);
