@@ -426,3 +426,73 @@ fn fuzz_regressions_fail_cleanly() {
     }
     assert!(n > 0, "no regression inputs found");
 }
+
+/// scripts/permutations.sh (one `copal prune --json` per order, one CSV) gives the same
+/// average perplexities and BWT as `copal experiment` for the same settings and orders.
+#[test]
+fn permutations_script_equals_the_experiment() {
+    let t = tiny_model(true, 1);
+    let tmp = t.tmp.path();
+    let a = format!("text:{}", small_text(tmp, "a.txt", 0, 150).display());
+    let b = format!("text:{}", small_text(tmp, "b.txt", 9000, 150).display());
+    let results = tmp.join("results");
+    let cfg = serde_json::json!({
+        "name": "perm", "model": t.dir, "datasets": [a, b],
+        "methods": [{"method": "copal"}],
+        "nsamples": 4, "seqlen": 32, "max_windows": 2, "eval_seen_only": true,
+        "results": results,
+    });
+    let cfg_path = tmp.join("perm.json");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let r = run_cli(
+        &[
+            "experiment",
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "--quiet",
+        ],
+        &[],
+    );
+    assert_eq!(r.0, 0, "{}", r.2);
+    let runs: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(results.join("runs.json")).unwrap()).unwrap();
+    let (csv, _) = run_script(
+        "permutations.sh",
+        &[
+            t.dir.to_str().unwrap(),
+            &format!("{a},{b}"),
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--max-windows",
+            "2",
+            "--eval-seen-only",
+        ],
+        &[],
+    );
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    for row in rows {
+        let order: Vec<&str> = row[0].split('>').collect();
+        let run = runs
+            .iter()
+            .find(|r| {
+                r["order"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_str().unwrap())
+                    .eq(order.iter().copied())
+            })
+            .unwrap_or_else(|| panic!("no experiment run for {order:?}"));
+        let avg: f64 = row[1].parse().unwrap();
+        let bwt: f64 = row[2].parse().unwrap();
+        assert_eq!(avg, run["avg_ppl"].as_f64().unwrap(), "{order:?}");
+        assert_eq!(bwt, run["bwt"].as_f64().unwrap(), "{order:?}");
+    }
+}
