@@ -77,6 +77,14 @@ prune --model other --out s2 --state other.state > /dev/null
 prune --model good --method wanda --mode accumulate --out s3 --state wanda.state > /dev/null
 head -c $(( $(stat -c %s good.state) - 100 )) good.state > cut.state
 
+mkdir -p precious holder && echo "my thesis" > precious/thesis.txt
+cp -r good holder/model
+mkdir -p w2 cwd
+printf '{"body": "a document"}\n' > fields.jsonl
+grid() { printf '%s' "$1" > grid.json; "$copal" experiment --config grid.json --list; }
+gridbase='"name": "g", "model": "good", "datasets": ["text:'"$PWD"'/data.txt"], "nsamples": 2, "seqlen": 64, "allow_calib_on_eval": true'
+
+# expected exit | case | command (exit 2: a usage error, 1: a valid plan that fails on its inputs)
 cases=(
   "1|truncated safetensors|prune --model truncated --out o"
   "1|header offsets past the end|prune --model offsets --out o"
@@ -87,37 +95,71 @@ cases=(
   "1|index naming a missing shard|prune --model shards --out o"
   "1|empty dataset file|$copal prune --model good --datasets text:$PWD/empty.txt ${base[*]} --out o"
   "1|dataset shorter than seqlen|$copal prune --model good --datasets text:$PWD/short.txt ${base[*]} --out o"
+  "1|second dataset shorter than seqlen (found before step 1)|$copal prune --model good --datasets text:$PWD/data.txt,text:$PWD/short.txt ${base[*]} --out o"
+  "1|second dataset: jsonl without the field (found before step 1)|$copal prune --model good --datasets text:$PWD/data.txt,jsonl:$PWD/fields.jsonl ${base[*]} --out o"
   "1|C4 train file with no document longer than seqlen|$copal prune --model good --datasets c4 --data-dir $PWD/cdata ${base[*]} --out o"
   "1|no jsonl document longer than seqlen|$copal prune --model good --datasets jsonl:$PWD/docs.jsonl ${base[*]} --out o"
+  "2|unknown dataset|$copal prune --model good --datasets wikitext3 ${base[*]} --out o"
   "2|sparsity 0|prune --model good --out o --sparsity 0"
   "2|sparsity 100|prune --model good --out o --sparsity 100"
   "2|sparsity -5|prune --model good --out o --sparsity=-5"
   "2|sparsity NaN|prune --model good --out o --sparsity NaN"
+  "2|sparsity 0.5 (a fraction, not a percentage)|prune --model good --out o --sparsity 0.5"
+  "2|pattern 4:2|prune --model good --out o --pattern 4:2"
   "2|N:M with M not dividing the width (3:7)|prune --model good --out o --pattern 3:7"
+  "2|nsamples 0|$copal prune --model good --datasets text:$PWD/data.txt --nsamples 0 --seqlen 64 --quiet --out o"
+  "2|device gpu|prune --model good --out o --device gpu"
+  "2|a COPAL flag with another method|prune --model good --out o --method sparsegpt --perturbation gaussian"
+  "2|seqlen beyond max_position_embeddings|$copal prune --model good --datasets text:$PWD/data.txt --nsamples 2 --seqlen 100000 --quiet --out o"
   "1|state from another model|prune --model good --out o --state other.state"
   "1|state from another method (wanda)|prune --model good --out o --state wanda.state"
   "1|corrupted (truncated) state|prune --model good --out o --state cut.state"
-  "1|output directory not creatable|prune --model good --out a-file/out"
+  "2|state in a directory that does not exist|prune --model good --out o --state $PWD/no/such/dir/x.state"
+  "2|state is a directory|prune --model good --out o --state $PWD/precious"
+  "2|out: the folder holding the input model, with --force|prune --model holder/model --out holder --force"
+  "2|out: a folder of the user's files, with --force|prune --model good --out precious --force"
+  "2|out holds the state (relative state, absolute out)|prune --model good --out $PWD/w2 --force --state w2/s.state"
+  "2|out: the current directory, with --force|(cd cwd && $copal prune --model ../good --datasets text:$PWD/data.txt ${base[*]} --out . --force)"
+  "2|output directory not creatable|prune --model good --out a-file/out"
+  "2|eval on the text it calibrates on|prune --model good --out o --eval"
+  "2|eval --max-windows 0|$copal eval --model good --datasets text:$PWD/data.txt --max-windows 0"
+  "2|experiment: unknown key|grid '{$gridbase, \"nsamples_typo\": 16, \"methods\": [{\"method\": \"wanda\"}]}'"
+  "2|experiment: a setting of another method|grid '{$gridbase, \"methods\": [{\"method\": \"wanda\", \"perturbation\": \"gaussian\"}]}'"
+  "2|experiment: a name with a path|grid '{\"name\": \"../../x\", \"model\": \"good\", \"datasets\": [\"ptb\"], \"methods\": [{\"method\": \"wanda\"}]}'"
+  "2|experiment: a value prune refuses (decay 5)|grid '{$gridbase, \"methods\": [{\"method\": \"copal\", \"decay\": 5}]}'"
   "1|full disk (ulimit -f 1024, EFBIG)|ulimit -f 1024; trap '' XFSZ; prune --model good --out o"
 )
-echo "| bad input | exit | message |"
-echo "|---|---|---|"
+# The files the work directory holds (names, sizes, modification times), to show a failed run
+# touched nothing but its own output (grid.json is each experiment case's own input).
+snapshot() {
+  find . -path ./o -prune -o -path ./.o.copal-partial -prune -o -type f ! -name grid.json \
+    -printf '%p %s %T@\n' | sort
+}
+echo "| bad input | exit | seconds | nothing else touched | message |"
+echo "|---|---|---|---|---|"
 fail=0
 for c in "${cases[@]}"; do
   want=${c%%|*}; c=${c#*|}
   name=${c%%|*}; cmd=${c#*|}
+  before=$(snapshot)
+  start=$(date +%s.%N)
   set +e
   err=$( (eval "$cmd") 2>&1 >/dev/null)
   code=$?
   set -e
+  secs=$(python3 -c "print(f'{$(date +%s.%N) - $start:.2f}')")
+  untouched=yes
+  [ "$(snapshot)" == "$before" ] || untouched=NO
   line=$(printf '%s\n' "$err" | grep -m1 '^error:' || true)
   # The error and its causes, as printed one per line, joined.
   msg=$(printf '%s\n' "$err" | grep -E '^(error|  caused by):' | sed -E 's/^(error|  caused by): //' \
     | paste -sd'\t' | sed 's/\t/ — /g')
   msg=${msg//$PWD\//}
-  echo "| $name | $code | ${msg//|/\\|} |"
-  if [ "$code" != "$want" ] || [ -z "$line" ] || printf '%s' "$err" | grep -q panicked; then
-    echo "FAIL: $name (exit $code): $err" >&2; fail=1
+  msg=${msg//$PWD/.}
+  echo "| $name | $code | $secs | $untouched | ${msg//|/\\|} |"
+  if [ "$code" != "$want" ] || [ -z "$line" ] || [ "$untouched" != yes ] \
+    || printf '%s' "$err" | grep -q panicked; then
+    echo "FAIL: $name (exit $code, want $want, untouched $untouched): $err" >&2; fail=1
   fi
   rm -rf o .o.copal-partial
 done

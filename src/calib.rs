@@ -174,6 +174,7 @@ fn owl_ratios(
     pb.set_message("OWL layer sparsities");
     let mut ratios = Vec::with_capacity(layers);
     for l in 0..layers {
+        crate::ui::check_interrupt()?;
         let layer = model.layer(base, l)?;
         let mut stats = Linear::ALL
             .iter()
@@ -272,6 +273,7 @@ pub fn run_step(
     let mut layer_sparsity = Vec::with_capacity(layers);
     let mut costs = Vec::with_capacity(layers);
     for l in 0..layers {
+        crate::ui::check_interrupt()?;
         let layer_started = Instant::now();
         let mut layer = model.layer(base, l)?;
         // A linear whose statistic only depends on its input (SparseGPT's Σ x xᵀ) and that

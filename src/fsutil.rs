@@ -1,12 +1,197 @@
 //! Files that appear whole or not at all: write under a temporary name beside the target,
-//! flush, then rename into place.
+//! flush, then rename into place. And the rule for replacing an output: copal replaces only
+//! what it wrote ([`check_replace`]).
 
 use anyhow::{Context as _, Result};
 use std::path::{Path, PathBuf};
 
+/// The name of the marker file copal writes into every directory it makes.
+pub const MARKER: &str = "copal.json";
+
+/// Whether `dir` is a directory an earlier copal run wrote: its `copal.json` names a copal
+/// version.
+pub fn is_copal_output(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(MARKER))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v.get("copal_version").is_some_and(|v| v.is_string()))
+}
+
+/// Writes the marker (`copal.json`) into a directory copal made: the version, the command
+/// line and what made it, plus `extra` fields; it is what lets `--force` replace the
+/// directory later.
+pub fn write_marker(dir: &Path, made_by: &str, extra: serde_json::Value) -> Result<()> {
+    let mut v = serde_json::json!({
+        "copal_version": env!("CARGO_PKG_VERSION"),
+        "made_by": made_by,
+        "command": std::env::args().collect::<Vec<_>>(),
+    });
+    if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    write_atomic(&dir.join(MARKER), &serde_json::to_vec_pretty(&v)?)
+}
+
+/// A path made absolute and free of `.`/`..`/symlinks as far as it exists (the rest appended).
+pub fn canonical(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    match (p.parent(), p.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
+            canonical(parent).join(name)
+        }
+        (_, Some(name)) => std::env::current_dir().unwrap_or_default().join(name),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Checks that an output directory may be written: absent, or (with `force`) empty or made
+/// by copal, and never a directory that holds one of `protected` (what: path, such as the
+/// input model, the state file, the data directory, the current directory). Compares
+/// canonical paths. Errors are usage errors about `setting` (`out`).
+pub fn check_replace(
+    out: &Path,
+    force: bool,
+    setting: &str,
+    protected: &[(&str, &Path)],
+) -> Result<()> {
+    let c = canonical(out);
+    for (what, p) in protected {
+        let pc = canonical(p);
+        crate::usage_ensure!(
+            !pc.starts_with(&c),
+            setting,
+            "{} {} {what} ({}); choose another directory",
+            out.display(),
+            if pc == c { "is" } else { "contains" },
+            p.display()
+        );
+    }
+    if !out.exists() {
+        return Ok(());
+    }
+    crate::usage_ensure!(
+        out.is_dir(),
+        setting,
+        "{} is a file; copal writes a directory there: choose another path",
+        out.display()
+    );
+    crate::usage_ensure!(
+        force,
+        setting,
+        "{} already exists; pass --force to replace it (copal replaces only a directory it \
+         wrote, or an empty one)",
+        out.display()
+    );
+    let entries: Vec<String> = std::fs::read_dir(out)
+        .with_context(|| format!("reading {}", out.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if entries.is_empty() || is_copal_output(out) {
+        return Ok(());
+    }
+    let mut shown: Vec<String> = entries.into_iter().take(4).collect();
+    shown.sort();
+    crate::usage_bail!(
+        setting,
+        "{} holds files copal did not write ({}…): --force replaces only copal's own \
+         outputs; choose another directory, or move those files away",
+        out.display(),
+        shown.join(", ")
+    );
+}
+
+/// Checks that `path` can be created: its parent (with `create_parents`, its nearest existing
+/// ancestor) is a writable directory (a usage error about `setting` otherwise).
+pub fn check_writable_parent(path: &Path, setting: &str, create_parents: bool) -> Result<()> {
+    let c = canonical(path);
+    let mut dir = c.parent().map(Path::to_path_buf).unwrap_or_default();
+    crate::usage_ensure!(
+        create_parents || dir.exists(),
+        setting,
+        "{}: the directory {} does not exist",
+        path.display(),
+        dir.display()
+    );
+    while !dir.exists() {
+        match dir.parent() {
+            Some(p) => dir = p.to_path_buf(),
+            None => break,
+        }
+    }
+    crate::usage_ensure!(
+        dir.is_dir(),
+        setting,
+        "{}: {} is not a directory",
+        path.display(),
+        dir.display()
+    );
+    // Creating and removing a file is the only sure test (permissions, read-only mounts).
+    let probe = dir.join(format!(".copal-probe-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => crate::usage_bail!(
+            setting,
+            "{}: cannot write in {} ({e})",
+            path.display(),
+            dir.display()
+        ),
+    }
+}
+
+/// Whether a process is running (a zombie, killed but not yet reaped, is not).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name: "pid (comm) S …".
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Removes `.NAME.copal-partial-PID` staging directories beside `target` left by processes
+/// that are no longer running (a killed import or synth); says which it removed.
+pub fn remove_stale_staging(target: &Path) {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let prefix = format!(".{name}.copal-partial-");
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let f = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = f.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !pid_alive(pid) {
+            let p = parent.join(&f);
+            if std::fs::remove_dir_all(&p).is_ok() {
+                crate::ui::info(format!(
+                    "removed {} (left by an interrupted run, process {pid})",
+                    p.display()
+                ));
+            }
+        }
+    }
+}
+
 /// A fresh, empty staging directory beside `target` (same file system, so the final rename
 /// is atomic). Leftovers of a killed run under the same name are removed first.
 pub fn staging_dir(target: &Path) -> Result<PathBuf> {
+    remove_stale_staging(target);
     let staging = sibling(target, &format!("copal-partial-{}", std::process::id()));
     if staging.exists() {
         std::fs::remove_dir_all(&staging)

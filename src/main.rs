@@ -27,8 +27,33 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// Ctrl-C (and SIGTERM) asks the run to stop at the next layer, so it can say where its
+/// finished steps are kept; a second Ctrl-C exits at once.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn catch_interrupts() {
+    extern "C" fn on_signal(_: libc::c_int) {
+        if copal::ui::interrupt() {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(130) };
+        }
+        let msg = b"\ninterrupted: stopping at the next safe point (Ctrl-C again to exit now)\n";
+        // SAFETY: write(2) is async-signal-safe; the buffer outlives the call.
+        unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+    }
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: installs a handler that only touches an atomic and async-signal-safe calls.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn catch_interrupts() {}
+
 fn main() -> ExitCode {
     tune_allocator();
+    catch_interrupts();
     let matches = cli::Cli::command().get_matches();
     let parsed = match cli::Cli::from_arg_matches(&matches) {
         Ok(c) => c,

@@ -75,6 +75,8 @@ pub struct Request {
     pub max_windows: Option<usize>,
     pub eval_seen_only: bool,
     pub eval_cache: Option<PathBuf>,
+    /// Evaluate on the text a dataset calibrated on (refused otherwise).
+    pub allow_calib_on_eval: bool,
     pub device: Option<String>,
     pub dtype: Option<ComputeDtype>,
 }
@@ -94,8 +96,10 @@ pub struct PrunePlan {
     pub data_dir: PathBuf,
     pub nsamples: usize,
     /// Calibration windows per layer forward (set by [`PrunePlan::with_model`] if not given).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub calib_batch: Option<usize>,
     /// Tokens per window (set by [`PrunePlan::with_model`] if not given).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub seqlen: Option<usize>,
     pub seed: u64,
     #[serde(flatten)]
@@ -105,20 +109,27 @@ pub struct PrunePlan {
     pub group: Group,
     pub propagate: Propagate,
     pub allocate: Allocation,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<PathBuf>,
     pub out: PathBuf,
     pub force: bool,
     pub save_steps: bool,
     pub save_masks: bool,
     pub eval: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_windows: Option<usize>,
     /// Evaluate after step k only the datasets seen so far (the lower triangle of R, which
     /// is all that average PPL and BWT need).
     pub eval_seen_only: bool,
     /// Reuse perplexities of identical models (experiments).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_cache: Option<PathBuf>,
+    /// The user allowed evaluating on a calibration text (those evaluations are marked).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_calib_on_eval: bool,
     pub device: String,
     /// Compute dtype (set by [`PrunePlan::with_model`] if not given).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dtype: Option<ComputeDtype>,
 }
 
@@ -202,6 +213,21 @@ impl PrunePlan {
         if let Some(s) = r.seqlen {
             crate::usage_ensure!(s >= 2, "seqlen", "must be at least 2, got {s}");
         }
+        let overlap: Vec<String> = datasets_calibrating_on_eval(&r);
+        crate::usage_ensure!(
+            overlap.is_empty() || r.allow_calib_on_eval,
+            "eval",
+            "would measure perplexity on the text {} calibrates on ({}); calibrate on another \
+             split (--calib-split), evaluate without --eval, or pass --allow-calib-on-eval \
+             (allow_calib_on_eval in an experiment file) to do it knowingly (the results are \
+             then marked)",
+            if overlap.len() == 1 {
+                "that dataset"
+            } else {
+                "those datasets"
+            },
+            overlap.join(", ")
+        );
         let device = r.device.unwrap_or_else(|| DEFAULT_DEVICE.to_string());
         crate::device::check(&device)?;
         Ok(Self {
@@ -227,6 +253,7 @@ impl PrunePlan {
             max_windows: r.max_windows,
             eval_seen_only: r.eval_seen_only,
             eval_cache: r.eval_cache,
+            allow_calib_on_eval: r.allow_calib_on_eval,
             device,
             dtype: r.dtype,
         })
@@ -263,10 +290,46 @@ impl PrunePlan {
         self.seqlen.unwrap_or(DEFAULT_SEQLEN)
     }
 
+    /// Whether `dataset` calibrates on the text it is evaluated on.
+    pub fn calibrates_on_eval(&self, dataset: &str) -> bool {
+        self.datasets
+            .iter()
+            .any(|c| c.dataset.name() == dataset && overlaps(&c.dataset, c.split))
+    }
+
     /// The datasets, in order.
     pub fn dataset_list(&self) -> Vec<Dataset> {
         self.datasets.iter().map(|c| c.dataset.clone()).collect()
     }
+}
+
+/// Whether calibrating `d` on `split` uses its evaluation text: a built-in dataset's evaluation
+/// split, or a `text:`/`jsonl:` file (one file serves both).
+fn overlaps(d: &Dataset, split: Split) -> bool {
+    match d {
+        Dataset::Text(_) | Dataset::Jsonl { .. } => true,
+        _ => split == d.default_eval_split(),
+    }
+}
+
+/// The datasets of a request with --eval that would be evaluated on their calibration text.
+fn datasets_calibrating_on_eval(r: &Request) -> Vec<String> {
+    if !r.eval {
+        return Vec::new();
+    }
+    r.datasets
+        .iter()
+        .filter(|d| {
+            let split = r
+                .calib_split
+                .iter()
+                .find(|(o, _)| o == *d)
+                .map(|(_, s)| *s)
+                .unwrap_or_else(|| d.default_calib_split());
+            overlaps(d, split)
+        })
+        .map(|d| d.name())
+        .collect()
 }
 
 /// The window length: the one asked for (checked against the model), else 2048 capped by it.

@@ -31,6 +31,19 @@ pub struct Bar {
 /// method, first at the top): long method names stay readable, and so do close values next
 /// to an outlier.
 pub fn bars(path: &Path, title: &str, xlabel: &str, bars: &[Bar]) -> Result<()> {
+    atomically(path, |path| draw_bars(path, title, xlabel, bars))
+}
+
+/// Draws into a temporary sibling of `path`, then renames it into place: a report never
+/// holds half a plot.
+fn atomically(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = crate::fsutil::sibling(path, &format!("copal-partial-{}.svg", std::process::id()));
+    draw(&tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn draw_bars(path: &Path, title: &str, xlabel: &str, bars: &[Bar]) -> Result<()> {
     let n = bars.len();
     let h = (110 + 34 * n) as u32;
     let root = SVGBackend::new(path, (900, h.max(240))).into_drawing_area();
@@ -114,6 +127,18 @@ pub struct Panel {
 
 /// Small multiples of line charts sharing a log-scale y axis (perplexity over steps).
 pub fn line_panels(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    panels: &[Panel],
+) -> Result<()> {
+    atomically(path, |path| {
+        draw_panels(path, title, xlabel, ylabel, panels)
+    })
+}
+
+fn draw_panels(
     path: &Path,
     title: &str,
     xlabel: &str,

@@ -63,3 +63,36 @@ pub fn out(line: impl AsRef<str>) -> std::io::Result<()> {
     o.write_all(line.as_ref().as_bytes())?;
     o.write_all(b"\n")
 }
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Records a request to stop (Ctrl-C); returns whether one was already recorded. Only an
+/// atomic store: safe to call from a signal handler.
+pub fn interrupt() -> bool {
+    INTERRUPTED.swap(true, Ordering::SeqCst)
+}
+
+/// Whether Ctrl-C was pressed.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// The error a run stops with after Ctrl-C (the binary exits 130, as shells expect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted (Ctrl-C)")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Stops long work at a safe point (between layers, windows, tensors) once Ctrl-C was pressed.
+pub fn check_interrupt() -> anyhow::Result<()> {
+    if interrupted() {
+        return Err(Interrupted.into());
+    }
+    Ok(())
+}

@@ -244,6 +244,7 @@ pub fn import(path: &Path, out: &Path, dtype: DType) -> Result<Imported> {
         }
         params += w.elem_count();
         writer.write_bytes(h, &tensor_bytes(&w, st_dtype)?)?;
+        crate::ui::check_interrupt()?;
     }
     writer.finish()?;
 

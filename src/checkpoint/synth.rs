@@ -141,6 +141,7 @@ pub fn write(config: &serde_json::Value, out: &Path, dtype: DType, seed: u64) ->
         w.write_bytes(name, &tensor_bytes(&t, st)?)?;
         params += n;
         pb.inc(1);
+        crate::ui::check_interrupt()?;
     }
     pb.finish_and_clear();
     w.finish()?;

@@ -56,12 +56,37 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
     copal::ui::set_quiet(a.output.quiet);
     let cfg = ExperimentConfig::load(&a.config)?;
     let runs = experiment::expand(&cfg)?;
-    let data_dir = data::data_dir(a.data_dir.clone().or(cfg.data_dir.clone()));
+    let data_dir = data::data_dir(a.data_dir.clone().or(cfg.data_dir()));
     let results = cfg.results_dir();
     if a.list {
-        for r in &runs {
-            if !a.pending || !experiment::run_path(&results, &r.id).exists() {
-                copal::ui::out(&r.id)?;
+        let listed: Vec<(&str, bool)> = runs
+            .iter()
+            .map(|r| {
+                (
+                    r.id.as_str(),
+                    experiment::run_path(&results, &r.id).exists(),
+                )
+            })
+            .filter(|(_, done)| !a.pending || !done)
+            .collect();
+        if a.output.json {
+            copal::ui::out(serde_json::to_string_pretty(&serde_json::json!({
+                "results": results,
+                "runs": listed
+                    .iter()
+                    .map(|(id, done)| serde_json::json!({"id": id, "finished": done}))
+                    .collect::<Vec<_>>(),
+            }))?)?;
+        } else {
+            // The ids alone on stdout (for parallel); where they are stored on stderr.
+            copal::ui::info(format!(
+                "{} of {} runs; results in {}",
+                listed.len(),
+                runs.len(),
+                results.display()
+            ));
+            for (id, _) in listed {
+                copal::ui::out(id)?;
             }
         }
         return Ok(());

@@ -41,18 +41,26 @@ pub fn run(a: ImportArgs) -> Result<()> {
         "{} does not exist or is not a file",
         a.file.display()
     );
-    if a.out.exists() {
-        ensure!(
-            a.force,
-            "{} already exists; pass --force to replace it",
-            a.out.display()
-        );
-    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    copal::fsutil::check_replace(
+        &a.out,
+        a.force,
+        "out",
+        &[("the GGUF file", &a.file), ("the current directory", &cwd)],
+    )?;
     let dtype = a.dtype.dtype();
     let staging = copal::fsutil::staging_dir(&a.out)?;
     let started = std::time::Instant::now();
     let imported = gguf::import(&a.file, &staging, dtype)
         .with_context(|| format!("importing {}", a.file.display()));
+    let imported = imported.and_then(|i| {
+        copal::fsutil::write_marker(
+            &staging,
+            "import-gguf",
+            serde_json::json!({"source": a.file, "tensors": i.tensors, "params": i.params}),
+        )?;
+        Ok(i)
+    });
     let imported = match imported {
         Ok(i) => i,
         Err(e) => {

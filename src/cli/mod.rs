@@ -75,9 +75,14 @@ fn flag_of(setting: &str) -> String {
 }
 
 /// Prints `error:` and one `caused by:` line per cause; a usage error names its flag. Returns
-/// the exit code: 2 for usage errors, 1 otherwise.
+/// the exit code: 2 for usage errors, 130 after Ctrl-C, 1 otherwise. Each cause is printed
+/// by its first line: some libraries (candle) append a backtrace when RUST_BACKTRACE is set,
+/// which helps nobody who mistyped a path.
 pub fn report_error(err: &anyhow::Error) -> u8 {
     let mut usage = false;
+    let interrupted = err
+        .chain()
+        .any(|c| c.downcast_ref::<copal::ui::Interrupted>().is_some());
     let lines: Vec<String> = err
         .chain()
         .map(|cause| match cause.downcast_ref::<UsageError>() {
@@ -85,14 +90,16 @@ pub fn report_error(err: &anyhow::Error) -> u8 {
                 usage = true;
                 u.render(&flag_of(&u.setting))
             }
-            None => cause.to_string(),
+            None => cause.to_string().lines().next().unwrap_or("").to_string(),
         })
         .collect();
     eprintln!("error: {}", lines[0]);
     for l in &lines[1..] {
         eprintln!("  caused by: {l}");
     }
-    if usage {
+    if interrupted {
+        130
+    } else if usage {
         2
     } else {
         1

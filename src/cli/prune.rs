@@ -149,11 +149,19 @@ pub struct PruneArgs {
     #[arg(long, requires = "eval")]
     pub eval_seen_only: bool,
 
-    /// Replace DIR if it exists.
+    /// With --eval: allow evaluating a dataset on the text it calibrates on (its test split
+    /// via --calib-split, or a text:/jsonl: file, which serves both); those perplexities are
+    /// marked in the output and copal.json.
+    #[arg(long, requires = "eval")]
+    pub allow_calib_on_eval: bool,
+
+    /// Replace DIR if it exists and copal wrote it (a directory holding other files is
+    /// never replaced).
     #[arg(long)]
     pub force: bool,
 
-    /// Print the resolved plan as JSON and exit.
+    /// Check everything a run needs (model, datasets and their windows, state, output), print
+    /// the resolved plan with the FLOPs and bytes it implies as JSON, and exit.
     #[arg(long)]
     pub dry_run: bool,
 
@@ -317,6 +325,7 @@ pub fn request(a: &PruneArgs, m: &ArgMatches) -> Result<Request> {
         max_windows: a.max_windows,
         eval_seen_only: a.eval_seen_only,
         eval_cache: None,
+        allow_calib_on_eval: a.allow_calib_on_eval,
         device: Some(a.model.device.clone()),
         dtype: a.model.dtype,
     })
@@ -325,13 +334,17 @@ pub fn request(a: &PruneArgs, m: &ArgMatches) -> Result<Request> {
 pub fn run(a: PruneArgs, m: &ArgMatches) -> Result<()> {
     copal::ui::set_quiet(a.output.quiet);
     let plan = PrunePlan::resolve(request(&a, m)?)?;
+    // Every check that needs no computation runs here, before the first step.
+    let prepared = continual::prepare(plan)?;
     if a.dry_run {
-        copal::ui::out(serde_json::to_string_pretty(&plan)?)?;
+        let mut v = serde_json::to_value(&prepared.plan)?;
+        v["estimate"] = prepared.estimate();
+        copal::ui::out(serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
-    let prepared = continual::prepare(plan)?;
-    let rec = continual::run(&prepared)?;
-    let out = &prepared.plan.out;
+    let out = prepared.plan.out.clone();
+    let rec = continual::run(prepared)?;
+    let out = &out;
     if a.output.json {
         let v = serde_json::json!({
             "out": out,
@@ -400,6 +413,7 @@ mod tests {
             eval: false,
             max_windows: None,
             eval_seen_only: false,
+            allow_calib_on_eval: false,
             force: false,
             dry_run: false,
             copal: CopalArgs {

@@ -1,7 +1,7 @@
 //! `copal synth`: a random checkpoint with a real model's shapes, for sizing runs.
 
 use super::args::OutputArgs;
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use clap::Args;
 use copal::device::ComputeDtype;
 use std::path::PathBuf;
@@ -44,18 +44,21 @@ pub struct SynthArgs {
 /// `copal synth`: a random checkpoint with a preset's shapes, written atomically.
 pub fn run(a: SynthArgs) -> Result<()> {
     copal::ui::set_quiet(a.output.quiet);
-    ensure!(a.layers > 0, "--layers must be at least 1");
-    if a.out.exists() {
-        ensure!(
-            a.force,
-            "{} already exists; pass --force to replace it",
-            a.out.display()
-        );
-    }
+    copal::usage_ensure!(a.layers > 0, "layers", "must be at least 1");
+    let cwd = std::env::current_dir().unwrap_or_default();
+    copal::fsutil::check_replace(&a.out, a.force, "out", &[("the current directory", &cwd)])?;
     let cfg = copal::checkpoint::synth::preset(&a.preset, a.layers)?;
     let staging = copal::fsutil::staging_dir(&a.out)?;
     let dtype = a.dtype.dtype();
-    match copal::checkpoint::synth::write(&cfg, &staging, dtype, a.seed) {
+    let written = copal::checkpoint::synth::write(&cfg, &staging, dtype, a.seed).and_then(|p| {
+        copal::fsutil::write_marker(
+            &staging,
+            "synth",
+            serde_json::json!({"preset": a.preset, "layers": a.layers, "seed": a.seed}),
+        )?;
+        Ok(p)
+    });
+    match written {
         Ok(params) => {
             copal::fsutil::replace_dir(&staging, &a.out)?;
             copal::ui::out(format!(

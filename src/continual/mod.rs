@@ -16,8 +16,9 @@ pub mod metrics;
 pub mod resume;
 pub mod step;
 
+use crate::calib::{self, StepSettings};
 use crate::checkpoint::Checkpoint;
-use crate::data::{corpus, Dataset};
+use crate::data::Dataset;
 use crate::eval::{self, EvalResult, EvalSet};
 use crate::model::Llama;
 use crate::plan::PrunePlan;
@@ -30,58 +31,167 @@ use metrics::{continual_metrics, ppl_matrix};
 use resume::{DoneStep, Manifest, Workdir};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+pub use step::CalibData;
 use step::{evaluate_checkpoint, prune_step, sanitize, RunCtx};
 
-/// A plan completed against its model, with the model opened: what [`run`] takes.
+/// A plan completed against its model and checked against every file it needs, before any
+/// work: what [`run`] takes.
 pub struct Prepared {
     pub plan: PrunePlan,
     pub dense: Checkpoint,
+    pub tok: Tokenizer,
+    /// Per dataset of the plan, its calibration windows (None where none are needed).
+    pub calib: Vec<Option<CalibData>>,
+    /// The state the run continues, checked against the model and the plan.
+    pub state: Option<StateReader>,
+    /// The datasets the state held when the run started.
+    pub history: Vec<StepRecord>,
+    /// Every dataset seen so far (the state's, then the plan's), tokenised for evaluation.
+    pub eval_sets: Vec<EvalSet>,
+    /// SHA-256 of the model's files, and their fingerprint.
+    pub model_files: Vec<FileSum>,
+    pub fingerprint: String,
 }
 
-/// Resolves the plan's model (directory, alias or hub id), opens it and completes the plan
-/// with it ([`PrunePlan::with_model`]).
+impl Prepared {
+    /// How many FLOPs the plan's steps need (`calib::step_flops`), and the bytes it writes
+    /// (one checkpoint of the input's size, and the state).
+    pub fn estimate(&self) -> serde_json::Value {
+        let plan = &self.plan;
+        let cfg = &self.dense.config;
+        let flops: f64 = plan
+            .datasets
+            .iter()
+            .map(|d| {
+                let s = StepSettings::of(plan, d.dataset.name());
+                calib::step_flops(cfg, &s, plan.nsamples, plan.seqlen())
+            })
+            .sum();
+        let model_bytes: u64 = self
+            .dense
+            .shards
+            .iter()
+            .filter_map(|s| std::fs::metadata(&s.path).ok())
+            .map(|m| m.len())
+            .sum();
+        let state_bytes: u64 = if plan.mode == Mode::Accumulate {
+            (0..cfg.num_hidden_layers)
+                .flat_map(|l| crate::state::state_layout(&plan.method, cfg, l))
+                .map(|(_, shape)| 4 * shape.iter().product::<usize>() as u64)
+                .sum()
+        } else {
+            0
+        };
+        serde_json::json!({
+            "flops": flops,
+            // The development machine's f32 GEMM rate on 2 cores (docs/performance.md); a
+            // GPU or more cores are faster.
+            "hours_at_390_gflops": flops / 390e9 / 3600.0,
+            "writes_bytes": {"model": model_bytes, "state": state_bytes},
+            "reads": self.calib.iter().flatten().map(|d| &d.file.path).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Resolves the plan's model (directory, alias or hub id), opens it, completes the plan with
+/// it ([`PrunePlan::with_model`]) and checks everything the run will need, so that a mistake
+/// that can be known before the first step is reported before it: the output (and the rule
+/// that `--force` replaces only what copal wrote), the state file, and every dataset (its
+/// file, its fields, its length: the windows are drawn here).
 pub fn prepare(plan: PrunePlan) -> Result<Prepared> {
     let dir = crate::checkpoint::resolve::resolve(&plan.model, crate::ui::quiet())?;
     let dense = Checkpoint::open(&dir).with_context(|| format!("opening model {}", plan.model))?;
     let plan = plan.with_model(&dense.config)?;
-    Ok(Prepared { plan, dense })
+    check_outputs(&plan, &dense)?;
+    let tok = Tokenizer::open(&dense.dir)?;
+    // The state: its file, its model, its settings.
+    let (mut model_files, mut fingerprint) = (Vec::new(), String::new());
+    let mut state = None;
+    if let Some(path) = plan.state.as_ref().filter(|s| s.exists()) {
+        model_files = report::checksum_model(&dense)?;
+        fingerprint = report::fingerprint(&model_files);
+        let r = StateReader::open(path)?;
+        r.meta
+            .check_continues(&fingerprint, &StateSettings::of(&plan), path)?;
+        r.check_shapes(&dense.config, &plan.method)?;
+        state = Some(r);
+    }
+    // The datasets the state held when this run started: its own, or, when an interrupted
+    // run of the same output left a manifest whose history the state extends (the state
+    // follows finished steps), that run's.
+    let held: Vec<StepRecord> = state
+        .as_ref()
+        .map(|r: &StateReader| r.meta.steps.clone())
+        .unwrap_or_default();
+    let history = match resume::peek_manifest(&plan.out) {
+        Some(m) if held.starts_with(&m.initial_history) && state.is_some() => m.initial_history,
+        _ => held,
+    };
+    for d in plan.dataset_list() {
+        ensure!(
+            !history.iter().any(|h| h.dataset == d.name()),
+            "{} already contains {d}; a dataset is folded in once (use a new state file to \
+             start over)",
+            plan.state
+                .as_deref()
+                .unwrap_or(Path::new("the state"))
+                .display()
+        );
+    }
+    let needs_windows = plan.method.needs_data() || !plan.allocate.is_uniform();
+    let calib = plan
+        .datasets
+        .iter()
+        .map(|src| match needs_windows {
+            true => CalibData::draw(&plan, &src.dataset, src.split, &tok).map(Some),
+            false => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let eval_sets = if plan.eval {
+        let mut ds: Vec<Dataset> = history
+            .iter()
+            .map(|h| Dataset::parse(&h.dataset))
+            .collect::<Result<_>>()?;
+        ds.extend(plan.dataset_list());
+        eval::load_sets(&ds, &plan.data_dir, &tok, plan.seqlen(), plan.max_windows)?
+    } else {
+        Vec::new()
+    };
+    Ok(Prepared {
+        plan,
+        dense,
+        tok,
+        calib,
+        state,
+        history,
+        eval_sets,
+        model_files,
+        fingerprint,
+    })
 }
 
-/// The checks that need the file system: every data file exists, and the output may be
-/// written where it was asked for.
-pub fn preflight(p: &Prepared) -> Result<()> {
-    let plan = &p.plan;
-    for src in &plan.datasets {
-        if plan.method.needs_data() || !plan.allocate.is_uniform() {
-            corpus::find(&src.dataset, src.split, &plan.data_dir)?;
-        }
-        if plan.eval {
-            let d = &src.dataset;
-            corpus::find(d, d.default_eval_split(), &plan.data_dir)?;
-        }
-    }
-    // Never write into or over the input.
-    let out = &plan.out;
-    if let (Ok(a), Ok(b)) = (out.canonicalize(), p.dense.dir.canonicalize()) {
-        ensure!(
-            a != b,
-            "--out {} is the input model; choose another directory",
-            out.display()
-        );
-    }
-    if out.exists() {
-        ensure!(
-            plan.force,
-            "--out {} already exists; pass --force to replace it",
-            out.display()
-        );
-    }
+/// The output directory and the state file can be written, and nothing the user owns is
+/// replaced: see [`crate::fsutil::check_replace`].
+fn check_outputs(plan: &PrunePlan, dense: &Checkpoint) -> Result<()> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let mut protected: Vec<(&str, &Path)> = vec![
+        ("the current directory", cwd.as_path()),
+        ("the input model", dense.dir.as_path()),
+    ];
     if let Some(s) = &plan.state {
-        ensure!(
-            !s.starts_with(out),
-            "--state {} lies inside --out; keep the state outside the output directory",
+        protected.push(("the state file", s.as_path()));
+    }
+    protected.push(("the data directory", plan.data_dir.as_path()));
+    crate::fsutil::check_replace(&plan.out, plan.force, "out", &protected)?;
+    crate::fsutil::check_writable_parent(&plan.out, "out", true)?;
+    if let Some(s) = &plan.state {
+        crate::usage_ensure!(
+            !s.is_dir(),
+            "state",
+            "{} is a directory; it names the state file (e.g. run.state)",
             s.display()
         );
+        crate::fsutil::check_writable_parent(s, "state", false)?;
     }
     Ok(())
 }
@@ -90,7 +200,6 @@ pub fn preflight(p: &Prepared) -> Result<()> {
 struct Opened<'a> {
     p: &'a Prepared,
     model: Llama,
-    tok: Tokenizer,
     model_files: Vec<FileSum>,
     fingerprint: String,
     settings: StateSettings,
@@ -100,18 +209,16 @@ struct Opened<'a> {
 ///
 /// A run that stops with an error after finishing some steps keeps its staging directory,
 /// and the same command resumes it (see [`resume`]).
-pub fn run(p: &Prepared) -> Result<RunRecord> {
+pub fn run(mut p: Prepared) -> Result<RunRecord> {
     let started = Instant::now();
-    preflight(p)?;
-    let (plan, dense) = (&p.plan, &p.dense);
+    let plan = &p.plan;
     let device = crate::device::open(&plan.device)?;
     let dtype = plan
         .dtype
         .unwrap_or(crate::device::ComputeDtype::default_for(&plan.device))
         .dtype();
-    let cfg = &dense.config;
-    let tok = Tokenizer::open(&dense.dir)?;
-    let model = Llama::load(dense, cfg, dtype, &device)?;
+    let cfg = &p.dense.config;
+    let model = Llama::load(&p.dense, cfg, dtype, &device)?;
     crate::ui::info(format!(
         "copal {}: {} ({} layers) · {} {} {} · datasets {} · {} × {} tokens each",
         env!("CARGO_PKG_VERSION"),
@@ -128,30 +235,29 @@ pub fn run(p: &Prepared) -> Result<RunRecord> {
         plan.nsamples,
         plan.seqlen()
     ));
-    let model_files = report::checksum_model(dense)?;
-    let fingerprint = report::fingerprint(&model_files);
-    let settings = StateSettings::of(plan);
-    let mut user_state = None;
-    if let Some(path) = plan.state.as_ref().filter(|s| s.exists()) {
-        let r = StateReader::open(path)?;
-        r.meta.check_continues(&fingerprint, &settings, path)?;
-        r.check_shapes(cfg, &plan.method)?;
-        user_state = Some(r);
-    }
+    let (model_files, fingerprint) = if p.fingerprint.is_empty() {
+        let files = report::checksum_model(&p.dense)?;
+        let fp = report::fingerprint(&files);
+        (files, fp)
+    } else {
+        (p.model_files.clone(), p.fingerprint.clone())
+    };
+    let user_state = p.state.take();
+    let p = &p;
+    let plan = &p.plan;
     let opened = Opened {
         p,
         model,
-        tok,
         model_files,
+        settings: StateSettings::of(plan),
         fingerprint,
-        settings,
     };
-
-    let hash = resume::plan_hash(plan)?;
-    let (work, manifest) = Workdir::open(&plan.out, &hash)?;
+    let base = resume::base_hash(plan, &opened.fingerprint)?;
+    let identities = step_identities(p, &base);
+    let (work, manifest) = Workdir::open(&plan.out, &base)?;
     let need_state = plan.mode == Mode::Accumulate;
     let done = match &manifest {
-        Some(_) => work.finished(need_state),
+        Some(_) => work.finished(need_state, &identities),
         None => Vec::new(),
     };
     match run_in(
@@ -160,14 +266,15 @@ pub fn run(p: &Prepared) -> Result<RunRecord> {
         &work,
         manifest,
         done.clone(),
-        &hash,
+        &base,
+        &identities,
         started,
     ) {
         Ok(rec) => {
             work.remove();
             Ok(rec)
         }
-        Err(e) if work.finished(need_state).is_empty() => {
+        Err(e) if work.finished(need_state, &identities).is_empty() => {
             work.remove();
             Err(e)
         }
@@ -182,25 +289,42 @@ pub fn run(p: &Prepared) -> Result<RunRecord> {
     }
 }
 
+/// Each step's identity (see [`resume`]).
+fn step_identities(p: &Prepared, base: &str) -> Vec<String> {
+    let mut acc = Vec::new();
+    p.plan
+        .datasets
+        .iter()
+        .zip(&p.calib)
+        .map(|(src, c)| {
+            let sha = c
+                .as_ref()
+                .map(|c| c.file.sha256.clone())
+                .unwrap_or_default();
+            acc.push((src.dataset.name(), src.split.to_string(), sha));
+            resume::step_identity(base, &acc)
+        })
+        .collect()
+}
+
 /// The run inside its staging directory: the steps not yet done, then the record and the
 /// final move into place.
+#[allow(clippy::too_many_arguments)]
 fn run_in(
     o: &Opened,
     user_state: Option<StateReader>,
     work: &Workdir,
     manifest: Option<Manifest>,
     done: Vec<DoneStep>,
-    hash: &str,
+    base: &str,
+    identities: &[String],
     started: Instant,
 ) -> Result<RunRecord> {
     let (plan, dense) = (&o.p.plan, &o.p.dense);
     let datasets = plan.dataset_list();
     let initial_history = match &manifest {
         Some(m) => m.initial_history.clone(),
-        None => user_state
-            .as_ref()
-            .map(|r| r.meta.steps.clone())
-            .unwrap_or_default(),
+        None => o.p.history.clone(),
     };
     if let (Some(m), Some(r), Some(path)) = (&manifest, &user_state, &plan.state) {
         // The state file may have moved on by the steps this run already finished.
@@ -221,21 +345,9 @@ fn run_in(
             work.dir.display()
         );
     }
-    for d in datasets.iter().skip(done.len()) {
-        ensure!(
-            !initial_history.iter().any(|h| h.dataset == d.name()),
-            "{} already contains {}; a dataset is folded in once (use a new state file to \
-             start over)",
-            plan.state
-                .as_deref()
-                .unwrap_or(Path::new("the state"))
-                .display(),
-            d.name()
-        );
-    }
     if manifest.is_none() {
         work.write_manifest(&Manifest {
-            plan_hash: hash.to_string(),
+            plan_hash: base.to_string(),
             copal_version: env!("CARGO_PKG_VERSION").into(),
             initial_history: initial_history.clone(),
         })?;
@@ -258,29 +370,19 @@ fn run_in(
             datasets.len()
         ));
     }
-
-    // Evaluation sets: every dataset seen so far, tokenised once.
     let mut all_names: Vec<String> = initial_history.iter().map(|s| s.dataset.clone()).collect();
     all_names.extend(datasets.iter().map(Dataset::name));
-    let eval_sets: Vec<EvalSet> = if plan.eval {
-        let ds: Vec<Dataset> = all_names
-            .iter()
-            .map(|n| Dataset::parse(n))
-            .collect::<Result<_>>()?;
-        eval::load_sets(&ds, &plan.data_dir, &o.tok, plan.seqlen(), plan.max_windows)?
-    } else {
-        Vec::new()
-    };
     let ctx = RunCtx {
         plan,
         dense,
         model: &o.model,
-        tok: &o.tok,
         datasets: &datasets,
-        eval_sets: &eval_sets,
+        calib: &o.p.calib,
+        eval_sets: &o.p.eval_sets,
         fingerprint: &o.fingerprint,
         settings: &o.settings,
         work,
+        identities,
     };
     let need_state = plan.mode == Mode::Accumulate;
     let prior = match (done.len(), need_state) {
@@ -371,6 +473,7 @@ fn run_steps(
         c.work.mark_done(
             k + 1,
             &DoneStep {
+                identity: c.identities[k].clone(),
                 record: record.clone(),
                 history: history.last().cloned().context("internal: empty history")?,
                 data_file: data_file.clone(),

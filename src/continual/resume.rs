@@ -2,10 +2,13 @@
 //!
 //! Everything a run writes goes to `.DIR.copal-partial/` beside `--out DIR`: one checkpoint
 //! per step, the state after each step, and after each finished step a `step-K.done.json`
-//! written last and atomically. `manifest.json` holds the hash of the resolved plan. A rerun of
-//! the same command finds the manifest, keeps the finished steps, and continues from the
-//! last one; anything else in the directory (a step that was cut off) is redone. Another
-//! plan discards the directory. A lock file keeps two runs from sharing it.
+//! written last and atomically. `manifest.json` holds the hash of what every step shares (the
+//! plan but its datasets, and the model's content); each finished step records its own
+//! identity, which adds the datasets up to it (name, split, the data file's SHA-256). A rerun
+//! keeps the finished steps whose identity it would compute again, in order, and continues
+//! from the last one: fixing the input of step k keeps steps 1..k−1. Anything else in the
+//! directory (a step that was cut off) is redone; another base plan discards the directory. A
+//! lock file keeps two runs from sharing it.
 
 use crate::eval::EvalResult;
 use crate::plan::PrunePlan;
@@ -17,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
+    /// [`base_hash`] of the run.
     pub plan_hash: String,
     pub copal_version: String,
     /// The datasets the state held when the run started (empty without --state).
@@ -26,6 +30,9 @@ pub struct Manifest {
 /// What a finished step leaves for a resumed run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DoneStep {
+    /// [`step_identity`] of the step.
+    #[serde(default)]
+    pub identity: String,
     pub record: StepRecordOut,
     pub history: StepRecord,
     pub data_file: Option<DataFile>,
@@ -36,25 +43,47 @@ pub struct Workdir {
     lock: PathBuf,
 }
 
-/// SHA-256 of the plan as JSON: the same command gives the same hash.
-pub fn plan_hash(plan: &PrunePlan) -> Result<String> {
+fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    let mut v = serde_json::to_value(plan)?;
-    // Replacing an existing output does not change what is computed.
-    v["force"] = serde_json::Value::Null;
-    Ok(format!("{:x}", Sha256::digest(serde_json::to_vec(&v)?)))
+    format!("{:x}", Sha256::digest(bytes))
 }
 
-/// Whether a process is running (a zombie, killed but not yet reaped, is not).
-fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name: "pid (comm) S …".
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
+/// SHA-256 of what every step of a run shares: the plan as JSON without its datasets (unless
+/// every step evaluates every dataset), and the model's fingerprint (its content).
+pub fn base_hash(plan: &PrunePlan, model_fingerprint: &str) -> Result<String> {
+    let mut v = serde_json::to_value(plan)?;
+    // Replacing an existing output, or where the run's evaluations are cached, does not
+    // change what is computed.
+    for key in ["force", "eval_cache", "out"] {
+        if let Some(o) = v.as_object_mut() {
+            o.remove(key);
+        }
     }
+    if !plan.eval || plan.eval_seen_only {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("datasets");
+        }
+    }
+    v["model_fingerprint"] = model_fingerprint.into();
+    Ok(sha256_hex(&serde_json::to_vec(&v)?))
+}
+
+/// The identity of step k: the base and, for every dataset up to k, its name, split and the
+/// SHA-256 of its calibration file (empty where the method reads no data).
+pub fn step_identity(base: &str, steps: &[(String, String, String)]) -> String {
+    let mut text = base.to_string();
+    for (name, split, sha) in steps {
+        text.push_str(&format!("|{name}|{split}|{sha}"));
+    }
+    sha256_hex(text.as_bytes())
+}
+
+/// The manifest of an interrupted run of `out`, if one is there (read only).
+pub fn peek_manifest(out: &Path) -> Option<Manifest> {
+    let dir = Workdir::path_for(out);
+    std::fs::read_to_string(dir.join("manifest.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
 }
 
 impl Workdir {
@@ -72,7 +101,7 @@ impl Workdir {
             if let Ok(pid) =
                 std::fs::read_to_string(&lock).map(|s| s.trim().parse::<u32>().unwrap_or(0))
             {
-                if pid != 0 && pid != std::process::id() && pid_alive(pid) {
+                if pid != 0 && pid != std::process::id() && crate::fsutil::pid_alive(pid) {
                     bail!(
                         "another copal run (pid {pid}) is writing {}; wait for it or stop it",
                         out.display()
@@ -131,16 +160,20 @@ impl Workdir {
         crate::fsutil::write_atomic(&self.done_file(k), &serde_json::to_vec_pretty(d)?)
     }
 
-    /// The finished steps 1..=f whose files are all still there.
-    pub fn finished(&self, need_state: bool) -> Vec<DoneStep> {
+    /// The finished steps 1..=f whose identities are `identities[..f]` and whose files are
+    /// all still there.
+    pub fn finished(&self, need_state: bool, identities: &[String]) -> Vec<DoneStep> {
         let mut out = Vec::new();
-        for k in 1.. {
+        for (k, id) in (1..).zip(identities) {
             let Some(d) = std::fs::read_to_string(self.done_file(k))
                 .ok()
                 .and_then(|t| serde_json::from_str::<DoneStep>(&t).ok())
             else {
                 break;
             };
+            if &d.identity != id {
+                break;
+            }
             out.push(d);
         }
         // Only the last finished step's checkpoint and state are needed to go on.

@@ -1,11 +1,12 @@
-//! One calibration step of a run: draw the dataset's windows, prune every layer, write the
-//! step's checkpoint (and state and masks), evaluate.
+//! One calibration step of a run: prune every layer from the dataset's windows (drawn before
+//! the run started, [`CalibData::draw`]), write the step's checkpoint (and state and masks),
+//! evaluate.
 
 use super::resume::Workdir;
 use crate::calib::{self, Sinks, StepSettings};
 use crate::checkpoint::writer::{CheckpointWriter, ShardWriter};
 use crate::checkpoint::Checkpoint;
-use crate::data::{self, corpus, Dataset};
+use crate::data::{self, corpus, Dataset, Split};
 use crate::eval::{self, EvalResult, EvalSet};
 use crate::model::{Linear, Llama, TensorSource};
 use crate::plan::PrunePlan;
@@ -51,17 +52,57 @@ pub fn sparsity_config(plan: &PrunePlan, datasets: &[String], measured: f64) -> 
     })
 }
 
+/// A dataset's calibration windows, and the file they come from.
+#[derive(Debug, Clone)]
+pub struct CalibData {
+    pub windows: Vec<Vec<u32>>,
+    pub file: DataFile,
+    /// Tokens of the calibration text (or of the documents tokenised while sampling).
+    pub source_tokens: usize,
+}
+
+impl CalibData {
+    /// Loads `ds`'s calibration split, draws the plan's windows from it, and hashes the file.
+    pub fn draw(plan: &PrunePlan, ds: &Dataset, split: Split, tok: &Tokenizer) -> Result<Self> {
+        let (corpus, path) = corpus::load(ds, split, corpus::Purpose::Calibration, &plan.data_dir)
+            .with_context(|| format!("loading the {} calibration split", ds.name()))?;
+        let set = data::calibration_windows(
+            &corpus,
+            tok,
+            &ds.name(),
+            plan.nsamples,
+            plan.seqlen(),
+            plan.seed,
+        )
+        .with_context(|| format!("drawing calibration windows from {}", path.display()))?;
+        let sha = crate::fsutil::sha256_file(&path)?;
+        Ok(Self {
+            windows: set.windows,
+            file: DataFile {
+                dataset: ds.name(),
+                split,
+                path,
+                sha256: sha,
+            },
+            source_tokens: set.source_tokens,
+        })
+    }
+}
+
 /// What stays fixed over the steps of one run.
 pub struct RunCtx<'a> {
     pub plan: &'a PrunePlan,
     pub dense: &'a Checkpoint,
     pub model: &'a Llama,
-    pub tok: &'a Tokenizer,
     pub datasets: &'a [Dataset],
+    /// Per dataset, its windows (None where the method reads no data).
+    pub calib: &'a [Option<CalibData>],
     pub eval_sets: &'a [EvalSet],
     pub fingerprint: &'a str,
     pub settings: &'a StateSettings,
     pub work: &'a Workdir,
+    /// Each step's identity, recorded when it finishes (see [`super::resume`]).
+    pub identities: &'a [String],
 }
 
 /// One calibration step (dataset `k`, 0-based): prune, write the step's checkpoint (and
@@ -92,31 +133,22 @@ pub fn prune_step(
         tokens: 0,
         source_tokens: 0,
     };
-    let windows = if plan.method.needs_data() || !plan.allocate.is_uniform() {
-        let (corpus, path) =
-            corpus::load(ds, src.split, corpus::Purpose::Calibration, &plan.data_dir)
-                .with_context(|| format!("loading the {} calibration split", ds.name()))?;
-        let set =
-            data::calibration_windows(&corpus, c.tok, &ds.name(), plan.nsamples, seqlen, plan.seed)
-                .with_context(|| format!("drawing calibration windows from {}", path.display()))?;
-        let sha = crate::fsutil::sha256_file(&path)?;
-        record.file = path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        record.file_sha256 = sha.clone();
-        record.nsamples = plan.nsamples;
-        record.tokens = plan.nsamples * seqlen;
-        record.source_tokens = set.source_tokens;
-        data_file = Some(DataFile {
-            dataset: ds.name(),
-            split: src.split,
-            path,
-            sha256: sha,
-        });
-        set.windows
-    } else {
-        Vec::new()
+    let windows: &[Vec<u32>] = match &c.calib[k] {
+        Some(d) => {
+            record.file = d
+                .file
+                .path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            record.file_sha256 = d.file.sha256.clone();
+            record.nsamples = plan.nsamples;
+            record.tokens = plan.nsamples * seqlen;
+            record.source_tokens = d.source_tokens;
+            data_file = Some(d.file.clone());
+            &d.windows
+        }
+        None => &[],
     };
     history.push(record);
     let names: Vec<String> = history.iter().map(|h| h.dataset.clone()).collect();
@@ -187,7 +219,7 @@ pub fn prune_step(
         calib::run_step(
             c.model,
             base,
-            &windows,
+            windows,
             &step_settings,
             prior_ref,
             &mut sinks,
@@ -223,7 +255,11 @@ pub fn prune_step(
         } else {
             c.eval_sets
         };
-        let res = evaluate_checkpoint(c.model, &pruned, sets, &format!("eval {}", k + 1), cache)?;
+        let mut res =
+            evaluate_checkpoint(c.model, &pruned, sets, &format!("eval {}", k + 1), cache)?;
+        for r in res.iter_mut() {
+            r.calibrated_on = plan.calibrates_on_eval(&r.dataset);
+        }
         for r in &res {
             crate::ui::info(format!("  {}", r.line()));
         }

@@ -13,6 +13,8 @@ pub enum Split {
     Train,
     Valid,
     Test,
+    /// The one file of a `text:` or `jsonl:` dataset (it serves calibration and evaluation).
+    File,
 }
 
 impl Split {
@@ -35,6 +37,7 @@ impl fmt::Display for Split {
             Split::Train => "train",
             Split::Valid => "valid",
             Split::Test => "test",
+            Split::File => "file",
         })
     }
 }
@@ -128,15 +131,20 @@ impl Dataset {
         }
     }
 
-    /// Calibration split unless overridden: train.
+    /// Calibration split unless overridden: train (a custom dataset's one file).
     pub fn default_calib_split(&self) -> Split {
-        Split::Train
+        match self {
+            Dataset::Text(_) | Dataset::Jsonl { .. } => Split::File,
+            _ => Split::Train,
+        }
     }
 
-    /// Evaluation split unless overridden: test (validation for C4, which has no test).
+    /// Evaluation split: test (validation for C4, which has no test; a custom dataset's one
+    /// file, the one it calibrates on).
     pub fn default_eval_split(&self) -> Split {
         match self {
             Dataset::C4 => Split::Valid,
+            Dataset::Text(_) | Dataset::Jsonl { .. } => Split::File,
             _ => Split::Test,
         }
     }

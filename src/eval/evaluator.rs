@@ -87,6 +87,7 @@ pub fn evaluate_with_budget(
         }
         let mut positions = std::collections::HashMap::new();
         for l in 0..layers {
+            crate::ui::check_interrupt()?;
             let layer = model.layer(src, l)?;
             for (h, windows) in batches.iter_mut() {
                 let t = windows[0].1.len();
@@ -131,6 +132,7 @@ pub fn evaluate_with_budget(
             tokens: s.windows * s.seqlen,
             ppl: p.ppl(),
             ppl_stderr: p.stderr(),
+            calibrated_on: false,
         })
         .collect())
 }

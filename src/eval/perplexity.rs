@@ -54,19 +54,27 @@ pub struct EvalResult {
     pub tokens: usize,
     pub ppl: f64,
     pub ppl_stderr: f64,
+    /// The model was calibrated on this very text (allowed with --allow-calib-on-eval).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub calibrated_on: bool,
 }
 
 impl EvalResult {
     pub fn line(&self) -> String {
         format!(
-            "{:<10} PPL {:>9.3} ± {:<7.3} ({} split, seqlen {}, {} windows, {} tokens)",
+            "{:<10} PPL {:>9.3} ± {:<7.3} ({} split, seqlen {}, {} windows, {} tokens){}",
             self.dataset,
             self.ppl,
             self.ppl_stderr,
             self.split,
             self.seqlen,
             self.windows,
-            self.tokens
+            self.tokens,
+            if self.calibrated_on {
+                " — CALIBRATED ON THIS TEXT"
+            } else {
+                ""
+            }
         )
     }
 }

@@ -55,12 +55,17 @@ pub struct ExperimentConfig {
     pub seed: Option<u64>,
     pub max_windows: Option<usize>,
     pub eval_seen_only: bool,
+    /// Evaluate datasets on the text they calibrate on (`text:`/`jsonl:` files; marked).
+    pub allow_calib_on_eval: bool,
     pub propagate: Option<Propagate>,
     pub device: Option<String>,
     pub dtype: Option<ComputeDtype>,
     pub data_dir: Option<PathBuf>,
-    /// Results directory (default results/NAME).
+    /// Results directory, relative to the file's directory (default `results/NAME` there).
     pub results: Option<PathBuf>,
+    /// The directory of the experiment file: relative paths in it are relative to it, not to
+    /// wherever copal is started (two launches from two directories share one grid).
+    pub base_dir: PathBuf,
     /// Each method's settings for all its entries (the top-level key named after it).
     pub method_params: BTreeMap<String, Map<String, Value>>,
 }
@@ -80,6 +85,7 @@ const KEYS: &[&str] = &[
     "seed",
     "max_windows",
     "eval_seen_only",
+    "allow_calib_on_eval",
     "propagate",
     "device",
     "dtype",
@@ -105,7 +111,12 @@ impl ExperimentConfig {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let v: Value =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        Self::from_json(&v).map_err(|e| in_file(e, path))
+        let mut cfg = Self::from_json(&v).map_err(|e| in_file(e, path))?;
+        cfg.base_dir = crate::fsutil::canonical(path)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        Ok(cfg)
     }
 
     /// Reads the configuration from its JSON.
@@ -197,19 +208,30 @@ impl ExperimentConfig {
             seed: optional(obj, "seed")?,
             max_windows: optional(obj, "max_windows")?,
             eval_seen_only: optional(obj, "eval_seen_only")?.unwrap_or(true),
+            allow_calib_on_eval: optional(obj, "allow_calib_on_eval")?.unwrap_or(false),
             propagate: optional(obj, "propagate")?,
             device: optional(obj, "device")?,
             dtype: optional(obj, "dtype")?,
             data_dir: optional(obj, "data_dir")?,
             results: optional(obj, "results")?,
+            base_dir: std::env::current_dir().unwrap_or_default(),
             method_params,
         })
     }
 
+    /// Where the grid's results live: `results` (relative to the experiment file), else
+    /// `results/NAME` beside the file.
     pub fn results_dir(&self) -> PathBuf {
-        self.results
+        let r = self
+            .results
             .clone()
-            .unwrap_or_else(|| PathBuf::from("results").join(&self.name))
+            .unwrap_or_else(|| PathBuf::from("results").join(&self.name));
+        self.base_dir.join(r)
+    }
+
+    /// The data directory the file names, relative to it.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.data_dir.as_ref().map(|d| self.base_dir.join(d))
     }
 }
 
@@ -341,6 +363,29 @@ mod tests {
         let e = err_of(v);
         assert_eq!(e.setting, "methods[1].perturbation");
         assert!(e.message.contains("copal"), "{e}");
+    }
+
+    #[test]
+    fn results_are_found_from_the_files_directory() {
+        let tmp = std::env::temp_dir().join(format!("copal-exp-{}", std::process::id()));
+        std::fs::create_dir_all(tmp.join("configs")).unwrap();
+        let mut v = base();
+        let p = tmp.join("configs/grid.json");
+        std::fs::write(&p, v.to_string()).unwrap();
+        let c = ExperimentConfig::load(&p).unwrap();
+        assert_eq!(
+            c.results_dir(),
+            crate::fsutil::canonical(&tmp).join("configs/results/t")
+        );
+        v["results"] = json!("../out");
+        std::fs::write(&p, v.to_string()).unwrap();
+        let c = ExperimentConfig::load(&p).unwrap();
+        assert!(
+            c.results_dir().ends_with("configs/../out"),
+            "{}",
+            c.results_dir().display()
+        );
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]

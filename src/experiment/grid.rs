@@ -242,7 +242,7 @@ pub fn request(cfg: &ExperimentConfig, spec: &RunSpec, out: PathBuf) -> Request 
         model: cfg.model.clone(),
         datasets,
         calib_split,
-        data_dir: cfg.data_dir.clone(),
+        data_dir: cfg.data_dir(),
         method: Some(spec.method),
         params: spec.params.clone(),
         mode: Some(spec.mode),
@@ -262,6 +262,7 @@ pub fn request(cfg: &ExperimentConfig, spec: &RunSpec, out: PathBuf) -> Request 
         max_windows: cfg.max_windows,
         eval_seen_only: cfg.eval_seen_only,
         eval_cache: Some(cfg.results_dir().join("eval-cache.json")),
+        allow_calib_on_eval: cfg.allow_calib_on_eval,
         device: cfg.device.clone(),
         dtype: cfg.dtype,
         ..Default::default()

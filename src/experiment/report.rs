@@ -58,9 +58,13 @@ pub fn report(cfg: &ExperimentConfig, runs: &[RunSpec]) -> Result<(Vec<Row>, usi
         "{md}\n## Cost per calibration step\n\n{}",
         cost_table(cfg, model.as_ref(), runs, &rows, &results)
     );
-    std::fs::write(dir.join("table.md"), md)?;
-    std::fs::write(dir.join("runs.csv"), csv(&results))?;
-    std::fs::write(dir.join("runs.json"), serde_json::to_vec_pretty(&results)?)?;
+    // Each file whole or not at all (a report is read while grids run).
+    crate::fsutil::write_atomic(&dir.join("table.md"), md.as_bytes())?;
+    crate::fsutil::write_atomic(&dir.join("runs.csv"), csv(&results).as_bytes())?;
+    crate::fsutil::write_atomic(
+        &dir.join("runs.json"),
+        &serde_json::to_vec_pretty(&results)?,
+    )?;
     if !results.is_empty() {
         plots(cfg, &dir.join("plots"), &rows, &results)?;
     }

@@ -44,7 +44,7 @@ pub fn run_one(cfg: &ExperimentConfig, spec: &RunSpec, data_dir: &Path) -> Resul
         data_dir: Some(data_dir.to_path_buf()),
         ..request(cfg, spec, out.clone())
     })?;
-    let rec = continual::run(&continual::prepare(plan)?)?;
+    let rec = continual::run(continual::prepare(plan)?)?;
     let _ = std::fs::remove_dir_all(&out);
     let r = rec.ppl_matrix.clone().unwrap_or_default();
     let result = RunResult {

@@ -142,7 +142,7 @@ fn experiment_grid_is_complete_resumable_and_averaged() {
             {"method": "magnitude"},
             {"method": "dense"}
         ],
-        "nsamples": 4, "seqlen": 32, "max_windows": 2,
+        "nsamples": 4, "seqlen": 32, "max_windows": 2, "allow_calib_on_eval": true,
         "results": results,
     });
     let cfg_path = tmp.join("grid.json");
@@ -379,21 +379,32 @@ fn accumulate_modes_continue_bit_identically_through_the_state() {
 /// away.
 #[test]
 fn default_plan_is_copal_accumulate_and_sparsegpt_is_a_flag_away() {
+    let t = tiny_model(false, 1);
+    let data = fixture_data(t.tmp.path());
+    let out = t.tmp.path().join("unused");
     let plan = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec![
             "prune",
             "--model",
-            "smollm2-135m",
+            t.dir.to_str().unwrap(),
             "--datasets",
             "wikitext2,ptb",
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--data-dir",
+            data.to_str().unwrap(),
             "--out",
-            "unused",
+            out.to_str().unwrap(),
             "--dry-run",
         ];
         args.extend_from_slice(extra);
         let (code, out, err) = run_cli(&args, &[]);
         assert_eq!(code, 0, "{err}");
-        serde_json::from_str(&out).unwrap()
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(!out.contains("null"), "a resolved plan has no nulls: {out}");
+        v
     };
     let d = plan(&[]);
     assert_eq!(
@@ -415,8 +426,12 @@ fn default_plan_is_copal_accumulate_and_sparsegpt_is_a_flag_away() {
     // The one-shot modes of the paper's baselines stay available.
     assert_eq!(plan(&["--mode", "global"])["mode"], "global");
 
+    assert!(d["estimate"]["flops"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        (&d["seqlen"], &d["calib_batch"], &d["dtype"]),
+        (&32.into(), &128.into(), &"f32".into())
+    );
     // The default run writes what --method copal writes, and says so.
-    let t = tiny_model(false, 1);
     let tmp = t.tmp.path();
     let a = format!("text:{}", small_text(tmp, "a.txt", 0, 150).display());
     let b = format!("text:{}", small_text(tmp, "b.txt", 9000, 150).display());
@@ -471,21 +486,38 @@ fn default_plan_is_copal_accumulate_and_sparsegpt_is_a_flag_away() {
 /// `--perturbation scaled --group row` made it COPAL), and each method validates only its own.
 #[test]
 fn method_flags_belong_to_their_method() {
+    let t = tiny_model(false, 1);
+    let data = format!(
+        "text:{}",
+        small_text(t.tmp.path(), "a.txt", 0, 150).display()
+    );
+    let out = t.tmp.path().join("unused");
     let plan = |extra: &[&str]| {
         let mut args = vec![
             "prune",
             "--model",
-            "unused",
+            t.dir.to_str().unwrap(),
             "--datasets",
-            "ptb",
+            &data,
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
             "--out",
-            "unused",
+            out.to_str().unwrap(),
             "--dry-run",
         ];
         args.extend_from_slice(extra);
         run_cli(&args, &[])
     };
-    let r = plan(&["--perturbation", "scaled", "--group", "row"]);
+    let r = plan(&[
+        "--method",
+        "sparsegpt",
+        "--perturbation",
+        "scaled",
+        "--group",
+        "row",
+    ]);
     assert_usage_error(&r, "--perturbation is a flag of --method copal");
     assert!(r.2.contains("--method sparsegpt"), "{}", r.2);
     assert_usage_error(
@@ -502,7 +534,7 @@ fn method_flags_belong_to_their_method() {
     );
     assert_usage_error(
         &plan(&["--method", "copal", "--percdamp", "0.1"]),
-        "--percdamp is a flag of --method sparsegpt",
+        "--percdamp applies to copal only with update obs",
     );
     assert_usage_error(
         &plan(&["--method", "copal", "--eps-w", "0", "--eps-x", "0"]),

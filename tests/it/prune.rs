@@ -386,19 +386,88 @@ fn nm_patterns_hold_in_every_group() {
 fn output_directory_rules() {
     let s = setup(true);
     let (a, _) = ds(&s);
-    let out = s.t.tmp.path().join("exists");
+    let tmp = s.t.tmp.path();
+    // A directory of the user's own files is never replaced, with or without --force.
+    let out = tmp.join("exists");
     std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("keep.txt"), "x").unwrap();
-    assert_user_error(&prune(&s, &a, &out, &[], &[]), "--force");
-    assert!(out.join("keep.txt").exists());
-    assert_eq!(prune(&s, &a, &out, &["--force"], &[]).0, 0);
-    assert!(!out.join("keep.txt").exists() && out.join("copal.json").exists());
-    assert_user_error(
+    std::fs::write(out.join("thesis.txt"), "x").unwrap();
+    assert_usage_error(&prune(&s, &a, &out, &[], &[]), "--force");
+    assert_usage_error(
+        &prune(&s, &a, &out, &["--force"], &[]),
+        "holds files copal did not write (thesis.txt",
+    );
+    assert!(out.join("thesis.txt").exists());
+    // An empty directory, and then copal's own output, are replaced with --force.
+    let mine = tmp.join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    assert_eq!(prune(&s, &a, &mine, &["--force"], &[]).0, 0);
+    assert!(mine.join("copal.json").exists());
+    assert_eq!(prune(&s, &a, &mine, &["--force"], &[]).0, 0);
+    // Never the input model, a directory holding it, or one holding the state file (compared
+    // as canonical paths, not strings).
+    assert_usage_error(
         &prune(&s, &a, &s.t.dir.clone(), &["--force"], &[]),
         "is the input model",
     );
-    // A run that fails midway (missing second dataset) leaves nothing behind.
-    let failing = s.t.tmp.path().join("failing");
+    let r = prune(&s, &a, &s.t.dir.join(".."), &["--force"], &[]);
+    assert_usage_error(&r, "contains the input model");
+    assert!(s.t.dir.join("config.json").exists(), "the model survives");
+    let w2 = tmp.join("w2");
+    std::fs::create_dir_all(&w2).unwrap();
+    let cwd_rel = std::process::Command::new(env!("CARGO_BIN_EXE_copal"))
+        .current_dir(tmp)
+        .args([
+            "prune",
+            "--model",
+            s.t.dir.to_str().unwrap(),
+            "--datasets",
+            &a,
+            "--method",
+            "copal",
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--out",
+            w2.to_str().unwrap(),
+            "--force",
+            "--state",
+            "w2/s.state",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(cwd_rel.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&cwd_rel.stderr).contains("contains the state file"),
+        "{}",
+        String::from_utf8_lossy(&cwd_rel.stderr)
+    );
+    // Not the current directory either (it cannot be renamed into place).
+    let here = std::process::Command::new(env!("CARGO_BIN_EXE_copal"))
+        .current_dir(&mine)
+        .args([
+            "prune",
+            "--model",
+            s.t.dir.to_str().unwrap(),
+            "--datasets",
+            &a,
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--out",
+            ".",
+            "--force",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(here.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&here.stderr).contains("is the current directory"));
+    // A run that fails midway (missing second dataset) leaves nothing behind: it is now
+    // found before any work.
+    let failing = tmp.join("failing");
     let r = prune(
         &s,
         &format!("{a},text:/no/such/file.txt"),
@@ -408,14 +477,14 @@ fn output_directory_rules() {
     );
     assert_user_error(&r, "/no/such/file.txt");
     assert!(!failing.exists());
-    let leftovers: Vec<String> = files_of(s.t.tmp.path())
+    let leftovers: Vec<String> = files_of(tmp)
         .into_iter()
         .filter(|f| f.contains("copal-partial"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     for bad in ["0", "100", "-5", "NaN"] {
         assert_usage_error(
-            &prune(&s, &a, &s.t.tmp.path().join("z"), &["--sparsity", bad], &[]),
+            &prune(&s, &a, &tmp.join("z"), &["--sparsity", bad], &[]),
             "--sparsity",
         );
     }

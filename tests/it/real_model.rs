@@ -262,3 +262,69 @@ fn copal_inspect(ck: &Checkpoint) -> f64 {
     }
     z as f64 / n as f64
 }
+
+/// Ctrl-C stops a run at the next layer, says where its finished steps are kept and how to
+/// resume, and the same command then resumes from them.
+#[test]
+fn ctrl_c_keeps_the_finished_steps_and_says_how_to_resume() {
+    use std::io::{BufRead, BufReader};
+    let model = test_model();
+    let data = data_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pruned");
+    let args = [
+        "prune",
+        "--model",
+        model.to_str().unwrap(),
+        "--datasets",
+        "wikitext2,ptb",
+        "--calib-split",
+        "wikitext2=valid",
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "256",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_copal"))
+        .args(args)
+        .env("COPAL_DATA_DIR", &data)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    // Wait for step 1 to finish (an event in the output, not a timer), then press Ctrl-C.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("step 1/2") {
+            break;
+        }
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    for line in lines {
+        seen.push_str(&line.unwrap());
+        seen.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(seen.contains("interrupted (Ctrl-C)"), "{seen}");
+    assert!(
+        seen.contains("finished steps are kept in") && seen.contains("rerun the same command"),
+        "{seen}"
+    );
+    assert!(tmp.path().join(".pruned.copal-partial").exists());
+    let (code, _, err) = run_cli(&args, &[("COPAL_DATA_DIR", data.to_str().unwrap())]);
+    assert_eq!(code, 0, "{err}");
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("copal.json")).unwrap()).unwrap();
+    assert_eq!(rec["resumed_steps"], 1);
+}

@@ -33,6 +33,7 @@ fn prune_args<'a>(c: &'a Case, datasets: &'a str, out: &'a str, state: &'a str) 
         "--eval",
         "--max-windows",
         "2",
+        "--allow-calib-on-eval",
         "--save-masks",
         "--quiet",
     ]
@@ -178,7 +179,10 @@ fn random_sigkills_through_the_script() {
         &[
             ("MODEL", model),
             ("DATASETS", &datasets),
-            ("ARGS", "--nsamples 4 --seqlen 32 --eval --max-windows 2"),
+            (
+                "ARGS",
+                "--nsamples 4 --seqlen 32 --eval --max-windows 2 --allow-calib-on-eval",
+            ),
             ("SEED", "7"),
         ],
     );
@@ -203,7 +207,8 @@ fn bad_input_table_script_passes_every_case() {
         .lines()
         .filter(|l| l.contains("| 1 |") || l.contains("| 2 |"))
         .collect();
-    assert_eq!(rows.len(), 21, "{stdout}");
+    assert_eq!(rows.len(), 42, "{stdout}");
+    assert!(rows.iter().all(|r| r.contains("| yes |")), "{stdout}");
     assert!(!stdout.contains("panicked"), "{stdout}");
 }
 
@@ -334,7 +339,7 @@ fn bad_weights_and_data_are_named() {
         &tiny_args(m, &data, file.join("out").to_str().unwrap()),
         &[],
     );
-    assert_user_error(&r, "is the parent directory writable?");
+    assert_usage_error(&r, "is not a directory");
 }
 
 #[test]
@@ -440,6 +445,7 @@ fn permutations_script_equals_the_experiment() {
         "name": "perm", "model": t.dir, "datasets": [a, b],
         "methods": [{"method": "copal"}],
         "nsamples": 4, "seqlen": 32, "max_windows": 2, "eval_seen_only": true,
+        "allow_calib_on_eval": true,
         "results": results,
     });
     let cfg_path = tmp.join("perm.json");
@@ -468,6 +474,7 @@ fn permutations_script_equals_the_experiment() {
             "--max-windows",
             "2",
             "--eval-seen-only",
+            "--allow-calib-on-eval",
         ],
         &[],
     );
