@@ -29,8 +29,9 @@ with gzip.open('cdata/c4/c4-train.00000-of-01024.json.gz', 'wt') as f:
     f.write('{"text": "a short document", "timestamp": "2019", "url": "x"}\n' * 3)
 PY
 
-# A model directory that shares the good weights (symlink) but can differ in one file.
-variant() { mkdir -p "$1"; for f in good/*; do ln -sf "$PWD/$f" "$1/"; done; }
+# A model directory that shares the good files (hard links: regular files, no copies) but
+# can differ in one file.
+variant() { mkdir -p "$1"; for f in good/*; do ln -f "$PWD/$f" "$1/"; done; }
 # Rewrites model.safetensors of directory $1 with python code $2 acting on (header, body).
 edit_st() {
   rm -f "$1/model.safetensors"
@@ -65,7 +66,7 @@ names = [k for k in json.loads(raw[8:8 + n]) if k != '__metadata__']
 wm = {k: 'model-00001-of-00002.safetensors' if i % 2 else 'model-00002-of-00002.safetensors' for i, k in enumerate(names)}
 json.dump({'metadata': {}, 'weight_map': wm}, open('shards/model.safetensors.index.json', 'w'))
 PY
-ln -s "$PWD/good/model.safetensors" shards/model-00001-of-00002.safetensors
+ln -f "$PWD/good/model.safetensors" shards/model-00001-of-00002.safetensors
 "$copal" synth --preset smollm2-135m --layers 3 --out other > /dev/null
 touch a-file
 
@@ -76,6 +77,77 @@ prune --model good --out s1 --state good.state > /dev/null
 prune --model other --out s2 --state other.state > /dev/null
 prune --model good --method wanda --mode accumulate --out s3 --state wanda.state > /dev/null
 head -c $(( $(stat -c %s good.state) - 100 )) good.state > cut.state
+
+# Untrusted checkpoints and data (issue #20).
+variant leak; rm leak/merges.txt 2>/dev/null || true; echo "secret" > secret.txt; ln -s "$PWD/secret.txt" leak/merges.txt
+variant dup; rm dup/model.safetensors
+python3 - <<'PY'
+import json, struct
+raw = open('good/model.safetensors', 'rb').read()
+n = struct.unpack('<Q', raw[:8])[0]
+header = json.loads(raw[8:8 + n]); body = raw[8 + n:]
+names = [k for k in header if k != '__metadata__']
+def write(path, keep):
+    h = {k: header[k] for k in keep}
+    out, off = bytearray(), 0
+    for k in keep:
+        s, e = header[k]['data_offsets']; h[k] = dict(header[k], data_offsets=[off, off + e - s]); out += body[s:e]; off += e - s
+    hb = json.dumps(h).encode(); hb += b' ' * (-len(hb) % 8)
+    open(path, 'wb').write(struct.pack('<Q', len(hb)) + hb + out)
+half = len(names) // 2
+write('dup/model-00001-of-00002.safetensors', names[:half] + [names[-1]])
+write('dup/model-00002-of-00002.safetensors', names[half:])
+wm = {k: 'model-00001-of-00002.safetensors' if i < half else 'model-00002-of-00002.safetensors' for i, k in enumerate(names)}
+json.dump({'metadata': {}, 'weight_map': wm}, open('dup/model.safetensors.index.json', 'w'))
+PY
+variant theta; rm theta/config.json
+python3 -c "import json; c = json.load(open('good/config.json')); c['rope_theta'] = 1e300; json.dump(c, open('theta/config.json', 'w'))"
+for k in empty regex expand; do variant "tok-$k"; rm "tok-$k/tokenizer.json"; done
+python3 - <<'PY'
+import json
+t = json.load(open('good/tokenizer.json'))
+for k, n in [('empty', {'type': 'Replace', 'pattern': {'String': ''}, 'content': 'x'}),
+             ('regex', {'type': 'Replace', 'pattern': {'Regex': 'x*'}, 'content': 'y'}),
+             ('expand', {'type': 'Replace', 'pattern': {'String': ' '}, 'content': 'z' * 20000})]:
+    t['normalizer'] = n
+    json.dump(t, open(f'tok-{k}/tokenizer.json', 'w'))
+import gzip
+with gzip.open('bomb.txt.gz', 'wb', 9) as f:
+    for _ in range(64):
+        f.write(b'a b c d e f g h\n' * 4096)
+PY
+python3 - "$root/tests/fuzz/seeds/gguf_import/tiny.gguf" <<'PY'
+import struct, sys
+b = open(sys.argv[1], 'rb').read()
+u32 = lambda i: struct.unpack_from('<I', b, i)[0]; u64 = lambda i: struct.unpack_from('<Q', b, i)[0]
+def vlen(i, ty):
+    if ty in (0, 1, 7): return 1
+    if ty in (2, 3): return 2
+    if ty in (4, 5, 6): return 4
+    if ty in (10, 11, 12): return 8
+    if ty == 8: return 8 + u64(i)
+    ety, n, off = u32(i), u64(i + 4), 12
+    for _ in range(n): off += vlen(i + off, ety)
+    return off
+nt, nkv, p = u64(8), u64(16), 24
+kvs = []
+for _ in range(nkv):
+    n = u64(p); key = b[p:p + 8 + n]; p += 8 + n; ty = u32(p); l = 4 + vlen(p + 4, ty); kvs.append(key + b[p:p + l]); p += l
+ts = []
+for _ in range(nt):
+    n = u64(p); name = b[p:p + 8 + n]; p += 8 + n; nd = u32(p); dims = b[p:p + 4 + 8 * nd]; p += 4 + 8 * nd
+    ts.append([name, dims, u32(p), u64(p + 4)]); p += 12
+data = b[(p + 31) // 32 * 32:]
+def write(path, kvs, ts):
+    o = bytearray(b'GGUF' + struct.pack('<IQQ', u32(4), len(ts), len(kvs)))
+    for kv in kvs: o += kv
+    for name, dims, ty, off in ts: o += name + dims + struct.pack('<IQ', ty, off)
+    o += bytes(-len(o) % 32) + data
+    open(path, 'wb').write(o)
+key = b'general.alignment'
+write('align0.gguf', [struct.pack('<Q', len(key)) + key + struct.pack('<II', 4, 0)] + kvs, ts)
+write('aliased.gguf', kvs, [[n, d, t, 0] for n, d, t, _ in ts])
+PY
 
 mkdir -p precious holder && echo "my thesis" > precious/thesis.txt
 cp -r good holder/model
@@ -127,6 +199,15 @@ cases=(
   "2|experiment: a setting of another method|grid '{$gridbase, \"methods\": [{\"method\": \"wanda\", \"perturbation\": \"gaussian\"}]}'"
   "2|experiment: a name with a path|grid '{\"name\": \"../../x\", \"model\": \"good\", \"datasets\": [\"ptb\"], \"methods\": [{\"method\": \"wanda\"}]}'"
   "2|experiment: a value prune refuses (decay 5)|grid '{$gridbase, \"methods\": [{\"method\": \"copal\", \"decay\": 5}]}'"
+  "1|a side file linked outside the checkpoint (merges.txt → secret)|prune --model leak --out o"
+  "1|a tensor in two shards|prune --model dup --out o"
+  "1|config rope_theta 1e300|prune --model theta --out o"
+  "1|tokenizer.json: Replace with an empty pattern|prune --model tok-empty --out o"
+  "1|tokenizer.json: Replace with a regex matching nothing (x*)|prune --model tok-regex --out o"
+  "1|tokenizer.json: a space replaced by 20,000 characters|prune --model tok-expand --out o"
+  "1|gzip bomb (16 KB → 2 MB, limit lowered to 1 MB)|COPAL_MAX_TEXT_BYTES=1000000 $copal prune --model good --datasets text:$PWD/bomb.txt.gz ${base[*]} --out o"
+  "1|GGUF general.alignment = 0|$copal import-gguf align0.gguf --out o --quiet"
+  "1|GGUF tensors all at offset 0|$copal import-gguf aliased.gguf --out o --quiet"
   "1|full disk (ulimit -f 1024, EFBIG)|ulimit -f 1024; trap '' XFSZ; prune --model good --out o"
 )
 # The files the work directory holds (names, sizes, modification times), to show a failed run

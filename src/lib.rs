@@ -21,6 +21,7 @@ pub mod device;
 pub mod eval;
 pub mod experiment;
 pub mod fsutil;
+pub mod guard;
 pub mod model;
 pub mod plan;
 pub mod plot;

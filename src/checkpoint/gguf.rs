@@ -138,12 +138,75 @@ impl Meta<'_> {
     }
 }
 
+/// Every tensor's bytes lie inside the file's data section, and no two tensors share bytes: a
+/// few KB of header could otherwise make the importer write gigabytes (every tensor at
+/// offset 0) or read past the end.
+fn check_tensor_extents(content: &Content, path: &Path) -> Result<()> {
+    let len = std::fs::metadata(path)?.len();
+    let data = len
+        .checked_sub(content.tensor_data_offset)
+        .with_context(|| {
+            format!(
+                "{}: the tensor data would start past the end of the file",
+                path.display()
+            )
+        })?;
+    let mut extents = Vec::with_capacity(content.tensor_infos.len());
+    for (name, info) in &content.tensor_infos {
+        let elems = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+            .with_context(|| {
+                format!("{}: tensor {name} has an impossible shape", path.display())
+            })?;
+        let (bs, ts) = (
+            info.ggml_dtype.block_size() as u64,
+            info.ggml_dtype.type_size() as u64,
+        );
+        ensure!(
+            elems % bs == 0,
+            "{}: tensor {name} has {elems} elements, not a whole number of {bs}-element blocks",
+            path.display()
+        );
+        let bytes = (elems / bs)
+            .checked_mul(ts)
+            .with_context(|| format!("{}: tensor {name} is impossibly large", path.display()))?;
+        let end = info.offset.saturating_add(bytes);
+        ensure!(
+            end <= data,
+            "{}: tensor {name} lies past the end of the file (bytes {}..{end} of a {data}-byte \
+             data section); the file is truncated or corrupt",
+            path.display(),
+            info.offset
+        );
+        extents.push((info.offset, end, name));
+    }
+    extents.sort();
+    for w in extents.windows(2) {
+        ensure!(
+            w[1].0 >= w[0].1 || w[0].0 == w[0].1,
+            "{}: tensors {} and {} share bytes; the file is corrupt",
+            path.display(),
+            w[0].2,
+            w[1].2
+        );
+    }
+    Ok(())
+}
+
 /// Converts the LLaMA GGUF `path` into a Hugging Face directory `out` (created if needed).
 pub fn import(path: &Path, out: &Path, dtype: DType) -> Result<Imported> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let content = Content::read(&mut file)
-        .map_err(|e| anyhow::anyhow!("{} is not a readable GGUF file: {e}", path.display()))?;
+    // The reader trusts the header (an alignment of 0 divides by zero): a panic there is a
+    // broken file, not a crash.
+    let content = crate::guard::no_panic("reading the header", "the GGUF reader", || {
+        Content::read(&mut file).map_err(|e| anyhow::anyhow!("{e}"))
+    })
+    .with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
+    check_tensor_extents(&content, path)?;
     let meta = Meta(&content.metadata);
     let arch = meta.string("general.architecture").unwrap_or("(none)");
     ensure!(
@@ -344,7 +407,12 @@ fn config_from_gguf(meta: &Meta, content: &Content, dtype: DType) -> Result<Json
         .context("GGUF file has no token_embd.weight")?;
     let vocab = match meta.get("llama.vocab_size").and_then(int) {
         Some(v) => v,
-        None => embd.shape.dims()[0] as u64,
+        None => *embd
+            .shape
+            .dims()
+            .first()
+            .context("token_embd.weight has no dimensions and llama.vocab_size is missing")?
+            as u64,
     };
     let tied = !content.tensor_infos.contains_key("output.weight");
     let eps = meta

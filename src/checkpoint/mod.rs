@@ -167,7 +167,18 @@ impl Checkpoint {
         for (i, f) in files.iter().enumerate() {
             let shard = Shard::open(&dir.join(f))?;
             for name in shard.names() {
-                route.insert(name, i);
+                // Two copies of a tensor: which one a loader reads is up to the loader, and a
+                // pruned copy written into one of them may not be the one transformers loads.
+                if let Some(j) = route.insert(name.clone(), i) {
+                    let other: &Shard = &shards[j];
+                    bail!(
+                        "tensor {name} is in two shards of {}, {} and {}; the checkpoint is \
+                         ambiguous: remove one copy or download it again",
+                        dir.display(),
+                        other.file_name,
+                        shard.file_name
+                    );
+                }
             }
             shards.push(shard);
         }
@@ -243,6 +254,63 @@ impl Checkpoint {
     pub fn tokenizer_path(&self) -> PathBuf {
         self.dir.join("tokenizer.json")
     }
+
+    /// The files copied unchanged into a pruned copy ([`SIDE_FILES`] and the shard index) that
+    /// this checkpoint has. Each must be a regular file inside the checkpoint (a symlink is
+    /// followed only into the checkpoint's directory, or for a Hugging Face cache snapshot
+    /// into its repository's blobs): an output folder never receives a file from elsewhere on
+    /// the machine, such as a `merges.txt` linked to `/etc/passwd` or a key.
+    pub fn side_files(&self) -> Result<Vec<(&'static str, PathBuf)>> {
+        let roots = trusted_roots(&self.dir);
+        let mut out = Vec::new();
+        for f in SIDE_FILES.iter().chain(&[INDEX_FILE]) {
+            let p = self.dir.join(f);
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                let target = p
+                    .canonicalize()
+                    .with_context(|| format!("{} is a symlink that leads nowhere", p.display()))?;
+                ensure!(
+                    roots.iter().any(|r| target.starts_with(r)),
+                    "{} is a symlink to {}, outside the checkpoint; copal copies only the \
+                     checkpoint's own files into a pruned model: replace the link by the file \
+                     it should be",
+                    p.display(),
+                    target.display()
+                );
+            }
+            ensure!(
+                p.is_file(),
+                "{} is not a regular file; copal copies only the checkpoint's own files",
+                p.display()
+            );
+            out.push((*f, p));
+        }
+        Ok(out)
+    }
+}
+
+/// The directories a checkpoint's files may resolve into (see [`Checkpoint::side_files`]).
+fn trusted_roots(dir: &Path) -> Vec<PathBuf> {
+    let mut roots = Vec::new();
+    if let Ok(c) = dir.canonicalize() {
+        roots.push(c);
+    }
+    // …/models--OWNER--NAME/snapshots/REV: files are links into …/models--OWNER--NAME/blobs.
+    let snapshots = dir.parent();
+    if snapshots
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == "snapshots")
+    {
+        if let Some(repo) = snapshots.and_then(|p| p.parent()) {
+            if let Ok(blobs) = repo.join("blobs").canonicalize() {
+                roots.push(blobs);
+            }
+        }
+    }
+    roots
 }
 
 fn unsupported(name: &str, dtype: Dtype) -> String {

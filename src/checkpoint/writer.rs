@@ -7,7 +7,7 @@
 //! dtypes, untouched tensors copied byte for byte, `__metadata__` with `format: pt` (older
 //! transformers versions refuse files without it), the index and tokenizer files alongside.
 
-use super::{Checkpoint, INDEX_FILE, SIDE_FILES};
+use super::Checkpoint;
 use anyhow::{bail, ensure, Context as _, Result};
 use candle_core::{DType, Tensor};
 use safetensors::tensor::Dtype;
@@ -268,17 +268,9 @@ impl CheckpointWriter {
             shard.finish()?;
         }
         write_json(&self.dir.join("config.json"), config_json)?;
-        let index = input.dir.join(INDEX_FILE);
-        if index.exists() {
-            std::fs::copy(&index, self.dir.join(INDEX_FILE))
-                .with_context(|| format!("copying {}", index.display()))?;
-        }
-        for f in SIDE_FILES {
-            let src = input.dir.join(f);
-            if src.is_file() {
-                std::fs::copy(&src, self.dir.join(f))
-                    .with_context(|| format!("copying {}", src.display()))?;
-            }
+        for (f, src) in input.side_files()? {
+            std::fs::copy(&src, self.dir.join(f))
+                .with_context(|| format!("copying {}", src.display()))?;
         }
         crate::fsutil::sync_dir(&self.dir)
     }

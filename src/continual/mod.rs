@@ -183,6 +183,8 @@ fn check_outputs(plan: &PrunePlan, dense: &Checkpoint) -> Result<()> {
     }
     protected.push(("the data directory", plan.data_dir.as_path()));
     crate::fsutil::check_replace(&plan.out, plan.force, "out", &protected)?;
+    // The files copied into the output are the checkpoint's own.
+    dense.side_files()?;
     crate::fsutil::check_writable_parent(&plan.out, "out", true)?;
     if let Some(s) = &plan.state {
         crate::usage_ensure!(

@@ -78,6 +78,37 @@ pub fn step_identity(base: &str, steps: &[(String, String, String)]) -> String {
     sha256_hex(text.as_bytes())
 }
 
+/// Names the interrupted runs beside this one (`.OTHER.copal-partial` whose process is gone):
+/// they hold finished steps that only their own command resumes, and disk until deleted.
+fn name_other_partial_runs(ours: &Path) {
+    let parent = ours.parent().unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    }) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if !name.starts_with('.') || !name.ends_with(".copal-partial") || path == ours {
+            continue;
+        }
+        let live = std::fs::read_to_string(path.join("lock"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .is_some_and(crate::fsutil::pid_alive);
+        if !live {
+            crate::ui::info(format!(
+                "note: {} holds an interrupted run (rerun its command to resume it, or delete \
+                 it)",
+                path.display()
+            ));
+        }
+    }
+}
+
 /// The manifest of an interrupted run of `out`, if one is there (read only).
 pub fn peek_manifest(out: &Path) -> Option<Manifest> {
     let dir = Workdir::path_for(out);
@@ -95,6 +126,7 @@ impl Workdir {
     /// manifest of an earlier run of the same plan, if there is one to resume.
     pub fn open(out: &Path, hash: &str) -> Result<(Self, Option<Manifest>)> {
         let dir = Self::path_for(out);
+        name_other_partial_runs(&dir);
         let lock = dir.join("lock");
         let mut resumable = None;
         if dir.exists() {

@@ -118,18 +118,68 @@ pub fn find(ds: &Dataset, split: Split, data_dir: &Path) -> Result<PathBuf> {
 
 /// Reads a file as UTF-8, gunzipping `*.gz`.
 pub fn read_text(path: &Path) -> Result<String> {
+    let limit = max_text_bytes();
+    let (text, complete) = read_bytes(path, limit)?;
+    anyhow::ensure!(
+        complete,
+        "{} holds more than {limit} bytes of text{}; copal reads at most that much of a file \
+         (set COPAL_MAX_TEXT_BYTES to raise it, or use a smaller file)",
+        path.display(),
+        if is_gz(path) {
+            " once decompressed"
+        } else {
+            ""
+        }
+    );
+    Ok(text)
+}
+
+/// Most bytes of text read from one file (after decompression), unless `COPAL_MAX_TEXT_BYTES`
+/// says otherwise: a 13 MB gzip can hold 3 GB, and a corpus is held in memory whole. 1 GiB is
+/// above every split of the protocol's datasets (C4's train shard is about 0.8 GB).
+pub fn max_text_bytes() -> u64 {
+    std::env::var("COPAL_MAX_TEXT_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 30)
+}
+
+fn is_gz(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "gz")
+}
+
+/// At most `limit` bytes of a file (gunzipped), as UTF-8, and whether that is all of it. A
+/// cut text ends at its last newline.
+pub fn read_bytes(path: &Path, limit: u64) -> Result<(String, bool)> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut bytes = Vec::new();
-    if path.extension().is_some_and(|e| e == "gz") {
-        flate2::read::MultiGzDecoder::new(file)
-            .read_to_end(&mut bytes)
-            .with_context(|| format!("decompressing {}", path.display()))?;
+    let reader: Box<dyn Read> = if is_gz(path) {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
     } else {
-        std::io::BufReader::new(file)
-            .read_to_end(&mut bytes)
-            .with_context(|| format!("reading {}", path.display()))?;
+        Box::new(std::io::BufReader::new(file))
+    };
+    let mut bytes = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .with_context(|| {
+            format!(
+                "{} {}",
+                if is_gz(path) {
+                    "decompressing"
+                } else {
+                    "reading"
+                },
+                path.display()
+            )
+        })?;
+    let complete = bytes.len() as u64 <= limit;
+    if !complete {
+        let cut = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        bytes.truncate(cut);
     }
-    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+    Ok((text, complete))
 }
 
 /// WikiText rows as Hugging Face `datasets` yields them from the raw file.
@@ -176,7 +226,67 @@ pub fn load(
     data_dir: &Path,
 ) -> Result<(Corpus, PathBuf)> {
     let path = find(ds, split, data_dir)?;
-    let text = read_text(&path)?;
+    // C4's evaluation needs its first documents only.
+    let text = if matches!((ds, purpose), (Dataset::C4, Purpose::Evaluation)) {
+        read_lines(&path, C4_EVAL_DOCS)?
+    } else {
+        read_text(&path)?
+    };
+    let corpus = join(ds, purpose, &text, &path)?;
+    Ok((corpus, path))
+}
+
+/// The first `lines` non-blank lines of a file (gunzipped), read as a stream.
+fn read_lines(path: &Path, lines: usize) -> Result<String> {
+    use std::io::BufRead;
+    let (file, limit) = (
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+        max_text_bytes(),
+    );
+    let reader: Box<dyn Read> = if is_gz(path) {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut out = String::new();
+    let mut n = 0;
+    for line in std::io::BufReader::new(reader.take(limit)).lines() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push_str(&line);
+        out.push('\n');
+        n += 1;
+        if n == lines {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The start of a split's evaluation text: at most `bytes` of its file (whole lines), with
+/// the protocol's join; and whether that is the whole split. The join of a file's first lines
+/// is the start of the join of all of them.
+pub fn load_prefix(
+    ds: &Dataset,
+    split: Split,
+    data_dir: &Path,
+    bytes: u64,
+) -> Result<(Corpus, PathBuf, bool)> {
+    let path = find(ds, split, data_dir)?;
+    if matches!(ds, Dataset::C4) {
+        let (c, p) = load(ds, split, Purpose::Evaluation, data_dir)?;
+        return Ok((c, p, true));
+    }
+    let (text, complete) = read_bytes(&path, bytes.min(max_text_bytes()))?;
+    let corpus = join(ds, Purpose::Evaluation, &text, &path)?;
+    Ok((corpus, path, complete))
+}
+
+/// The protocol's join of a split's text for `purpose`.
+fn join(ds: &Dataset, purpose: Purpose, text: &str, path: &Path) -> Result<Corpus> {
+    let text = text.to_string();
     let corpus = match (ds, purpose) {
         (Dataset::WikiText2, Purpose::Calibration) => {
             Corpus::Joined(wikitext_rows(&text).join(" "))
@@ -185,25 +295,25 @@ pub fn load(
             Corpus::Joined(wikitext_rows(&text).join("\n\n"))
         }
         (Dataset::Ptb, _) => Corpus::Joined(ptb_lines(&text).join(" ")),
-        (Dataset::C4, Purpose::Calibration) => Corpus::Docs(jsonl_docs(&text, "text", &path)?),
+        (Dataset::C4, Purpose::Calibration) => Corpus::Docs(jsonl_docs(&text, "text", path)?),
         (Dataset::C4, Purpose::Evaluation) => {
-            let docs = jsonl_docs(&text, "text", &path)?;
+            let docs = jsonl_docs(&text, "text", path)?;
             let n = docs.len().min(C4_EVAL_DOCS);
             Corpus::Joined(docs[..n].join(" "))
         }
         (Dataset::Text(_), _) => Corpus::Joined(text),
         (Dataset::Jsonl { field, .. }, Purpose::Calibration) => {
-            Corpus::Docs(jsonl_docs(&text, field, &path)?)
+            Corpus::Docs(jsonl_docs(&text, field, path)?)
         }
         (Dataset::Jsonl { field, .. }, Purpose::Evaluation) => {
-            Corpus::Joined(jsonl_docs(&text, field, &path)?.join(" "))
+            Corpus::Joined(jsonl_docs(&text, field, path)?.join(" "))
         }
     };
     match &corpus {
         Corpus::Joined(s) => ensure!(!s.trim().is_empty(), "{} holds no text", path.display()),
         Corpus::Docs(d) => ensure!(!d.is_empty(), "{} holds no documents", path.display()),
     }
-    Ok((corpus, path))
+    Ok(corpus)
 }
 
 #[cfg(test)]

@@ -15,10 +15,18 @@ pub struct EvalSet {
     pub split: Split,
     pub seqlen: usize,
     pub ids: Vec<u32>,
-    /// Tokens of the split before any cap.
-    pub split_tokens: usize,
+    /// Tokens of the split before any cap (None: only the start of the split was read, as
+    /// `max_windows` needs no more).
+    pub split_tokens: Option<usize>,
     pub windows: usize,
 }
+
+/// Tokens kept beyond those evaluated when only the start of a text is read: the tokens near
+/// the cut may differ from the whole text's, the ones this far before it do not.
+const PREFIX_MARGIN_TOKENS: usize = 2048;
+/// First guess of bytes per token when reading only the start of a text (doubled until it
+/// holds enough tokens).
+const BYTES_PER_TOKEN_GUESS: u64 = 6;
 
 impl EvalSet {
     /// Loads and tokenises the evaluation split of `ds` (the protocol's join and token cap).
@@ -30,12 +38,34 @@ impl EvalSet {
         seqlen: usize,
         max_windows: Option<usize>,
     ) -> Result<Self> {
-        let (corpus, path) = corpus::load(ds, split, corpus::Purpose::Evaluation, data_dir)?;
-        let text = match corpus {
-            corpus::Corpus::Joined(t) => t,
-            corpus::Corpus::Docs(d) => d.join(" "),
+        // With max_windows only the text's start is needed: read and tokenise that, so that
+        // memory is set by the windows and not by the file (a 1 GB text, 8 windows).
+        let needed = max_windows.map(|w| {
+            let n = w * seqlen;
+            ds.eval_token_cap(seqlen).map_or(n, |cap| n.min(cap))
+        });
+        let (ids, path, complete) = match needed {
+            None => {
+                let (corpus, path) =
+                    corpus::load(ds, split, corpus::Purpose::Evaluation, data_dir)?;
+                (tok.encode(&joined(corpus))?, path, true)
+            }
+            Some(needed) => {
+                let mut bytes = (needed + PREFIX_MARGIN_TOKENS) as u64 * BYTES_PER_TOKEN_GUESS;
+                loop {
+                    let (corpus, path, complete) = corpus::load_prefix(ds, split, data_dir, bytes)?;
+                    let mut ids = tok.encode(&joined(corpus))?;
+                    if complete {
+                        break (ids, path, true);
+                    }
+                    if ids.len() >= needed + PREFIX_MARGIN_TOKENS {
+                        ids.truncate(needed);
+                        break (ids, path, false);
+                    }
+                    bytes *= 2;
+                }
+            }
         };
-        let ids = tok.encode(&text)?;
         let n = eval_windows(&ids, seqlen, ds.eval_token_cap(seqlen), max_windows).len();
         ensure!(
             n > 0,
@@ -48,7 +78,7 @@ impl EvalSet {
             dataset: ds.clone(),
             split,
             seqlen,
-            split_tokens: ids.len(),
+            split_tokens: complete.then_some(ids.len()),
             ids,
             windows: n,
         })
@@ -61,6 +91,14 @@ impl EvalSet {
             self.dataset.eval_token_cap(self.seqlen),
             Some(self.windows),
         )
+    }
+}
+
+/// A split's text as one string (documents joined with " ").
+fn joined(c: corpus::Corpus) -> String {
+    match c {
+        corpus::Corpus::Joined(t) => t,
+        corpus::Corpus::Docs(d) => d.join(" "),
     }
 }
 

@@ -148,30 +148,32 @@ impl LlamaConfig {
                 self.hidden_size
             );
         }
+        // Both enter f32 arithmetic: an ε that swamps the mean square, or a θ whose powers
+        // overflow f32, computes nonsense without failing (perplexity = vocabulary size).
         ensure!(
-            self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0,
-            "rms_norm_eps must be positive, got {}",
+            self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0 && self.rms_norm_eps <= 0.1,
+            "rms_norm_eps must be in (0, 0.1] (LLaMA uses 1e-5 or 1e-6), got {:e}",
             self.rms_norm_eps
         );
         ensure!(
-            self.rope_theta.is_finite() && self.rope_theta > 0.0,
-            "rope_theta must be positive, got {}",
+            self.rope_theta.is_finite() && self.rope_theta > 1.0 && self.rope_theta <= 1e9,
+            "rope_theta must be in (1, 1e9] (LLaMA uses 1e4 to 5e5), got {:e}",
             self.rope_theta
         );
         if let Some(s) = &self.rope_scaling {
             match s.rope_type.as_str() {
                 "default" => {}
                 "linear" => ensure!(
-                    s.factor.is_some_and(|f| f > 0.0),
-                    "rope_scaling of type linear needs a positive factor"
+                    s.factor.is_some_and(|f| f.is_finite() && f > 0.0 && f <= 1e4),
+                    "rope_scaling of type linear needs a factor in (0, 1e4]"
                 ),
                 "llama3" => ensure!(
-                    s.factor.is_some()
-                        && s.low_freq_factor.is_some()
-                        && s.high_freq_factor.is_some()
-                        && s.original_max_position_embeddings.is_some(),
+                    [s.factor, s.low_freq_factor, s.high_freq_factor]
+                        .iter()
+                        .all(|f| f.is_some_and(|f| f.is_finite() && f > 0.0 && f <= 1e4))
+                        && s.original_max_position_embeddings.is_some_and(|n| n > 0),
                     "rope_scaling of type llama3 needs factor, low_freq_factor, \
-                     high_freq_factor and original_max_position_embeddings"
+                     high_freq_factor in (0, 1e4] and a positive original_max_position_embeddings"
                 ),
                 other => bail!(
                     "rope_scaling type \"{other}\" is not supported (supported: default, linear, llama3)"

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 secs="${1:-600}"; shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config_json safetensors_header gguf_import)
+[ ${#targets[@]} -gt 0 ] || targets=(config_json safetensors_header gguf_import tokenizer_json)
 export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"

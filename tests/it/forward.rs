@@ -205,7 +205,7 @@ fn layer_streamed_evaluation_equals_whole_forward() {
         split: copal::data::Split::Test,
         seqlen: 16,
         ids: stream.clone(),
-        split_tokens: stream.len(),
+        split_tokens: Some(stream.len()),
         windows: 5,
     };
     // One window per chunk (budget of a single window, so batches of one) and all windows in

@@ -14,3 +14,4 @@ mod plan_checks;
 mod prune;
 mod real_model;
 mod reliability;
+mod untrusted;

@@ -106,10 +106,18 @@ fn the_three_datasets_load_with_the_protocol() {
     ] {
         let set = EvalSet::load(&ds, split, &dir, &tok, 512, None).unwrap();
         eprintln!(
-            "{ds} {split}: {} tokens, {} windows of 512",
+            "{ds} {split}: {:?} tokens, {} windows of 512",
             set.split_tokens, set.windows
         );
         assert!(set.windows >= windows, "{ds}: {} windows", set.windows);
+        // With --max-windows only the start of the file is read and tokenised: the windows
+        // are the whole text's first ones.
+        let part = EvalSet::load(&ds, split, &dir, &tok, 512, Some(8)).unwrap();
+        assert_eq!(part.windows, 8);
+        assert!(
+            part.windows() == set.windows()[..8],
+            "{ds}: prefix windows differ"
+        );
     }
     // C4 evaluation is capped at 256 × seqlen tokens.
     let c4 = EvalSet::load(&Dataset::C4, Split::Valid, &dir, &tok, 512, None).unwrap();
@@ -327,4 +335,47 @@ fn ctrl_c_keeps_the_finished_steps_and_says_how_to_resume() {
     let rec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("copal.json")).unwrap()).unwrap();
     assert_eq!(rec["resumed_steps"], 1);
+}
+
+/// Long texts are encoded in stitched segments; the ids are those of the whole text, on every
+/// real dataset text the protocol tokenises whole (segments of 64 KB make hundreds of seams).
+#[test]
+fn stitched_encoding_equals_whole_encoding() {
+    let (_, _, tok) = open();
+    let whole = Tokenizer::open(&test_model())
+        .unwrap()
+        .with_chunk_bytes(usize::MAX / 2);
+    let small = Tokenizer::open(&test_model())
+        .unwrap()
+        .with_chunk_bytes(64 << 10);
+    let dir = data_dir();
+    let mut texts = Vec::new();
+    for (ds, split, purpose) in [
+        (
+            Dataset::WikiText2,
+            Split::Valid,
+            corpus::Purpose::Calibration,
+        ),
+        (Dataset::WikiText2, Split::Test, corpus::Purpose::Evaluation),
+        (Dataset::Ptb, Split::Train, corpus::Purpose::Calibration),
+        (Dataset::C4, Split::Valid, corpus::Purpose::Evaluation),
+    ] {
+        let (c, _) = corpus::load(&ds, split, purpose, &dir).unwrap();
+        match c {
+            corpus::Corpus::Joined(t) => texts.push((format!("{ds} {split}"), t)),
+            corpus::Corpus::Docs(_) => unreachable!(),
+        }
+    }
+    for (name, t) in &texts {
+        let (a, b) = (whole.encode(t).unwrap(), small.encode(t).unwrap());
+        assert_eq!(a.len(), b.len(), "{name}: token counts differ");
+        assert!(a == b, "{name}: ids differ");
+        assert!(
+            a.len() > 100_000 || name.contains("test"),
+            "{name}: {} tokens",
+            a.len()
+        );
+        // The default segments, too.
+        assert!(tok.encode(t).unwrap() == a, "{name}");
+    }
 }
