@@ -154,6 +154,63 @@ cp -r good holder/model
 mkdir -p w2 cwd
 printf '{"body": "a document"}\n' > fields.jsonl
 grid() { printf '%s' "$1" > grid.json; "$copal" experiment --config grid.json --list; }
+# Download failures (issue #21): a local hub on 127.0.0.1 that speaks the part of the hub's
+# HTTP hf-hub uses (`GET /[datasets/]OWNER/NAME/resolve/REV/FILE`, answered 206 with
+# x-repo-commit, etag, content-range), misbehaving on purpose: 401 for gated/model, 404 for
+# anything unknown, a C4 shard that is not the pinned one, a config.json cut off half-way, an
+# index naming a shard outside its repository. The cache (HF_HOME) is inside the work
+# directory; "nothing else touched" ignores what a download may rightly leave there (the good
+# files, hf-hub's empty .lock files and refs) but fails on any partial (.part) file and on the
+# corrupt C4 shard staying in the cache.
+export HF_HOME="$PWD/hf-home" HF_HUB_OFFLINE=0
+unset HF_TOKEN HUGGING_FACE_HUB_TOKEN
+mkdir -p nodata
+python3 - > hub.port 2> /dev/null <<'PY' &
+import gzip, hashlib, http.server, json, socket, sys, threading
+good = {f: open(f'good/{f}', 'rb').read() for f in ('config.json', 'tokenizer.json')}
+files = {
+    'gated/model': {},
+    'datasets/allenai/c4': {'*': gzip.compress(b'{"text": "not the pinned shard"}\n' * 3)},
+    'drop/model': dict(good),
+    'badindex/model': dict(good, **{'model.safetensors.index.json': json.dumps(
+        {'metadata': {}, 'weight_map': {'model.embed_tokens.weight': '../x.safetensors'}}).encode()}),
+}
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def log_message(self, *a): pass
+    def do_GET(self):
+        repo, _, rest = self.path.lstrip('/').partition('/resolve/')
+        rev, _, file = rest.partition('/')
+        if repo == 'gated/model':
+            return self.empty(401)
+        repo_files = files.get(repo, {})
+        body = repo_files.get(file, repo_files.get('*'))
+        if body is None or rev not in ('main', '0' * 40) and repo != 'datasets/allenai/c4':
+            return self.empty(404)
+        start = int(self.headers.get('Range', 'bytes=0-').split('=')[1].split('-')[0] or 0)
+        self.send_response(206)
+        self.send_header('x-repo-commit', '0' * 40)
+        self.send_header('etag', '"%s"' % hashlib.sha256(body).hexdigest())
+        self.send_header('content-range', f'bytes {start}-{len(body) - 1}/{len(body)}')
+        self.send_header('content-length', str(len(body) - start))
+        self.end_headers()
+        part = body[start:]
+        if repo == 'drop/model' and len(part) > 1:
+            self.wfile.write(part[:len(part) // 2]); self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR); return
+        self.wfile.write(part)
+    def empty(self, code):
+        self.send_response(code); self.send_header('content-length', '0'); self.end_headers()
+s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+PY
+hub_pid=$!
+trap 'kill $hub_pid 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 50); do [ -s hub.port ] && break; sleep 0.1; done
+hub="HF_ENDPOINT=http://127.0.0.1:$(cat hub.port)"
+dl() { "$copal" prune --datasets "text:$PWD/data.txt" "${base[@]}" --out o "$@"; }
+
 gridbase='"name": "g", "model": "good", "datasets": ["text:'"$PWD"'/data.txt"], "nsamples": 2, "seqlen": 64, "allow_calib_on_eval": true'
 
 # expected exit | case | command (exit 2: a usage error, 1: a valid plan that fails on its inputs)
@@ -209,12 +266,22 @@ cases=(
   "1|GGUF general.alignment = 0|$copal import-gguf align0.gguf --out o --quiet"
   "1|GGUF tensors all at offset 0|$copal import-gguf aliased.gguf --out o --quiet"
   "1|full disk (ulimit -f 1024, EFBIG)|ulimit -f 1024; trap '' XFSZ; prune --model good --out o"
+  "1|download: hub unreachable|HF_ENDPOINT=http://127.0.0.1:9 dl --model some/model"
+  "1|download: gated model (401)|$hub dl --model gated/model"
+  "1|download: unknown repository (404)|$hub dl --model nobody/nothing"
+  "1|download: unknown revision (404)|$hub dl --model drop/model@no-such-rev"
+  "1|download: connection dropped half-way|$hub dl --model drop/model"
+  "1|download: C4 shard that is not the pinned one|$hub $copal prune --model good --datasets c4 --data-dir $PWD/nodata ${base[*]} --out o"
+  "1|download: index naming ../x.safetensors|$hub dl --model badindex/model"
+  "1|download: HF_HUB_OFFLINE=1 and not in the cache|HF_HUB_OFFLINE=1 $copal prune --model good --datasets wikitext2 --data-dir $PWD/nodata ${base[*]} --out o"
 )
 # The files the work directory holds (names, sizes, modification times), to show a failed run
 # touched nothing but its own output (grid.json is each experiment case's own input).
 snapshot() {
-  find . -path ./o -prune -o -path ./.o.copal-partial -prune -o -type f ! -name grid.json \
-    -printf '%p %s %T@\n' | sort
+  find . -path ./o -prune -o -path ./.o.copal-partial -prune -o -path ./hf-home -prune \
+    -o -type f ! -name grid.json -printf '%p %s %T@\n' | sort
+  find hf-home -name '*.part' 2> /dev/null || true
+  find hf-home/hub/datasets--allenai--c4/blobs -type f ! -name '*.lock' 2> /dev/null || true
 }
 echo "| bad input | exit | seconds | nothing else touched | message |"
 echo "|---|---|---|---|---|"
@@ -230,7 +297,10 @@ for c in "${cases[@]}"; do
   set -e
   secs=$(python3 -c "print(f'{$(date +%s.%N) - $start:.2f}')")
   untouched=yes
-  [ "$(snapshot)" == "$before" ] || untouched=NO
+  after=$(snapshot)
+  if [ "$after" != "$before" ]; then
+    untouched=NO; diff <(echo "$before") <(echo "$after") >&2 || true
+  fi
   line=$(printf '%s\n' "$err" | grep -m1 '^error:' || true)
   # The error and its causes, as printed one per line, joined.
   msg=$(printf '%s\n' "$err" | grep -E '^(error|  caused by):' | sed -E 's/^(error|  caused by): //' \

@@ -22,6 +22,7 @@ pub mod eval;
 pub mod experiment;
 pub mod fsutil;
 pub mod guard;
+pub mod hub;
 pub mod model;
 pub mod plan;
 pub mod plot;

@@ -103,65 +103,42 @@ pub fn resolve(spec: &str, quiet: bool) -> Result<PathBuf> {
     )
 }
 
+/// Downloads (or finds in the hub cache) the files of a model repository: config,
+/// tokenizer, the weights (every shard its index names, each name checked to be a file of
+/// the repository before anything is fetched), and the optional side files.
 #[cfg(feature = "hub")]
 fn hub_snapshot(repo: &str, quiet: bool) -> Result<PathBuf> {
-    use hf_hub::{api::sync::ApiBuilder, Cache};
-    let offline = std::env::var("HF_HUB_OFFLINE")
-        .map(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
-        .unwrap_or(false);
-    let required = ["config.json", "tokenizer.json"];
-    let optional = [
+    // owner/name@REVISION pins a commit, branch or tag (default main).
+    let r = match repo.split_once('@') {
+        Some((id, rev)) => {
+            hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, rev.to_string())
+        }
+        None => hf_hub::Repo::new(repo.to_string(), hf_hub::RepoType::Model),
+    };
+    let get = |f: &str| crate::hub::get(&r, f, quiet);
+    let cfg = get("config.json").with_context(|| format!("getting model {repo}"))?;
+    get("tokenizer.json").with_context(|| format!("getting model {repo}"))?;
+    for f in [
         "tokenizer_config.json",
         "special_tokens_map.json",
         "generation_config.json",
-    ];
-    if offline {
-        let cache = Cache::from_env();
-        let repo_cache = cache.model(repo.to_string());
-        let get = |f: &str| repo_cache.get(f);
-        let cfg = get("config.json").with_context(|| {
-            format!(
-                "HF_HUB_OFFLINE is set and {repo} is not in the hub cache at {}: \
-                 unset HF_HUB_OFFLINE to download it, or pass a local directory",
-                cache.path().display()
-            )
-        })?;
-        for f in required {
-            get(f).with_context(|| format!("{f} of {repo} is not in the hub cache (offline)"))?;
-        }
-        if get(super::INDEX_FILE).is_none() && get(super::SINGLE_FILE).is_none() {
-            bail!("the weights of {repo} are not in the hub cache (HF_HUB_OFFLINE is set)");
-        }
-        return Ok(cfg.parent().map(Path::to_path_buf).unwrap_or_default());
+    ] {
+        // Optional: a repository without them is fine, and offline they may be missing.
+        let _ = get(f);
     }
-    let api = ApiBuilder::from_env()
-        .with_progress(!quiet)
-        .build()
-        .context("starting the Hugging Face hub client")?;
-    let r = api.model(repo.to_string());
-    let cfg = r.get("config.json").with_context(|| {
-        format!(
-            "downloading config.json of {repo} from the hub (check the id; gated models need \
-             HF_TOKEN and an accepted licence)"
-        )
-    })?;
-    r.get("tokenizer.json")
-        .with_context(|| format!("downloading tokenizer.json of {repo}"))?;
-    for f in optional {
-        let _ = r.get(f);
-    }
-    match r.get(super::INDEX_FILE) {
+    match get(super::INDEX_FILE) {
         Ok(index) => {
             let files: std::collections::BTreeSet<String> =
                 super::read_weight_map(&index)?.into_values().collect();
+            for f in &files {
+                crate::hub::check_repo_path(f, &format!("{repo}'s {}", super::INDEX_FILE))?;
+            }
             for f in files {
-                r.get(&f)
-                    .with_context(|| format!("downloading {f} of {repo}"))?;
+                get(&f).with_context(|| format!("getting model {repo}"))?;
             }
         }
         Err(_) => {
-            r.get(super::SINGLE_FILE)
-                .with_context(|| format!("downloading model.safetensors of {repo}"))?;
+            get(super::SINGLE_FILE).with_context(|| format!("getting model {repo}"))?;
         }
     }
     Ok(cfg.parent().map(Path::to_path_buf).unwrap_or_default())

@@ -6,6 +6,7 @@
 mod args;
 mod eval;
 mod experiment;
+mod fetch;
 mod import;
 mod inspect;
 mod prune;
@@ -42,6 +43,7 @@ pub enum Command {
     ImportGguf(import::ImportArgs),
     Inspect(inspect::InspectArgs),
     Experiment(experiment::ExperimentArgs),
+    Fetch(fetch::FetchArgs),
     Synth(synth::SynthArgs),
 }
 
@@ -54,6 +56,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Prune(a) => prune::run(a, sub),
         Command::Experiment(a) => experiment::run(a),
+        Command::Fetch(a) => fetch::run(a),
         Command::Synth(a) => synth::run(a),
     }
 }

@@ -334,8 +334,9 @@ pub fn request(a: &PruneArgs, m: &ArgMatches) -> Result<Request> {
 pub fn run(a: PruneArgs, m: &ArgMatches) -> Result<()> {
     copal::ui::set_quiet(a.output.quiet);
     let plan = PrunePlan::resolve(request(&a, m)?)?;
-    // Every check that needs no computation runs here, before the first step.
-    let prepared = continual::prepare(plan)?;
+    // Every check that needs no computation runs here, before the first step (a dry run
+    // lists the pinned datasets a run would download instead of fetching them).
+    let prepared = continual::prepare_with(plan, !a.dry_run)?;
     if a.dry_run {
         let mut v = serde_json::to_value(&prepared.plan)?;
         v["estimate"] = prepared.estimate();

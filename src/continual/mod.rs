@@ -51,6 +51,8 @@ pub struct Prepared {
     /// SHA-256 of the model's files, and their fingerprint.
     pub model_files: Vec<FileSum>,
     pub fingerprint: String,
+    /// Pinned dataset files a run would download (prepared without downloading).
+    pub downloads: Vec<String>,
 }
 
 impl Prepared {
@@ -89,6 +91,7 @@ impl Prepared {
             "hours_at_390_gflops": flops / 390e9 / 3600.0,
             "writes_bytes": {"model": model_bytes, "state": state_bytes},
             "reads": self.calib.iter().flatten().map(|d| &d.file.path).collect::<Vec<_>>(),
+            "downloads": self.downloads,
         })
     }
 }
@@ -99,6 +102,13 @@ impl Prepared {
 /// that `--force` replaces only what copal wrote), the state file, and every dataset (its
 /// file, its fields, its length: the windows are drawn here).
 pub fn prepare(plan: PrunePlan) -> Result<Prepared> {
+    prepare_with(plan, true)
+}
+
+/// [`prepare`]; without `download`, a pinned dataset that is neither in the data directory nor
+/// in the hub cache is listed in [`Prepared::downloads`] instead of fetched (its windows are
+/// then drawn by the run). `--dry-run` prepares so.
+pub fn prepare_with(plan: PrunePlan, download: bool) -> Result<Prepared> {
     let dir = crate::checkpoint::resolve::resolve(&plan.model, crate::ui::quiet())?;
     let dense = Checkpoint::open(&dir).with_context(|| format!("opening model {}", plan.model))?;
     let plan = plan.with_model(&dense.config)?;
@@ -139,21 +149,41 @@ pub fn prepare(plan: PrunePlan) -> Result<Prepared> {
         );
     }
     let needs_windows = plan.method.needs_data() || !plan.allocate.is_uniform();
-    let calib = plan
-        .datasets
-        .iter()
-        .map(|src| match needs_windows {
-            true => CalibData::draw(&plan, &src.dataset, src.split, &tok).map(Some),
-            false => Ok(None),
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut downloads = Vec::new();
+    let mut remote = |ds: &Dataset, split| -> Result<bool> {
+        if download {
+            return Ok(false);
+        }
+        Ok(
+            match crate::data::corpus::locate(ds, split, &plan.data_dir)? {
+                crate::data::corpus::Located::Remote(pin) => {
+                    downloads.push(format!("{}@{}/{}", pin.repo, pin.revision, pin.path));
+                    true
+                }
+                _ => false,
+            },
+        )
+    };
+    let mut calib = Vec::new();
+    for src in &plan.datasets {
+        calib.push(match needs_windows && !remote(&src.dataset, src.split)? {
+            true => Some(CalibData::draw(&plan, &src.dataset, src.split, &tok)?),
+            false => None,
+        });
+    }
     let eval_sets = if plan.eval {
         let mut ds: Vec<Dataset> = history
             .iter()
             .map(|h| Dataset::parse(&h.dataset))
             .collect::<Result<_>>()?;
         ds.extend(plan.dataset_list());
-        eval::load_sets(&ds, &plan.data_dir, &tok, plan.seqlen(), plan.max_windows)?
+        let mut here = Vec::new();
+        for d in ds {
+            if !remote(&d, d.default_eval_split())? {
+                here.push(d);
+            }
+        }
+        eval::load_sets(&here, &plan.data_dir, &tok, plan.seqlen(), plan.max_windows)?
     } else {
         Vec::new()
     };
@@ -167,6 +197,7 @@ pub fn prepare(plan: PrunePlan) -> Result<Prepared> {
         eval_sets,
         model_files,
         fingerprint,
+        downloads,
     })
 }
 

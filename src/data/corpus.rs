@@ -73,13 +73,22 @@ const WIKI_DIRS: &[&str] = &[
 const PTB_DIRS: &[&str] = &["", "ptb", "penn"];
 const C4_DIRS: &[&str] = &["", "c4", "c4/en", "en"];
 
-/// Locates the file of a split: for built-ins the first existing candidate (plain, then
-/// `.gz`) under the data directory; for custom sources the given path.
-pub fn find(ds: &Dataset, split: Split, data_dir: &Path) -> Result<PathBuf> {
+/// Where a split's text is: a file here (the data directory's, a custom source's, or the
+/// hub cache's), or a pinned upstream file still to fetch.
+#[derive(Debug, Clone)]
+pub enum Located {
+    File(PathBuf),
+    Remote(&'static super::hub::Pin),
+}
+
+/// Locates a split without touching the network: for built-ins the first existing candidate
+/// (plain, then `.gz`) under the data directory, else the pinned upstream file in the hub
+/// cache, else that pin; for custom sources the given path.
+pub fn locate(ds: &Dataset, split: Split, data_dir: &Path) -> Result<Located> {
     match ds {
         Dataset::Text(p) | Dataset::Jsonl { path: p, .. } => {
             ensure!(p.is_file(), "dataset file {} does not exist", p.display());
-            return Ok(p.clone());
+            return Ok(Located::File(p.clone()));
         }
         _ => {}
     }
@@ -89,18 +98,47 @@ pub fn find(ds: &Dataset, split: Split, data_dir: &Path) -> Result<PathBuf> {
             "{ds} has no {split} split (c4 has train and valid; the others train, valid, test)"
         ),
     };
-    let mut tried = Vec::new();
     for sub in files.subdirs {
         for name in &files.names {
             for ext in ["", ".gz"] {
                 let p = data_dir.join(sub).join(format!("{name}{ext}"));
                 if p.is_file() {
-                    return Ok(p);
+                    return Ok(Located::File(p));
                 }
-                tried.push(p);
             }
         }
     }
+    match super::hub::pin(ds, split) {
+        Some(pin) => Ok(match super::hub::cached(pin) {
+            Some(p) => Located::File(p),
+            None => Located::Remote(pin),
+        }),
+        None => Err(not_here(ds, split, data_dir)),
+    }
+}
+
+/// The file of a split (see [`locate`]), fetching a pinned upstream file into the hub cache if
+/// it is nowhere here; a file from the hub is verified against its pin.
+pub fn find(ds: &Dataset, split: Split, data_dir: &Path) -> Result<PathBuf> {
+    match locate(ds, split, data_dir)? {
+        Located::File(p) => {
+            if let Some(pin) = super::hub::pin_of_path(&p).filter(|_| !p.starts_with(data_dir)) {
+                super::hub::verify(pin, &p)?;
+            }
+            Ok(p)
+        }
+        Located::Remote(pin) => super::hub::fetch(pin).map_err(|e| {
+            let here = not_here(ds, split, data_dir);
+            e.context(format!("{here}; fetching it from the hub failed"))
+        }),
+    }
+}
+
+/// The error of a split that is not in the data directory.
+fn not_here(ds: &Dataset, split: Split, data_dir: &Path) -> anyhow::Error {
+    let names = Files::of(ds, split)
+        .map(|f| f.names.join(" or "))
+        .unwrap_or_default();
     let hint = match (ds, split) {
         (Dataset::WikiText2, Split::Train) => {
             "; WikiText-2 train is in wikitext-2-raw-v1.zip (see README, Data), or calibrate on \
@@ -108,10 +146,9 @@ pub fn find(ds: &Dataset, split: Split, data_dir: &Path) -> Result<PathBuf> {
         }
         _ => "; see README, Data, for where to download it and where it goes",
     };
-    bail!(
-        "{ds} {split} split not found: looked for {}[.gz] in {} (set --data-dir or \
+    anyhow::anyhow!(
+        "{ds} {split} split not found: looked for {names}[.gz] in {} (set --data-dir or \
          COPAL_DATA_DIR){hint}",
-        files.names.join(" or "),
         data_dir.display()
     )
 }
@@ -226,11 +263,16 @@ pub fn load(
     data_dir: &Path,
 ) -> Result<(Corpus, PathBuf)> {
     let path = find(ds, split, data_dir)?;
-    // C4's evaluation needs its first documents only.
-    let text = if matches!((ds, purpose), (Dataset::C4, Purpose::Evaluation)) {
-        read_lines(&path, C4_EVAL_DOCS)?
-    } else {
-        read_text(&path)?
+    // A pinned file from the hub may be parquet: its rows rebuild the upstream text.
+    let text = match super::hub::pin_of_path(&path) {
+        Some(pin) if matches!(pin.format, super::hub::Format::Parquet(_)) => {
+            super::hub::upstream_text(pin, &path)?
+        }
+        // C4's evaluation needs its first documents only.
+        _ if matches!((ds, purpose), (Dataset::C4, Purpose::Evaluation)) => {
+            read_lines(&path, C4_EVAL_DOCS)?
+        }
+        _ => read_text(&path)?,
     };
     let corpus = join(ds, purpose, &text, &path)?;
     Ok((corpus, path))
@@ -275,7 +317,9 @@ pub fn load_prefix(
     bytes: u64,
 ) -> Result<(Corpus, PathBuf, bool)> {
     let path = find(ds, split, data_dir)?;
-    if matches!(ds, Dataset::C4) {
+    let parquet = super::hub::pin_of_path(&path)
+        .is_some_and(|p| matches!(p.format, super::hub::Format::Parquet(_)));
+    if matches!(ds, Dataset::C4) || parquet {
         let (c, p) = load(ds, split, Purpose::Evaluation, data_dir)?;
         return Ok((c, p, true));
     }

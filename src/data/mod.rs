@@ -8,6 +8,7 @@
 pub mod corpus;
 pub mod dataset;
 pub mod eval_set;
+pub mod hub;
 pub mod sampler;
 
 pub use corpus::{Corpus, Files};

@@ -10,6 +10,7 @@ mod baselines;
 mod checkpoint;
 mod common;
 mod forward;
+mod hub;
 mod plan_checks;
 mod prune;
 mod real_model;

@@ -155,7 +155,17 @@ pub fn tiny_model(tied: bool, shards: usize) -> Tiny {
 /// Runs the built `copal` binary; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_copal"));
-    cmd.args(args).env_remove("COPAL_DATA_DIR");
+    // No test reaches the network: the hub is offline and its cache empty unless a test
+    // starts its own local hub (tests/it/hub.rs) and says so.
+    cmd.args(args)
+        .env_remove("COPAL_DATA_DIR")
+        .env("HF_HUB_OFFLINE", "1")
+        .env(
+            "HF_HOME",
+            std::env::temp_dir().join("copal-tests-empty-hf-home"),
+        )
+        .env_remove("HF_ENDPOINT")
+        .env_remove("HF_TOKEN");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -1,0 +1,144 @@
+//! `copal fetch`: what a run would download, and downloading it before the run.
+
+use super::args::OutputArgs;
+use anyhow::Result;
+use clap::Args;
+use copal::data::corpus::{self, Located};
+use copal::data::{self, hub, Dataset, Split};
+use std::path::PathBuf;
+
+/// Download (or, with --list, list) the datasets and the model a run needs, into the Hugging
+/// Face cache (HF_HOME).
+///
+/// Built-in datasets not in the data directory come from the hub, pinned by repository,
+/// revision and the SHA-256 of their text (README, Data); every calibration and evaluation
+/// split of each dataset is fetched. A hub model (owner/name[@revision], or an alias) is
+/// fetched whole. Files already in the data directory or the cache are not downloaded again.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Datasets: wikitext2, ptb, c4 (text:/jsonl: files are local already).
+    #[arg(
+        long,
+        short = 'd',
+        default_value = "wikitext2,ptb,c4",
+        value_name = "LIST"
+    )]
+    pub datasets: String,
+
+    /// Also the model: a hub id owner/name[@revision] or an alias.
+    #[arg(long, short = 'm', value_name = "ALIAS|OWNER/NAME")]
+    pub model: Option<String>,
+
+    /// Directory with the dataset files [env: COPAL_DATA_DIR] [default: ./data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Only say what is where and what would be downloaded (with its size), download nothing.
+    #[arg(long)]
+    pub list: bool,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// A dataset split's state: where it is, or what it needs.
+fn row(ds: &Dataset, split: Split, data_dir: &std::path::Path) -> Result<serde_json::Value> {
+    Ok(match corpus::locate(ds, split, data_dir)? {
+        Located::File(p) => serde_json::json!({
+            "dataset": ds.name(), "split": split, "status": "present", "path": p,
+            "bytes": std::fs::metadata(&p).map(|m| m.len()).ok(),
+        }),
+        Located::Remote(pin) => {
+            #[cfg(feature = "hub")]
+            let size =
+                copal::hub::remote_size(&hub::repo(pin), pin.path).map_err(|e| e.to_string());
+            #[cfg(not(feature = "hub"))]
+            let size: Result<u64, String> = Err("built without the hub feature".into());
+            serde_json::json!({
+                "dataset": ds.name(), "split": split, "status": "to download",
+                "repo": pin.repo, "revision": pin.revision, "path": pin.path,
+                "bytes": size.as_ref().ok(), "size_error": size.err(),
+            })
+        }
+    })
+}
+
+fn splits(ds: &Dataset) -> Vec<Split> {
+    match ds {
+        Dataset::C4 => vec![Split::Train, Split::Valid],
+        Dataset::WikiText2 | Dataset::Ptb => vec![Split::Train, Split::Valid, Split::Test],
+        _ => vec![ds.default_calib_split()],
+    }
+}
+
+pub fn run(a: FetchArgs) -> Result<()> {
+    copal::ui::set_quiet(a.output.quiet);
+    let datasets = Dataset::parse_list(&a.datasets)?;
+    let data_dir = data::data_dir(a.data_dir.clone());
+    let mut rows = Vec::new();
+    for ds in &datasets {
+        for split in splits(ds) {
+            if hub::pin(ds, split).is_none()
+                && !matches!(ds, Dataset::Text(_) | Dataset::Jsonl { .. })
+            {
+                continue;
+            }
+            if a.list {
+                rows.push(row(ds, split, &data_dir)?);
+            } else {
+                let p = corpus::find(ds, split, &data_dir)?;
+                rows.push(serde_json::json!({
+                    "dataset": ds.name(), "split": split, "status": "present", "path": p,
+                }));
+            }
+        }
+    }
+    if let Some(m) = &a.model {
+        if a.list {
+            rows.push(serde_json::json!({"model": m, "status": "resolved when fetched"}));
+        } else {
+            let dir = copal::checkpoint::resolve::resolve(m, a.output.quiet)?;
+            rows.push(serde_json::json!({"model": m, "status": "present", "path": dir}));
+        }
+    }
+    if a.output.json {
+        copal::ui::out(serde_json::to_string_pretty(&rows)?)?;
+        return Ok(());
+    }
+    let mut total = 0u64;
+    for r in &rows {
+        let what = match (r.get("dataset"), r.get("model")) {
+            (Some(d), _) => format!(
+                "{} {}",
+                d.as_str().unwrap_or(""),
+                r["split"].as_str().unwrap_or("")
+            ),
+            (_, Some(m)) => format!("model {}", m.as_str().unwrap_or("")),
+            _ => String::new(),
+        };
+        let status = r["status"].as_str().unwrap_or("");
+        let detail = match status {
+            "to download" => {
+                let size = r["bytes"].as_u64();
+                total += size.unwrap_or(0);
+                format!(
+                    "{}@{}/{} ({})",
+                    r["repo"].as_str().unwrap_or(""),
+                    r["revision"].as_str().unwrap_or(""),
+                    r["path"].as_str().unwrap_or(""),
+                    size.map(|b| format!("{:.1} MB", b as f64 / 1e6))
+                        .unwrap_or_else(|| r["size_error"]
+                            .as_str()
+                            .unwrap_or("size unknown")
+                            .to_string())
+                )
+            }
+            _ => r["path"].as_str().unwrap_or("").to_string(),
+        };
+        copal::ui::out(format!("{what:<18} {status:<12} {detail}"))?;
+    }
+    if a.list && total > 0 {
+        copal::ui::out(format!("to download: {:.1} MB", total as f64 / 1e6))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! The built-in datasets by name: when the data directory does not hold a split's file,
+//! copal fetches the upstream file through the Hugging Face hub, **pinned** and verified, so
+//! that the same text comes back next year (the anchors' `load_dataset` breaks when the hub
+//! changes: wanda #23, #36, #87; sparsegpt #30).
+//!
+//! Each pin names a repository, a revision, a file and the SHA-256 of the text it must give:
+//! for WikiText-2, of the raw file `wiki.SPLIT.raw` rebuilt from the hub's parquet rows (a
+//! whitespace-only row is the raw file's " \n"), so the hub's conversion is proved byte for
+//! byte equal to Salesforce's raw files on every fetch; for PTB, of the protocol's text (lines
+//! stripped, joined with " "); for C4, of its first 1000 documents' texts joined with "\n"
+//! (the file is a 300 MB shard; its own SHA-256 is recorded in copal.json's data files).
+//! A file that fails its check is removed from the cache and refused.
+
+use super::dataset::{Dataset, Split};
+use anyhow::{bail, Context as _, Result};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// How a pinned file holds its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A parquet file; the rows of this string column.
+    Parquet(&'static str),
+    /// Gzipped JSON lines with a `text` field (C4's own format).
+    JsonGz,
+}
+
+/// What the pinned SHA-256 is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// The upstream raw file rebuilt from the rows (WikiText-2).
+    RawFile,
+    /// The protocol's text: lines stripped, the non-empty ones joined with " " (PTB).
+    StrippedLines,
+    /// The first N documents' texts joined with "\n" (C4).
+    FirstDocs(usize),
+}
+
+/// One pinned upstream file.
+#[derive(Debug, Clone, Copy)]
+pub struct Pin {
+    pub dataset: &'static str,
+    pub split: Split,
+    pub repo: &'static str,
+    pub revision: &'static str,
+    pub path: &'static str,
+    pub format: Format,
+    pub check: Check,
+    pub sha256: &'static str,
+}
+
+const WIKI_REPO: &str = "Salesforce/wikitext";
+const WIKI_REV: &str = "b08601e04326c79dfdd32d625aee71d232d685c3";
+const PTB_REPO: &str = "ptb-text-only/ptb_text_only";
+/// The hub's parquet conversion branch of PTB (a branch, not a commit: the text check below
+/// is what pins it).
+const PTB_REV: &str = "refs/convert/parquet";
+const C4_REPO: &str = "allenai/c4";
+const C4_REV: &str = "607bd4c8450a42878aa9ddc051a65a055450ef87";
+
+/// Every pinned file (README, Data, lists them).
+pub const PINS: [Pin; 8] = [
+    Pin {
+        dataset: "wikitext2",
+        split: Split::Train,
+        repo: WIKI_REPO,
+        revision: WIKI_REV,
+        path: "wikitext-2-raw-v1/train-00000-of-00001.parquet",
+        format: Format::Parquet("text"),
+        check: Check::RawFile,
+        sha256: "6707892fa3788b5ab9ed78ab5ff37d9fe825f6011a2ad4fcd6a6d467f0e7da57",
+    },
+    Pin {
+        dataset: "wikitext2",
+        split: Split::Valid,
+        repo: WIKI_REPO,
+        revision: WIKI_REV,
+        path: "wikitext-2-raw-v1/validation-00000-of-00001.parquet",
+        format: Format::Parquet("text"),
+        check: Check::RawFile,
+        sha256: "4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7",
+    },
+    Pin {
+        dataset: "wikitext2",
+        split: Split::Test,
+        repo: WIKI_REPO,
+        revision: WIKI_REV,
+        path: "wikitext-2-raw-v1/test-00000-of-00001.parquet",
+        format: Format::Parquet("text"),
+        check: Check::RawFile,
+        sha256: "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08",
+    },
+    Pin {
+        dataset: "ptb",
+        split: Split::Train,
+        repo: PTB_REPO,
+        revision: PTB_REV,
+        path: "penn_treebank/train/0000.parquet",
+        format: Format::Parquet("sentence"),
+        check: Check::StrippedLines,
+        sha256: "e55e9b8ecc1783ae3f8ed28bd8bfc8d99b39eb2181f74f6e3eef31b6001b70f6",
+    },
+    Pin {
+        dataset: "ptb",
+        split: Split::Valid,
+        repo: PTB_REPO,
+        revision: PTB_REV,
+        path: "penn_treebank/validation/0000.parquet",
+        format: Format::Parquet("sentence"),
+        check: Check::StrippedLines,
+        sha256: "1f1d25ca87ab412ae012d63a2fe28b14820ea6e64cd51046339e5dbf0361a6c7",
+    },
+    Pin {
+        dataset: "ptb",
+        split: Split::Test,
+        repo: PTB_REPO,
+        revision: PTB_REV,
+        path: "penn_treebank/test/0000.parquet",
+        format: Format::Parquet("sentence"),
+        check: Check::StrippedLines,
+        sha256: "900cfc61a7a63afcd086c5e1cce90554764eae65cb2ca9f5d4cac47be5f0f394",
+    },
+    Pin {
+        dataset: "c4",
+        split: Split::Train,
+        repo: C4_REPO,
+        revision: C4_REV,
+        path: "en/c4-train.00000-of-01024.json.gz",
+        format: Format::JsonGz,
+        check: Check::FirstDocs(1000),
+        sha256: "61d9ff85ba39b2dac77b797fc04df555570ff71b69add533062d70f88ed1e738",
+    },
+    Pin {
+        dataset: "c4",
+        split: Split::Valid,
+        repo: C4_REPO,
+        revision: C4_REV,
+        path: "en/c4-validation.00000-of-00008.json.gz",
+        format: Format::JsonGz,
+        check: Check::FirstDocs(1000),
+        sha256: "c0667918e1b44039d4ea2243265f37fb7753a34e6d69a5e8547336e8983981ec",
+    },
+];
+
+/// The pin of a built-in dataset's split.
+pub fn pin(ds: &Dataset, split: Split) -> Option<&'static Pin> {
+    PINS.iter()
+        .find(|p| p.dataset == ds.name() && p.split == split)
+}
+
+/// The pin a file in the hub cache came from (by its path inside the repository).
+pub fn pin_of_path(path: &Path) -> Option<&'static Pin> {
+    let s = path.to_string_lossy();
+    PINS.iter().find(|p| s.ends_with(p.path))
+}
+
+/// The rows of a string column of a parquet file.
+pub fn parquet_rows(path: &Path, column: &str) -> Result<Vec<String>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::RowAccessor;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let reader = SerializedFileReader::new(file)
+        .with_context(|| format!("{} is not a readable parquet file", path.display()))?;
+    let schema = reader.metadata().file_metadata().schema_descr();
+    let idx = (0..schema.num_columns())
+        .find(|&i| schema.column(i).name() == column)
+        .with_context(|| format!("{} has no column {column:?}", path.display()))?;
+    let mut rows = Vec::new();
+    for row in reader
+        .get_row_iter(None)
+        .with_context(|| format!("reading {}", path.display()))?
+    {
+        let row = row.with_context(|| format!("reading {}", path.display()))?;
+        let s = row
+            .get_string(idx)
+            .with_context(|| format!("{}: column {column:?} is not text", path.display()))?;
+        rows.push(s.clone());
+    }
+    Ok(rows)
+}
+
+/// The upstream file's text from a pinned file: WikiText-2's raw file (a row that is empty
+/// stands for a line holding one space), PTB's lines, C4's JSON lines as they are.
+pub fn upstream_text(pin: &Pin, path: &Path) -> Result<String> {
+    match pin.format {
+        Format::Parquet(column) => {
+            let rows = parquet_rows(path, column)?;
+            Ok(match pin.check {
+                Check::RawFile => rows
+                    .iter()
+                    .map(|r| if r.is_empty() { " \n" } else { r.as_str() })
+                    .collect(),
+                _ => rows.iter().map(|r| format!("{r}\n")).collect(),
+            })
+        }
+        Format::JsonGz => super::corpus::read_text(path),
+    }
+}
+
+/// SHA-256 (hex) of what `pin.check` covers in `text` (the upstream file's text).
+pub fn checked_sha256(pin: &Pin, text: &str) -> Result<String> {
+    let covered = match pin.check {
+        Check::RawFile => text.to_string(),
+        Check::StrippedLines => super::corpus::ptb_lines(text).join(" "),
+        Check::FirstDocs(n) => {
+            let docs = super::corpus::jsonl_docs(text, "text", Path::new(pin.path))?;
+            docs[..n.min(docs.len())].join("\n")
+        }
+    };
+    Ok(format!("{:x}", Sha256::digest(covered.as_bytes())))
+}
+
+/// Verifies a pinned file; a file that fails is removed from the cache.
+pub fn verify(pin: &Pin, path: &Path) -> Result<()> {
+    let got = checked_sha256(pin, &upstream_text(pin, path)?)?;
+    if got != pin.sha256 {
+        #[cfg(feature = "hub")]
+        crate::hub::evict(path);
+        bail!(
+            "{} of {}@{} does not hold the pinned text (SHA-256 {got}, pinned {}): the download \
+             is corrupt or the hub's copy changed. It was removed from the cache; rerun to \
+             fetch it again, or put the upstream file in the data directory (README, Data)",
+            pin.path,
+            pin.repo,
+            pin.revision,
+            pin.sha256
+        );
+    }
+    Ok(())
+}
+
+/// The pinned file of a split: from the hub cache, or downloaded into it (not with
+/// `HF_HUB_OFFLINE=1`), verified either way.
+#[cfg(feature = "hub")]
+pub fn fetch(pin: &Pin) -> Result<PathBuf> {
+    let path = crate::hub::get(&repo(pin), pin.path, false)
+        .with_context(|| format!("fetching the {} {} split", pin.dataset, pin.split))?;
+    verify(pin, &path)?;
+    Ok(path)
+}
+
+#[cfg(not(feature = "hub"))]
+pub fn fetch(pin: &Pin) -> Result<PathBuf> {
+    bail!(
+        "the {} {} split is not in the data directory, and this copal was built without the \
+         `hub` feature to fetch {} of {}",
+        pin.dataset,
+        pin.split,
+        pin.path,
+        pin.repo
+    )
+}
+
+/// The hub repository of a pin.
+#[cfg(feature = "hub")]
+pub fn repo(pin: &Pin) -> hf_hub::Repo {
+    hf_hub::Repo::with_revision(
+        pin.repo.to_string(),
+        hf_hub::RepoType::Dataset,
+        pin.revision.to_string(),
+    )
+}
+
+/// Whether a pinned file is in the hub cache already (no network).
+#[cfg(feature = "hub")]
+pub fn cached(pin: &Pin) -> Option<PathBuf> {
+    crate::hub::cached(&repo(pin), pin.path)
+}
+
+#[cfg(not(feature = "hub"))]
+pub fn cached(_: &Pin) -> Option<PathBuf> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_split_has_one_pin() {
+        for (ds, splits) in [
+            (
+                Dataset::WikiText2,
+                &[Split::Train, Split::Valid, Split::Test][..],
+            ),
+            (Dataset::Ptb, &[Split::Train, Split::Valid, Split::Test][..]),
+            (Dataset::C4, &[Split::Train, Split::Valid][..]),
+        ] {
+            for s in splits {
+                let p = pin(&ds, *s).unwrap_or_else(|| panic!("{ds} {s}"));
+                crate::hub::check_repo_path(p.path, "a pin").unwrap();
+                assert_eq!(p.sha256.len(), 64);
+            }
+        }
+    }
+
+    #[test]
+    fn wikitext_rows_rebuild_the_raw_file() {
+        // HF's rows: lines verbatim, a whitespace-only line as "".
+        let raw = " \n = Title = \n \n Some text .\n";
+        let rows = super::super::corpus::wikitext_rows(raw);
+        let rebuilt: String = rows
+            .iter()
+            .map(|r| if r.is_empty() { " \n" } else { r })
+            .collect();
+        assert_eq!(rebuilt, raw);
+    }
+}
