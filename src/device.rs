@@ -65,12 +65,29 @@ pub fn check(spec: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether tensors on `device` take copal's fused CPU kernels (the causal softmax, the head's
+/// NLL) rather than the generic candle composition that a GPU runs. `COPAL_GENERIC_KERNELS=1`
+/// sends the CPU down the generic path too, so that the GPU's path is exercised and compared
+/// with the fused one on machines without a GPU (tests, `scripts/gpu-check.sh`'s rehearsal).
+pub fn fused_cpu(device: &Device) -> bool {
+    static GENERIC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    device.is_cpu()
+        && !*GENERIC.get_or_init(|| {
+            std::env::var("COPAL_GENERIC_KERNELS").is_ok_and(|v| !v.is_empty() && v != "0")
+        })
+}
+
 /// Opens the device.
 pub fn open(spec: &str) -> Result<Device> {
     check(spec)?;
     match parse(spec)? {
         None => Ok(Device::Cpu),
-        Some(n) => Device::new_cuda(n).with_context(|| format!("opening CUDA device {n}")),
+        Some(n) => Device::new_cuda(n).with_context(|| {
+            format!(
+                "opening CUDA device {n}: is the NVIDIA driver loaded and the GPU visible? \
+                 (nvidia-smi lists the GPUs; CUDA_VISIBLE_DEVICES may hide them)"
+            )
+        }),
     }
 }
 

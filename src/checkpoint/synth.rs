@@ -22,10 +22,12 @@ pub fn preset(name: &str, layers: usize) -> Result<serde_json::Value> {
         "llama-7b" => (4096, 11008, 32, 32, 32000, 2048, 1e-6, 10000.0),
         "llama-13b" => (5120, 13824, 40, 40, 32000, 2048, 1e-6, 10000.0),
         "llama-2-7b" => (4096, 11008, 32, 32, 32000, 4096, 1e-5, 10000.0),
+        "llama-2-70b" => (8192, 28672, 64, 8, 32000, 4096, 1e-5, 10000.0),
         "llama-3-8b" => (4096, 14336, 32, 8, 128256, 8192, 1e-5, 500000.0),
         "smollm2-135m" => (576, 1536, 9, 3, 49152, 8192, 1e-5, 100000.0),
         other => bail!(
-            "unknown preset {other:?} (llama-7b, llama-13b, llama-2-7b, llama-3-8b, smollm2-135m)"
+            "unknown preset {other:?} (llama-7b, llama-13b, llama-2-7b, llama-2-70b, llama-3-8b, \
+             smollm2-135m)"
         ),
     };
     Ok(json!({
@@ -152,4 +154,38 @@ pub fn write(config: &serde_json::Value, out: &Path, dtype: DType, seed: u64) ->
         &json!({"add_bos_token": true, "bos_token": "<s>", "eos_token": "</s>", "tokenizer_class": "PreTrainedTokenizerFast"}),
     )?;
     Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_is_a_valid_llama_config() {
+        for name in [
+            "llama-7b",
+            "llama-13b",
+            "llama-2-7b",
+            "llama-2-70b",
+            "llama-3-8b",
+            "smollm2-135m",
+        ] {
+            let j = preset(name, 1).unwrap();
+            let cfg = LlamaConfig::from_json(&j.to_string()).unwrap();
+            cfg.validate().unwrap();
+            assert_eq!(cfg.head_dim() * cfg.num_attention_heads, cfg.hidden_size);
+            assert_eq!(cfg.num_attention_heads % cfg.num_kv_heads(), 0, "{name}");
+        }
+        // LLaMA-2-70B: grouped-query attention, 64 query heads over 8 key/value heads.
+        let j = preset("llama-2-70b", 1).unwrap();
+        assert_eq!(
+            (
+                &j["hidden_size"],
+                &j["intermediate_size"],
+                &j["num_key_value_heads"]
+            ),
+            (&json!(8192), &json!(28672), &json!(8))
+        );
+        assert!(preset("llama-9b", 1).is_err());
+    }
 }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 /// mean nothing.
 #[derive(Debug, Args)]
 pub struct SynthArgs {
-    /// Shape preset: llama-7b, llama-13b, llama-2-7b, llama-3-8b, smollm2-135m.
+    /// Shape preset: llama-7b, llama-13b, llama-2-7b, llama-2-70b, llama-3-8b, smollm2-135m.
     #[arg(long, default_value = "llama-7b")]
     pub preset: String,
 

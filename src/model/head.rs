@@ -23,7 +23,7 @@ pub fn window_nll(logits: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
         anyhow::bail!("window_nll: token id {bad} outside {v} logits");
     }
     let z = logits.narrow(0, 0, t - 1)?;
-    if z.device().is_cpu() && z.dtype() == candle_core::DType::F32 {
+    if crate::device::fused_cpu(z.device()) && z.dtype() == candle_core::DType::F32 {
         use rayon::prelude::*;
         let z = z.contiguous()?;
         let (storage, layout) = z.storage_and_layout();

@@ -68,17 +68,22 @@ pub fn causal_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<Tens
         scores.dtype() == DType::F32,
         "causal_softmax: f32 scores expected"
     );
-    if scores.device().is_cpu() {
+    if crate::device::fused_cpu(scores.device()) {
         // A positive scale keeps the row maximum where it is: max(c·x) = c·max(x).
         ensure!(scale > 0.0, "causal_softmax: scale must be positive");
         Ok(scores.contiguous()?.apply_op1_no_bwd(&CausalSoftmax {
             scale: scale as f32,
         })?)
     } else {
-        Ok(candle_nn::ops::softmax_last_dim(
-            &(scores * scale)?.broadcast_add(mask)?,
-        )?)
+        causal_softmax_generic(scores, scale, mask)
     }
+}
+
+/// [`causal_softmax`] as candle ops (scale, add the mask, softmax), the path a GPU takes.
+fn causal_softmax_generic(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::softmax_last_dim(
+        &(scores * scale)?.broadcast_add(mask)?,
+    )?)
 }
 
 #[cfg(test)]
@@ -98,10 +103,7 @@ mod tests {
         let s = (Tensor::randn(0f32, 1.0, (2, 3, t, t), &dev).unwrap() * 60.0).unwrap();
         let scale = 0.125;
         let fused = causal_softmax(&s, scale, &mask(t)).unwrap();
-        let generic = candle_nn::ops::softmax_last_dim(
-            &(&s * scale).unwrap().broadcast_add(&mask(t)).unwrap(),
-        )
-        .unwrap();
+        let generic = causal_softmax_generic(&s, scale, &mask(t)).unwrap();
         let diff = (&fused - &generic)
             .unwrap()
             .abs()

@@ -2,13 +2,15 @@
 //! - `forward`: the model on a tiny random LLaMA built in memory (no files);
 //! - `checkpoint`: reading and writing checkpoint directories, bad inputs through the CLI;
 //! - `prune`: pruning runs of the tiny model through the CLI (state, masks, determinism);
-//! - `real_model`: the converted SmolLM2-135M test model and the real datasets.
+//! - `real_model`: the converted SmolLM2-135M test model and the real datasets;
+//! - `device`: the GPU check's CPU rehearsal (the generic kernels against the fused ones).
 
 #![allow(clippy::needless_range_loop)]
 
 mod baselines;
 mod checkpoint;
 mod common;
+mod device;
 mod forward;
 mod hub;
 mod plan_checks;
