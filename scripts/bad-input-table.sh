@@ -307,6 +307,7 @@ for c in "${cases[@]}"; do
     | paste -sd'\t' | sed 's/\t/ — /g')
   msg=${msg//$PWD\//}
   msg=${msg//$PWD/.}
+  msg=$(printf '%s' "$msg" | sed -E 's#127\.0\.0\.1:[0-9]{4,}#127.0.0.1:PORT#g')
   echo "| $name | $code | $secs | $untouched | ${msg//|/\\|} |"
   if [ "$code" != "$want" ] || [ -z "$line" ] || [ "$untouched" != yes ] \
     || printf '%s' "$err" | grep -q panicked; then

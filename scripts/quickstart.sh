@@ -6,7 +6,8 @@
 # to `copal prune` (e.g. `--method sparsegpt` for SparseGPT-accumulate, `--update obs` for
 # COPAL's mask with SparseGPT's weight reconstruction).
 #
-#   COPAL_DATA_DIR  the datasets (default: ../shared/data beside the repository, else ./data)
+#   COPAL_DATA_DIR  the datasets (default: ../shared/data beside the repository, else ./data;
+#                   files in neither are fetched, pinned, from the Hugging Face hub: docs/data.md)
 #   OUT             output directory (default: out/smollm2-135m-50)
 #   NSAMPLES SEQLEN WINDOWS   calibration windows, window length, eval windows (16, 512, 40)
 set -euo pipefail

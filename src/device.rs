@@ -59,7 +59,7 @@ pub fn check(spec: &str) -> Result<()> {
         crate::usage_bail!(
             "device",
             "{spec}: this copal was built without CUDA; rebuild with --features cuda \
-             (README, CUDA)"
+             (docs/cuda.md)"
         );
     }
     Ok(())

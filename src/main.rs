@@ -13,7 +13,7 @@ use std::process::ExitCode;
 /// zeroing again, and returns freed heap tops to the kernel. Here the threshold is pinned at
 /// its ceiling (32 MiB), the heap grows in 256 MiB steps and is trimmed only above 2 GiB free:
 /// in three alternated runs of a 16 × 512 COPAL step on the test model, system time went from
-/// 4.7–11.9 s to 2.0–2.4 s and wall time from 26.2–31.6 s to 23.9–25.5 s (README, Performance). The peak resident size is set by the live tensors either way.
+/// 4.7–11.9 s to 2.0–2.4 s and wall time from 26.2–31.6 s to 23.9–25.5 s (docs/performance.md). The peak resident size is set by the live tensors either way.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
     // SAFETY: mallopt only changes allocator parameters; it is called before any thread starts.

@@ -28,7 +28,7 @@ pub struct ModelArgs {
 /// Where the datasets live and how they are cut.
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
-    /// Directory with the dataset files (README, Data, lists the file names) [env: COPAL_DATA_DIR] [default: ./data]
+    /// Directory with the dataset files (docs/data.md lists the file names) [env: COPAL_DATA_DIR] [default: ./data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 

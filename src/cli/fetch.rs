@@ -11,7 +11,7 @@ use std::path::PathBuf;
 /// Face cache (HF_HOME).
 ///
 /// Built-in datasets not in the data directory come from the hub, pinned by repository,
-/// revision and the SHA-256 of their text (README, Data); every calibration and evaluation
+/// revision and the SHA-256 of their text (docs/data.md); every calibration and evaluation
 /// split of each dataset is fetched. A hub model (owner/name[@revision], or an alias) is
 /// fetched whole. Files already in the data directory or the cache are not downloaded again.
 #[derive(Debug, Args)]

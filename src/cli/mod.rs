@@ -25,7 +25,8 @@ use copal::usage::UsageError;
 baselines it is compared with.\n\nDatasets arrive one after another; copal keeps only a per-weight \
 importance state between them and prunes the dense weights so that the model stays good on every \
 domain seen so far. Progress goes to stderr, results to stdout (--json for machine-readable output).\n\n\
-Exit codes: 0 success, 1 a valid plan failed, 2 a usage error (a flag, a value, a combination).",
+Exit codes: 0 success, 1 a valid plan failed, 2 a usage error (a flag, a value, a combination),
+130 interrupted (Ctrl-C; finished steps are kept for a rerun to resume).",
     propagate_version = true,
     max_term_width = 100
 )]

@@ -106,9 +106,9 @@ pub struct PruneArgs {
     /// Calibration windows forwarded through a layer together [default: as many as fit in 4096
     /// tokens and 512 MiB of taps: 8 × 512 on the test model, 1 × 2048 at LLaMA-7B shapes].
     ///
-    /// Larger batches keep the GEMMs busy; 1 holds the least memory. The statistics are sums
-    /// over tokens, so the result does not depend on it beyond float rounding (the gaussian
-    /// perturbation draws its noise per batch).
+    /// Larger batches keep the GEMMs busy; 1 holds the least memory. Each window's statistics
+    /// are computed alone and summed in window order, so the pruned model is bit-identical
+    /// whatever the batch.
     #[arg(long, value_name = "N")]
     pub calib_batch: Option<usize>,
 

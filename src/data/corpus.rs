@@ -141,10 +141,10 @@ fn not_here(ds: &Dataset, split: Split, data_dir: &Path) -> anyhow::Error {
         .unwrap_or_default();
     let hint = match (ds, split) {
         (Dataset::WikiText2, Split::Train) => {
-            "; WikiText-2 train is in wikitext-2-raw-v1.zip (see README, Data), or calibrate on \
+            "; WikiText-2 train is in wikitext-2-raw-v1.zip (see docs/data.md), or calibrate on \
              another split with --calib-split wikitext2=valid"
         }
-        _ => "; see README, Data, for where to download it and where it goes",
+        _ => "; see docs/data.md for where to download it and where it goes",
     };
     anyhow::anyhow!(
         "{ds} {split} split not found: looked for {names}[.gz] in {} (set --data-dir or \

@@ -58,7 +58,7 @@ const PTB_REV: &str = "refs/convert/parquet";
 const C4_REPO: &str = "allenai/c4";
 const C4_REV: &str = "607bd4c8450a42878aa9ddc051a65a055450ef87";
 
-/// Every pinned file (README, Data, lists them).
+/// Every pinned file (docs/data.md lists them).
 pub const PINS: [Pin; 8] = [
     Pin {
         dataset: "wikitext2",
@@ -219,7 +219,7 @@ pub fn verify(pin: &Pin, path: &Path) -> Result<()> {
         bail!(
             "{} of {}@{} does not hold the pinned text (SHA-256 {got}, pinned {}): the download \
              is corrupt or the hub's copy changed. It was removed from the cache; rerun to \
-             fetch it again, or put the upstream file in the data directory (README, Data)",
+             fetch it again, or put the upstream file in the data directory (docs/data.md)",
             pin.path,
             pin.repo,
             pin.revision,

@@ -93,7 +93,7 @@ pub struct CopalConfig {
 }
 
 impl Default for CopalConfig {
-    /// The measured defaults: `scaled` (README, "Choosing COPAL's defaults"), ε 0.01, the
+    /// The measured defaults: `scaled` (docs/method.md, "Choosing COPAL's defaults"), ε 0.01, the
     /// paper's L1 sum, no normalisation or decay.
     fn default() -> Self {
         Self {

@@ -100,7 +100,7 @@ impl Method {
 
     /// The method table. COPAL's per-row default group, not the paper's per-matrix T_s: on the
     /// test model (wikitext2 → ptb → c4, 50%) rows gave average PPL 86.9 against 121.7 for the
-    /// matrix (results/perturbation/, README "Choosing COPAL's defaults").
+    /// matrix (results/perturbation/, docs/method.md, "Choosing COPAL's defaults").
     pub fn facts(self) -> Facts {
         use Statistic::*;
         let (default_group, statistic) = match self {

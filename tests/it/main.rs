@@ -11,6 +11,7 @@ mod baselines;
 mod checkpoint;
 mod common;
 mod device;
+mod docs;
 mod forward;
 mod hub;
 mod plan_checks;

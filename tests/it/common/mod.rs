@@ -231,7 +231,7 @@ pub fn data_dir() -> PathBuf {
     assert!(
         p.join("ptb").exists() || p.join("ptb.test.txt.gz").exists(),
         "the datasets are not at {}: set COPAL_DATA_DIR to the directory holding \
-         wikitext-2-raw/, ptb/ and c4/ (README, Data, says where to download them)",
+         wikitext-2-raw/, ptb/ and c4/ (docs/data.md says where to download them)",
         p.display()
     );
     p

@@ -1,0 +1,157 @@
+//! The documentation stays true to the tool: links resolve, every command and every flag it
+//! names exists, and the bad-input table lists exactly the script's cases.
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn pages() -> Vec<PathBuf> {
+    let mut v = vec![root().join("README.md")];
+    for e in std::fs::read_dir(root().join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            v.push(p);
+        }
+    }
+    v
+}
+
+/// GitHub's anchor of a heading: lower case, spaces to '-', punctuation dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn anchors(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| anchor(l.trim_start_matches('#')))
+        .collect()
+}
+
+#[test]
+fn every_link_in_the_docs_resolves() {
+    let mut bad = Vec::new();
+    for page in pages() {
+        let text = std::fs::read_to_string(&page).unwrap();
+        let dir = page.parent().unwrap();
+        for (i, _) in text.match_indices("](") {
+            let rest = &text[i + 2..];
+            let Some(end) = rest.find(')') else { continue };
+            let target = &rest[..end];
+            if target.starts_with("http") || target.contains(' ') {
+                continue;
+            }
+            let (file, frag) = target.split_once('#').unwrap_or((target, ""));
+            let linked = if file.is_empty() {
+                page.clone()
+            } else {
+                dir.join(file)
+            };
+            if !linked.exists() {
+                bad.push(format!("{}: {target} (no such file)", page.display()));
+            } else if !frag.is_empty() {
+                let t = std::fs::read_to_string(&linked).unwrap();
+                if !anchors(&t).iter().any(|a| a == frag) {
+                    bad.push(format!("{}: {target} (no such heading)", page.display()));
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "broken links:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn every_command_and_flag_the_docs_name_exists() {
+    let (code, help, _) = run_cli(&["--help"], &[]);
+    assert_eq!(code, 0);
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help" && l_is_command(c))
+        .collect();
+    assert!(commands.len() >= 7, "{help}");
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let usage = std::fs::read_to_string(root().join("docs/usage.md")).unwrap();
+    for c in &commands {
+        assert!(readme.contains(&format!("`copal {c}`")), "README lacks {c}");
+        assert!(
+            usage.contains(&format!("## `copal {c}`")),
+            "usage.md lacks {c}"
+        );
+    }
+    // Every --flag in a table row of the prune flag tables is a flag of `copal prune`.
+    let (_, prune_help, _) = run_cli(&["prune", "--help"], &[]);
+    let section = usage
+        .split("## `copal prune`")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let table_rows = section
+        .lines()
+        .chain(readme.lines().filter(|l| l.starts_with("| `--")))
+        .filter(|l| l.starts_with("| `--"));
+    let mut missing = Vec::new();
+    for row in table_rows {
+        let first = row.split('|').nth(1).unwrap();
+        for flag in first.split('`').filter(|s| s.starts_with("--")) {
+            let name = flag.split([' ', '=']).next().unwrap();
+            if !prune_help.contains(&format!("{name} "))
+                && !prune_help.contains(&format!("{name}\n"))
+            {
+                missing.push(name.to_string());
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "flags in the docs but not in copal prune: {missing:?}"
+    );
+}
+
+fn l_is_command(c: &str) -> bool {
+    c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '-')
+}
+
+#[test]
+fn the_bad_input_table_lists_the_scripts_cases() {
+    let script = std::fs::read_to_string(root().join("scripts/bad-input-table.sh")).unwrap();
+    let cases: Vec<&str> = script
+        .split("cases=(")
+        .nth(1)
+        .unwrap()
+        .split("\n)")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('"'))
+        .filter_map(|l| l.split('|').nth(1))
+        .collect();
+    let doc = std::fs::read_to_string(root().join("docs/reliability.md")).unwrap();
+    let rows: Vec<&str> = doc
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| bad input"))
+        .filter_map(|l| l.split(" | ").next())
+        .map(|c| c.trim_start_matches("| "))
+        .collect();
+    assert_eq!(
+        rows, cases,
+        "regenerate the table: bash scripts/bad-input-table.sh"
+    );
+}
