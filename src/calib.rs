@@ -366,7 +366,7 @@ pub fn run_step(
                 mask_error = Some(obs::relative_output_error(
                     layer.weight(*lin),
                     &done.weight,
-                    &gram.to_device(&candle_core::Device::Cpu)?,
+                    gram,
                 )?);
                 done.weight = r.weight;
                 done.recon_error = Some(r.recon_error);

@@ -333,7 +333,7 @@ pub fn reconstruct(
         i1 = i2;
     }
     let weight = Tensor::from_vec(w, (rows, cols), &Device::Cpu)?.to_device(w_dense.device())?;
-    let recon_error = relative_output_error(&w0, &weight, &xtx.to_device(&Device::Cpu)?)?;
+    let recon_error = relative_output_error(&w0, &weight, xtx)?;
     Ok(Reconstructed {
         weight,
         mask: Mask { rows, cols, pruned },
@@ -341,10 +341,11 @@ pub fn reconstruct(
     })
 }
 
-/// ‖X W₀ᵀ − X Wᵀ‖² / ‖X W₀ᵀ‖² = tr(ΔW H ΔWᵀ) / tr(W₀ H W₀ᵀ), with H ∝ XᵀX.
+/// ‖X W₀ᵀ − X Wᵀ‖² / ‖X W₀ᵀ‖² = tr(ΔW H ΔWᵀ) / tr(W₀ H W₀ᵀ), with H ∝ XᵀX, computed where H
+/// lives (on a GPU the two out × in × in products stay there; H is not copied).
 pub fn relative_output_error(w0: &Tensor, w: &Tensor, h: &Tensor) -> Result<f64> {
-    let w0 = w0.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-    let w = w.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let w0 = w0.to_dtype(DType::F32)?.to_device(h.device())?;
+    let w = w.to_dtype(DType::F32)?.to_device(h.device())?;
     let d = (&w0 - &w)?;
     let num = d.matmul(h)?.mul(&d)?.sum_all()?.to_scalar::<f32>()? as f64;
     let den = w0.matmul(h)?.mul(&w0)?.sum_all()?.to_scalar::<f32>()? as f64;
