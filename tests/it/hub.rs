@@ -258,40 +258,40 @@ fn hub_with_everything(model_dir: &Path) -> Hub {
         (MODEL.into(), "main".into()),
         ("c0ffee".repeat(6) + "c0ff", model),
     );
-    let mut wiki = HashMap::new();
-    for (split, file) in [("test", "test"), ("valid", "validation")] {
-        let raw = String::from_utf8(read_gz(
-            &data.join(format!("wikitext-2-raw/wiki.{split}.raw.gz")),
-        ))
-        .unwrap();
-        let rows: Vec<String> = copal::data::corpus::wikitext_rows(&raw)
-            .into_iter()
-            .map(String::from)
-            .collect();
-        wiki.insert(
-            format!("wikitext-2-raw-v1/{file}-00000-of-00001.parquet"),
-            parquet("text", &rows),
-        );
-    }
+    // The hub's parquet conversions: one row per upstream line (or row), as upstream splits
+    // them.
+    let converted = |raw: &str, split: &str, file: &str, column: &str| -> (String, Vec<u8>) {
+        let text = String::from_utf8(read_gz(&data.join(raw.replace("{split}", split)))).unwrap();
+        let rows: Vec<String> = if column == "text" {
+            copal::data::corpus::wikitext_rows(&text)
+        } else {
+            copal::data::corpus::ptb_lines(&text)
+        }
+        .into_iter()
+        .map(String::from)
+        .collect();
+        (file.to_string(), parquet(column, &rows))
+    };
+    let wiki: HashMap<_, _> = [("test", "test"), ("valid", "validation")]
+        .iter()
+        .map(|(split, f)| {
+            let file = format!("wikitext-2-raw-v1/{f}-00000-of-00001.parquet");
+            converted("wikitext-2-raw/wiki.{split}.raw.gz", split, &file, "text")
+        })
+        .collect();
     hub.repos
         .insert((WIKI.0.into(), WIKI.1.into()), (WIKI.1.into(), wiki));
-    let mut ptb = HashMap::new();
-    for (split, file) in [
+    let ptb: HashMap<_, _> = [
         ("train", "train"),
         ("valid", "validation"),
         ("test", "test"),
-    ] {
-        let text =
-            String::from_utf8(read_gz(&data.join(format!("ptb/ptb.{split}.txt.gz")))).unwrap();
-        let rows: Vec<String> = copal::data::corpus::ptb_lines(&text)
-            .into_iter()
-            .map(String::from)
-            .collect();
-        ptb.insert(
-            format!("penn_treebank/{file}/0000.parquet"),
-            parquet("sentence", &rows),
-        );
-    }
+    ]
+    .iter()
+    .map(|(split, f)| {
+        let file = format!("penn_treebank/{f}/0000.parquet");
+        converted("ptb/ptb.{split}.txt.gz", split, &file, "sentence")
+    })
+    .collect();
     hub.repos
         .insert((PTB.0.into(), PTB.1.into()), ("a".repeat(40), ptb));
     let mut c4 = HashMap::new();
