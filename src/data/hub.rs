@@ -193,7 +193,7 @@ pub fn upstream_text(pin: &Pin, path: &Path) -> Result<String> {
                 _ => rows.iter().map(|r| format!("{r}\n")).collect(),
             })
         }
-        Format::JsonGz => super::corpus::read_text(path),
+        Format::JsonGz => super::text::read_text(path),
     }
 }
 
@@ -201,9 +201,9 @@ pub fn upstream_text(pin: &Pin, path: &Path) -> Result<String> {
 pub fn checked_sha256(pin: &Pin, text: &str) -> Result<String> {
     let covered = match pin.check {
         Check::RawFile => text.to_string(),
-        Check::StrippedLines => super::corpus::ptb_lines(text).join(" "),
+        Check::StrippedLines => super::text::ptb_lines(text).join(" "),
         Check::FirstDocs(n) => {
-            let docs = super::corpus::jsonl_docs(text, "text", Path::new(pin.path))?;
+            let docs = super::text::jsonl_docs(text, "text", Path::new(pin.path))?;
             docs[..n.min(docs.len())].join("\n")
         }
     };
@@ -298,7 +298,7 @@ mod tests {
     fn wikitext_rows_rebuild_the_raw_file() {
         // HF's rows: lines verbatim, a whitespace-only line as "".
         let raw = " \n = Title = \n \n Some text .\n";
-        let rows = super::super::corpus::wikitext_rows(raw);
+        let rows = super::super::text::wikitext_rows(raw);
         let rebuilt: String = rows
             .iter()
             .map(|r| if r.is_empty() { " \n" } else { r })

@@ -10,6 +10,7 @@ pub mod dataset;
 pub mod eval_set;
 pub mod hub;
 pub mod sampler;
+pub mod text;
 
 pub use corpus::{Corpus, Files};
 pub use dataset::{data_dir, parse_split_overrides, Dataset, Split, BUILTIN};

@@ -200,3 +200,25 @@ pub fn cost_table(
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paired_row_shows_signed_differences_and_wins() {
+        let p = Paired {
+            pattern: crate::prune::mask::Pattern::Unstructured { percent: 50.0 },
+            setting: "wanda-accumulate".into(),
+            reference: "copal".into(),
+            d_ppl: stats(&[-10.0, 4.0]),
+            d_bwt: Some(stats(&[4.0, 4.0])),
+            wins: 1,
+        };
+        let md = paired_markdown(&[p]);
+        assert!(
+            md.contains("| unstructured 50% | wanda accumulate | copal | 2 | -3.00 ± 9.90 | 1 of 2 | +4.00 ± 0.00 |"),
+            "{md}"
+        );
+    }
+}

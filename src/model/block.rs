@@ -146,17 +146,9 @@ impl Positions {
     pub fn new(cfg: &LlamaConfig, seqlen: usize, dtype: DType, device: &Device) -> Result<Self> {
         Ok(Self {
             rope: Rope::new(cfg, seqlen, dtype, device)?,
-            mask: causal_mask(seqlen, device)?,
+            mask: super::softmax::causal_mask(seqlen, device)?,
         })
     }
-}
-
-/// The additive causal mask (t, t) in f32: 0 on and below the diagonal, −∞ above.
-pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Ok(Tensor::from_vec(mask, (t, t), device)?)
 }
 
 /// One decoder layer's weights, materialised in the compute dtype.

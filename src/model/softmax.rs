@@ -10,7 +10,7 @@
 //! add the mask, softmax) makes three full passes over a (heads, T, T) tensor, one thread each.
 
 use anyhow::{ensure, Result};
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// The fused op: input (…, T, T) f32 scores, output the same shape.
@@ -86,13 +86,21 @@ fn causal_softmax_generic(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<
     )?)
 }
 
+/// The additive causal mask (t, t) in f32: 0 on and below the diagonal, −∞ above.
+pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, t), device)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, D};
 
     fn mask(t: usize) -> Tensor {
-        crate::model::block::causal_mask(t, &Device::Cpu).unwrap()
+        causal_mask(t, &Device::Cpu).unwrap()
     }
 
     #[test]

@@ -293,4 +293,33 @@ mod tests {
         );
         assert_eq!(va, vb, "bit-identical weights");
     }
+
+    #[test]
+    fn given_sparsegpts_own_mask_the_update_reproduces_its_weights() {
+        let (o, i, t) = (12, 48, 256);
+        let w = Tensor::from_vec(gaussian(7, o * i), (o, i), &Device::Cpu).unwrap();
+        let x = correlated(t, i, 3);
+        let cfg = ObsConfig {
+            percdamp: 0.01,
+            blocksize: 16,
+        };
+        for pattern in [
+            Pattern::Unstructured { percent: 50.0 },
+            Pattern::NM { n: 2, m: 4 },
+        ] {
+            let mut p = SparseGptPruner::new(&w, cfg).unwrap();
+            p.observe(&x, &x).unwrap();
+            let sgpt = Box::new(p).finish(&pattern, Group::Matrix).unwrap();
+            let mut gram = None;
+            add_gram(&mut gram, &x).unwrap();
+            let r = reconstruct(&w, &gram.unwrap(), cfg, MaskChoice::Given(&sgpt.mask)).unwrap();
+            assert_eq!(r.mask, sgpt.mask);
+            assert_eq!(
+                r.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                sgpt.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{pattern}: bit-identical weights"
+            );
+            assert_eq!(r.recon_error, sgpt.recon_error.unwrap());
+        }
+    }
 }

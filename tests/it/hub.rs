@@ -263,9 +263,9 @@ fn hub_with_everything(model_dir: &Path) -> Hub {
     let converted = |raw: &str, split: &str, file: &str, column: &str| -> (String, Vec<u8>) {
         let text = String::from_utf8(read_gz(&data.join(raw.replace("{split}", split)))).unwrap();
         let rows: Vec<String> = if column == "text" {
-            copal::data::corpus::wikitext_rows(&text)
+            copal::data::text::wikitext_rows(&text)
         } else {
-            copal::data::corpus::ptb_lines(&text)
+            copal::data::text::ptb_lines(&text)
         }
         .into_iter()
         .map(String::from)

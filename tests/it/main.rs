@@ -14,6 +14,7 @@ mod device;
 mod docs;
 mod forward;
 mod hub;
+mod layering;
 mod plan_checks;
 mod prune;
 mod real_model;
