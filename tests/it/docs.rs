@@ -155,3 +155,47 @@ fn the_bad_input_table_lists_the_scripts_cases() {
         "regenerate the table: bash scripts/bad-input-table.sh"
     );
 }
+
+/// The grids the docs quote are re-reported with `copal experiment --config C --report`: each
+/// shipped config must find its committed runs, wherever it is run from.
+#[test]
+fn every_shipped_experiment_finds_its_committed_results() {
+    let dir = root().join("configs/experiments");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let cfg = e.unwrap().path();
+        if cfg.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let (code, out, err) = run_cli(
+            &[
+                "experiment",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--list",
+                "--json",
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{}: {err}", cfg.display());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let results = Path::new(v["results"].as_str().unwrap()).to_path_buf();
+        let committed = std::fs::read_dir(results.join("runs"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let finished = v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["finished"] == true)
+            .count();
+        assert!(
+            committed > 0 && finished == committed,
+            "{}: {finished} runs finished, {committed} files in {}/runs",
+            cfg.display(),
+            results.display()
+        );
+        n += 1;
+    }
+    assert!(n >= 3, "no experiment configs in {}", dir.display());
+}
