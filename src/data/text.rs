@@ -3,7 +3,7 @@
 //! the corpus joins and by the hub's verification of a fetched file.
 
 use anyhow::{Context as _, Result};
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 /// Reads a file as UTF-8, gunzipping `*.gz`.
@@ -67,24 +67,22 @@ pub fn read_bytes(path: &Path, limit: u64) -> Result<(String, bool)> {
     Ok((text, complete))
 }
 
-/// A file's bytes as a stream, gunzipped when it ends in `.gz`.
-fn open(path: &Path) -> Result<Box<dyn Read>> {
+/// A file's bytes as a buffered stream, gunzipped when it ends in `.gz`.
+fn open(path: &Path) -> Result<Box<dyn BufRead>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     Ok(if is_gz(path) {
-        Box::new(flate2::read::MultiGzDecoder::new(file))
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
     } else {
-        Box::new(std::io::BufReader::new(file))
+        Box::new(BufReader::new(file))
     })
 }
 
 /// The first `lines` non-blank lines of a file (gunzipped), read as a stream.
 pub fn read_lines(path: &Path, lines: usize) -> Result<String> {
-    use std::io::BufRead;
-    let reader = open(path)?;
     let limit = max_text_bytes();
     let mut out = String::new();
     let mut n = 0;
-    for line in std::io::BufReader::new(reader.take(limit)).lines() {
+    for line in open(path)?.take(limit).lines() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
         if line.trim().is_empty() {
             continue;
