@@ -156,8 +156,9 @@ fn the_bad_input_table_lists_the_scripts_cases() {
     );
 }
 
-/// The grids the docs quote are re-reported with `copal experiment --config C --report`: each
-/// shipped config must find its committed runs, wherever it is run from.
+/// The grids the docs quote are re-reported with `copal experiment --config C --report` from the
+/// repository root (the tests' cwd): each shipped config must find its committed runs there, which
+/// holds only if its `results` is resolved against the config file, not the cwd.
 #[test]
 fn every_shipped_experiment_finds_its_committed_results() {
     let dir = root().join("configs/experiments");
@@ -179,7 +180,7 @@ fn every_shipped_experiment_finds_its_committed_results() {
         );
         assert_eq!(code, 0, "{}: {err}", cfg.display());
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let results = Path::new(v["results"].as_str().unwrap()).to_path_buf();
+        let results = PathBuf::from(v["results"].as_str().unwrap());
         let committed = std::fs::read_dir(results.join("runs"))
             .map(|d| d.count())
             .unwrap_or(0);
