@@ -8,6 +8,17 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 . "$root/scripts/common.sh"
 cargo build --release --locked
+# The Python reference clients of the hub tests (tests/requirements.txt), installed once.
+py="${COPAL_PYTHON:-python3}"
+if ! "$py" - <<'PY' 2>/dev/null
+import sys, importlib.metadata as m
+want = [l.split("==") for l in open("tests/requirements.txt") if "==" in l and not l.startswith("#")]
+sys.exit(any(m.version(n.strip()) != v.strip() for n, v in want))
+PY
+then
+  echo "installing the tests' Python clients (tests/requirements.txt) ..." >&2
+  "$py" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt >&2
+fi
 COPAL_TEST_MODEL=$(./scripts/fetch-test-model.sh)
 export COPAL_TEST_MODEL
 cargo test --release --locked "$@"

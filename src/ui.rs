@@ -55,6 +55,25 @@ pub fn bar(len: u64, prefix: impl Into<String>) -> ProgressBar {
     pb
 }
 
+/// A bar of `total` bytes with the rate and an ETA (downloads); hidden when quiet or when
+/// stderr is not a terminal.
+pub fn bytes_bar(total: u64, prefix: impl Into<String>) -> ProgressBar {
+    if quiet() {
+        return ProgressBar::hidden();
+    }
+    let pb = multi().add(ProgressBar::new(total));
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} (eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(prefix.into());
+    pb.enable_steady_tick(Duration::from_millis(500));
+    pb
+}
+
 /// Writes a line of results to stdout; a closed pipe comes back as an error (which `main`
 /// treats as success) instead of a panic, as `println!` would.
 pub fn out(line: impl AsRef<str>) -> std::io::Result<()> {

@@ -105,48 +105,50 @@ pub fn resolve(spec: &str, quiet: bool) -> Result<PathBuf> {
 
 /// Downloads (or finds in the hub cache) the files of a model repository: config,
 /// tokenizer, the weights (every shard its index names, each name checked to be a file of
-/// the repository before anything is fetched), and the optional side files.
-#[cfg(feature = "hub")]
-fn hub_snapshot(repo: &str, quiet: bool) -> Result<PathBuf> {
+/// the repository before anything is fetched), and the optional side files. The revision is
+/// resolved to a commit by the first file, and every other file is fetched at that commit, so
+/// a branch that moves mid-download cannot mix two versions in one snapshot.
+fn hub_snapshot(spec: &str, quiet: bool) -> Result<PathBuf> {
+    use crate::hub::{self, Repo};
     // owner/name@REVISION pins a commit, branch or tag (default main).
-    let r = match repo.split_once('@') {
-        Some((id, rev)) => {
-            hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, rev.to_string())
-        }
-        None => hf_hub::Repo::new(repo.to_string(), hf_hub::RepoType::Model),
-    };
-    let get = |f: &str| crate::hub::get(&r, f, quiet);
-    let cfg = get("config.json").with_context(|| format!("getting model {repo}"))?;
-    get("tokenizer.json").with_context(|| format!("getting model {repo}"))?;
+    let asked = Repo::model(spec);
+    let cfg =
+        hub::get(&asked, "config.json", quiet).with_context(|| format!("getting model {spec}"))?;
+    let dir = cfg.parent().map(Path::to_path_buf).unwrap_or_default();
+    let commit = dir
+        .file_name()
+        .map(|c| c.to_string_lossy().into_owned())
+        .filter(|c| hub::cache::is_commit(c))
+        .with_context(|| format!("{} is not a snapshot of the hub cache", dir.display()))?;
+    let r = asked.at(&commit);
+    let get = |f: &str| hub::get(&r, f, quiet).with_context(|| format!("getting model {spec}"));
+    get("tokenizer.json")?;
     for f in [
         "tokenizer_config.json",
         "special_tokens_map.json",
         "generation_config.json",
     ] {
-        // Optional: a repository without them is fine, and offline they may be missing.
-        let _ = get(f);
+        // Optional: a repository without them is fine (a failure to ask is not).
+        hub::get_optional(&r, f, quiet).with_context(|| format!("getting model {spec}"))?;
     }
-    match get(super::INDEX_FILE) {
-        Ok(index) => {
+    match hub::get_optional(&r, super::INDEX_FILE, quiet)
+        .with_context(|| format!("getting model {spec}"))?
+    {
+        Some(index) => {
             let files: std::collections::BTreeSet<String> =
                 super::read_weight_map(&index)?.into_values().collect();
             for f in &files {
-                crate::hub::check_repo_path(f, &format!("{repo}'s {}", super::INDEX_FILE))?;
+                hub::check_repo_path(f, &format!("{spec}'s {}", super::INDEX_FILE))?;
             }
             for f in files {
-                get(&f).with_context(|| format!("getting model {repo}"))?;
+                get(&f)?;
             }
         }
-        Err(_) => {
-            get(super::SINGLE_FILE).with_context(|| format!("getting model {repo}"))?;
+        None => {
+            get(super::SINGLE_FILE)?;
         }
     }
-    Ok(cfg.parent().map(Path::to_path_buf).unwrap_or_default())
-}
-
-#[cfg(not(feature = "hub"))]
-fn hub_snapshot(repo: &str, _quiet: bool) -> Result<PathBuf> {
-    bail!("{repo} looks like a hub id, but this copal was built without the `hub` feature")
+    Ok(dir)
 }
 
 #[cfg(test)]

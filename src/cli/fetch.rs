@@ -51,7 +51,7 @@ fn row(ds: &Dataset, split: Split, data_dir: &std::path::Path) -> Result<serde_j
         Located::Remote(pin) => {
             #[cfg(feature = "hub")]
             let size =
-                copal::hub::remote_size(&hub::repo(pin), pin.path).map_err(|e| e.to_string());
+                copal::hub::remote_size(&hub::repo(pin), pin.path).map_err(|e| format!("{e:#}"));
             #[cfg(not(feature = "hub"))]
             let size: Result<u64, String> = Err("built without the hub feature".into());
             serde_json::json!({

@@ -52,9 +52,10 @@ pub struct Pin {
 const WIKI_REPO: &str = "Salesforce/wikitext";
 const WIKI_REV: &str = "b08601e04326c79dfdd32d625aee71d232d685c3";
 const PTB_REPO: &str = "ptb-text-only/ptb_text_only";
-/// The hub's parquet conversion branch of PTB (a branch, not a commit: the text check below
-/// is what pins it).
-const PTB_REV: &str = "refs/convert/parquet";
+/// The commit of the hub's parquet conversion of PTB (the `refs/convert/parquet` branch when
+/// it was pinned: a branch moves, a commit does not). The text check below stays as the
+/// backstop.
+const PTB_REV: &str = "6003d540889b95fc8c8403a3f04619f3b943fc8d";
 const C4_REPO: &str = "allenai/c4";
 const C4_REV: &str = "607bd4c8450a42878aa9ddc051a65a055450ef87";
 
@@ -214,7 +215,6 @@ pub fn checked_sha256(pin: &Pin, text: &str) -> Result<String> {
 pub fn verify(pin: &Pin, path: &Path) -> Result<()> {
     let got = checked_sha256(pin, &upstream_text(pin, path)?)?;
     if got != pin.sha256 {
-        #[cfg(feature = "hub")]
         crate::hub::evict(path);
         bail!(
             "{} of {}@{} does not hold the pinned text (SHA-256 {got}, pinned {}): the download \
@@ -230,8 +230,7 @@ pub fn verify(pin: &Pin, path: &Path) -> Result<()> {
 }
 
 /// The pinned file of a split: from the hub cache, or downloaded into it (not with
-/// `HF_HUB_OFFLINE=1`), verified either way.
-#[cfg(feature = "hub")]
+/// `HF_HUB_OFFLINE=1`, nor in a build without the `hub` feature), verified either way.
 pub fn fetch(pin: &Pin) -> Result<PathBuf> {
     let path = crate::hub::get(&repo(pin), pin.path, false)
         .with_context(|| format!("fetching the {} {} split", pin.dataset, pin.split))?;
@@ -239,37 +238,14 @@ pub fn fetch(pin: &Pin) -> Result<PathBuf> {
     Ok(path)
 }
 
-#[cfg(not(feature = "hub"))]
-pub fn fetch(pin: &Pin) -> Result<PathBuf> {
-    bail!(
-        "the {} {} split is not in the data directory, and this copal was built without the \
-         `hub` feature to fetch {} of {}",
-        pin.dataset,
-        pin.split,
-        pin.path,
-        pin.repo
-    )
-}
-
 /// The hub repository of a pin.
-#[cfg(feature = "hub")]
-pub fn repo(pin: &Pin) -> hf_hub::Repo {
-    hf_hub::Repo::with_revision(
-        pin.repo.to_string(),
-        hf_hub::RepoType::Dataset,
-        pin.revision.to_string(),
-    )
+pub fn repo(pin: &Pin) -> crate::hub::Repo {
+    crate::hub::Repo::new(pin.repo, crate::hub::Kind::Dataset, pin.revision)
 }
 
 /// Whether a pinned file is in the hub cache already (no network).
-#[cfg(feature = "hub")]
 pub fn cached(pin: &Pin) -> Option<PathBuf> {
     crate::hub::cached(&repo(pin), pin.path)
-}
-
-#[cfg(not(feature = "hub"))]
-pub fn cached(_: &Pin) -> Option<PathBuf> {
-    None
 }
 
 #[cfg(test)]

@@ -126,6 +126,18 @@ impl Mask {
     }
 
     /// Keep-mask as f32 (1 = kept), to multiply a weight with.
+    /// Zeroes the pruned weights of `w` (row-major, the mask's shape) as +0.0: `w · keep`
+    /// would leave -0.0 wherever a pruned weight was negative, which a bitmask or 2:4
+    /// compressor reads as a kept weight (vLLM's CUTLASS 2:4 path did, vllm#12417).
+    pub fn zero_pruned(&self, w: &mut [f32]) {
+        debug_assert_eq!(w.len(), self.pruned.len());
+        for (x, &p) in w.iter_mut().zip(&self.pruned) {
+            if p {
+                *x = 0.0;
+            }
+        }
+    }
+
     pub fn keep_f32(&self) -> Vec<f32> {
         self.pruned
             .iter()

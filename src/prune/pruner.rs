@@ -44,8 +44,9 @@ pub fn mask_by_score(
         .flatten_all()?
         .to_vec1::<f32>()?;
     let mask = mask::select(&s, rows, cols, pattern, group)?;
-    let keep = Tensor::from_vec(mask.keep_f32(), (rows, cols), w.device())?;
-    Ok(((w.to_dtype(DType::F32)? * keep)?, mask))
+    let mut v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    mask.zero_pruned(&mut v);
+    Ok((Tensor::from_vec(v, (rows, cols), w.device())?, mask))
 }
 
 /// Input rows as f32 on the statistics path (whatever the compute dtype).

@@ -489,3 +489,114 @@ fn output_directory_rules() {
         );
     }
 }
+
+/// The raw bits of every weight of a safetensors directory, as u32 (f32) or u16 (bf16, f16)
+/// widened, with each dtype's sign bit.
+fn raw_weights(dir: &Path) -> std::collections::HashMap<String, (Vec<u32>, u32)> {
+    let mut out = std::collections::HashMap::new();
+    for f in files_of(dir).iter().filter(|f| f.ends_with(".safetensors")) {
+        if f.starts_with("masks") || f.starts_with("state") {
+            continue;
+        }
+        let bytes = std::fs::read(dir.join(f)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (name, view) in st.tensors() {
+            let d = view.data();
+            let (bits, sign) = match view.dtype() {
+                safetensors::Dtype::F32 => (
+                    d.chunks(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                    0x8000_0000,
+                ),
+                safetensors::Dtype::BF16 | safetensors::Dtype::F16 => (
+                    d.chunks(2)
+                        .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
+                        .collect(),
+                    0x8000,
+                ),
+                other => panic!("{name}: {other:?}"),
+            };
+            out.insert(name, (bits, sign));
+        }
+    }
+    out
+}
+
+/// Every weight copal prunes is written as +0.0, never -0.0 (a bitmask or 2:4 compressor
+/// would read -0.0 as a kept weight: vllm#12417), in every method, pattern and dtype.
+#[test]
+fn pruned_weights_are_positive_zeros() {
+    for dtype in [
+        candle_core::DType::F32,
+        candle_core::DType::BF16,
+        candle_core::DType::F16,
+    ] {
+        let t = tiny_model(false, 1);
+        let dir = t.tmp.path().join(format!("model-{dtype:?}"));
+        write_model(&dir, &tiny_config(false), &t.tensors, dtype, 1);
+        let text = small_text(t.tmp.path(), "a.txt", 0, 200);
+        let data = format!("text:{}", text.display());
+        let dense = raw_weights(&dir);
+        let negative = dense
+            .values()
+            .map(|(b, s)| b.iter().filter(|&&x| x & s != 0).count())
+            .sum::<usize>();
+        assert!(negative > 1000, "the test needs negative weights");
+        let methods: &[&[&str]] = if dtype == candle_core::DType::F32 {
+            &[
+                &["--method", "copal"],
+                &["--method", "wanda"],
+                &["--method", "magnitude"],
+                &["--method", "ria"],
+                &["--method", "sparsegpt"],
+                &["--method", "wanda", "--update", "obs"],
+            ]
+        } else {
+            &[&["--method", "copal"], &["--method", "sparsegpt"]]
+        };
+        for m in methods {
+            for pattern in ["unstructured", "2:4"] {
+                let out = t
+                    .tmp
+                    .path()
+                    .join(format!("o-{dtype:?}-{}-{pattern}", m.join("")));
+                let mut args = vec![
+                    "prune",
+                    "--model",
+                    dir.to_str().unwrap(),
+                    "--datasets",
+                    &data,
+                    "--out",
+                    out.to_str().unwrap(),
+                    "--nsamples",
+                    "2",
+                    "--seqlen",
+                    "32",
+                    "--pattern",
+                    pattern,
+                    "--quiet",
+                ];
+                args.extend_from_slice(m);
+                let r = run_cli(&args, &[]);
+                assert_eq!(r.0, 0, "{m:?} {pattern} {dtype:?}: {}", r.2);
+                let pruned = raw_weights(&out);
+                let mut zeros = 0;
+                for (name, (bits, sign)) in &pruned {
+                    let (before, _) = &dense[name];
+                    for (k, (&a, &b)) in bits.iter().zip(before).enumerate() {
+                        // A zero copal wrote: zero now (either sign), nonzero before.
+                        if a & !sign == 0 && b & !sign != 0 {
+                            zeros += 1;
+                            assert_eq!(
+                                a, 0,
+                                "{m:?} {pattern} {dtype:?}: {name}[{k}] written as -0.0"
+                            );
+                        }
+                    }
+                }
+                assert!(zeros > 1000, "{m:?} {pattern} {dtype:?}: {zeros} pruned");
+            }
+        }
+    }
+}

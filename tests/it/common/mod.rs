@@ -152,9 +152,13 @@ pub fn tiny_model(tied: bool, shards: usize) -> Tiny {
     }
 }
 
-/// Runs the built `copal` binary; returns (exit code, stdout, stderr).
+/// Runs the built `copal` binary (or `COPAL_BIN_UNDER_TEST`, to run the suite against another
+/// build, such as an older one); returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_copal"));
+    let bin = std::env::var_os("COPAL_BIN_UNDER_TEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_copal")));
+    let mut cmd = Command::new(bin);
     // No test reaches the network: the hub is offline and its cache empty unless a test
     // starts its own local hub (tests/it/hub.rs) and says so.
     cmd.args(args)
