@@ -154,54 +154,112 @@ cp -r good holder/model
 mkdir -p w2 cwd
 printf '{"body": "a document"}\n' > fields.jsonl
 grid() { printf '%s' "$1" > grid.json; "$copal" experiment --config grid.json --list; }
-# Download failures (issue #21): a local hub on 127.0.0.1 that speaks the part of the hub's
-# HTTP hf-hub uses (`GET /[datasets/]OWNER/NAME/resolve/REV/FILE`, answered 206 with
-# x-repo-commit, etag, content-range), misbehaving on purpose: 401 for gated/model, 404 for
-# anything unknown, a C4 shard that is not the pinned one, a config.json cut off half-way, an
-# index naming a shard outside its repository. The cache (HF_HOME) is inside the work
-# directory; "nothing else touched" ignores what a download may rightly leave there (the good
-# files, hf-hub's empty .lock files and refs) but fails on any partial (.part) file and on the
-# corrupt C4 shard staying in the cache.
+# Download failures (issues #21, #27): a local hub on 127.0.0.1 that answers as huggingface.co
+# does (tests/it/hub/server.rs documents it; this is its short Python twin): small files from
+# the hub itself, LFS files (safetensors, tokenizer.json) as a 302 with X-Linked-Etag/Size to
+# a second listener, the CDN, which ignores Range when gzip is accepted; the hub's error codes.
+# Each repository misbehaves one way: gated (401 GatedRepo), missing (401 RepoNotFound without
+# a token), an unknown revision (404 RevisionNotFound), a CDN that drops the connection
+# half-way and then stays down (503), 429 for ever, a 302 without Location or to file://, a
+# header that is not text, a bad Content-Range, a body shorter or longer than announced,
+# bytes whose SHA-256 is not the announced one, a proxy's HTML page with status 200, a C4
+# shard that is not the pinned one, an index naming a shard outside its repository. The cache
+# (HF_HOME) is inside the work directory; "nothing else touched" fails on any file a failed
+# download leaves in it (a snapshot entry, a blob, an .incomplete file), except the bytes of
+# the dropped download, which are kept on purpose for the next run to resume.
 export HF_HOME="$PWD/hf-home" HF_HUB_OFFLINE=0
 unset HF_TOKEN HUGGING_FACE_HUB_TOKEN
 mkdir -p nodata
 python3 - > hub.port 2> /dev/null <<'PY' &
-import gzip, hashlib, http.server, json, socket, sys, threading
+import gzip, hashlib, http.server, json, threading
 good = {f: open(f'good/{f}', 'rb').read() for f in ('config.json', 'tokenizer.json')}
-files = {
-    'gated/model': {},
-    'datasets/allenai/c4': {'*': gzip.compress(b'{"text": "not the pinned shard"}\n' * 3)},
-    'drop/model': dict(good),
-    'badindex/model': dict(good, **{'model.safetensors.index.json': json.dumps(
-        {'metadata': {}, 'weight_map': {'model.embed_tokens.weight': '../x.safetensors'}}).encode()}),
-}
-class H(http.server.BaseHTTPRequestHandler):
+weights = open('good/model.safetensors', 'rb').read()
+c4 = gzip.compress(b'{"text": "not the pinned shard"}\n' * 3)
+commit = '0' * 40
+hostile = ['no-location', 'file-location', 'binary-header', 'bad-range', 'short', 'long',
+           'wrong-sha', 'drop', 'rate-limited', 'html']
+repos = {f'{h}/model': dict(good, **{'model.safetensors': weights}) for h in hostile}
+repos['gated/model'] = dict(good)
+repos['badindex/model'] = dict(good, **{'model.safetensors.index.json': json.dumps(
+    {'metadata': {}, 'weight_map': {'model.embed_tokens.weight': '../x.safetensors'}}).encode()})
+repos['datasets/allenai/c4'] = {'en/c4-train.00000-of-01024.json.gz': c4,
+                               'en/c4-validation.00000-of-00008.json.gz': c4}
+blobs = {(r, hashlib.sha256(b).hexdigest()): b for r, fs in repos.items() for b in fs.values()}
+served = {}
+lfs = lambda f: f.endswith(('.safetensors', '.gz')) or f == 'tokenizer.json'
+class Base(http.server.BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
     def log_message(self, *a): pass
-    def do_GET(self):
+    def do_HEAD(self): self.answer(False)
+    def do_GET(self): self.answer(True)
+    def reply(self, code, headers, body, send_body, cut=None):
+        self.send_response(code)
+        for k, v in headers: self.send_header(k, v)
+        self.send_header('content-length', str(len(body)))
+        self.send_header('connection', 'close')
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body[:cut] if cut is not None else body); self.wfile.flush()
+        self.close_connection = True
+    def error(self, code, ecode, send_body):
+        h = [('x-error-code', ecode)] if ecode else []
+        self.reply(code, h, b'{"error": "no"}', send_body)
+class Hub(Base):
+    def answer(self, send_body):
         repo, _, rest = self.path.lstrip('/').partition('/resolve/')
         rev, _, file = rest.partition('/')
+        if repo == 'html/model':
+            return self.reply(200, [('content-type', 'text/html')], b'<html>log in</html>', send_body)
+        if repo == 'rate-limited/model':
+            return self.reply(429, [('retry-after', '1')], b'slow down', send_body)
         if repo == 'gated/model':
-            return self.empty(401)
-        repo_files = files.get(repo, {})
-        body = repo_files.get(file, repo_files.get('*'))
-        if body is None or rev not in ('main', '0' * 40) and repo != 'datasets/allenai/c4':
-            return self.empty(404)
-        start = int(self.headers.get('Range', 'bytes=0-').split('=')[1].split('-')[0] or 0)
-        self.send_response(206)
-        self.send_header('x-repo-commit', '0' * 40)
-        self.send_header('etag', '"%s"' % hashlib.sha256(body).hexdigest())
-        self.send_header('content-range', f'bytes {start}-{len(body) - 1}/{len(body)}')
-        self.send_header('content-length', str(len(body) - start))
-        self.end_headers()
-        part = body[start:]
-        if repo == 'drop/model' and len(part) > 1:
-            self.wfile.write(part[:len(part) // 2]); self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR); return
-        self.wfile.write(part)
-    def empty(self, code):
-        self.send_response(code); self.send_header('content-length', '0'); self.end_headers()
-s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)
+            return self.error(401, 'GatedRepo', send_body)
+        if repo not in repos:
+            return self.error(401, 'RepoNotFound', send_body)
+        if rev not in ('main', commit) and repo != 'datasets/allenai/c4':
+            return self.error(404, 'RevisionNotFound', send_body)
+        body = repos[repo].get(file)
+        if body is None:
+            return self.error(404, 'EntryNotFound', send_body)
+        sha = hashlib.sha256(body).hexdigest()
+        if not lfs(file):
+            return self.reply(200, [('x-repo-commit', commit), ('etag', f'"{sha[:40]}"')], body, send_body)
+        h = [('x-repo-commit', commit), ('x-linked-size', str(len(body))), ('etag', f'"{sha[:40]}"')]
+        h.append(('x-linked-etag', '"\xff\xfe"' if repo == 'binary-header/model' and file == 'model.safetensors' else f'"{sha}"'))
+        if file == 'model.safetensors' and repo == 'no-location/model':
+            pass
+        elif file == 'model.safetensors' and repo == 'file-location/model':
+            h.append(('location', 'file:///etc/passwd'))
+        else:
+            h.append(('location', f'http://127.0.0.1:{cdn.server_address[1]}/{repo}/{sha}?sig=1'))
+        self.reply(302, h, b'Found.', send_body)
+class Cdn(Base):
+    def answer(self, send_body):
+        repo, _, sha = self.path.lstrip('/').split('?')[0].rpartition('/')
+        if (repo, sha) not in blobs:
+            return self.reply(403, [], b'AccessDenied', send_body)
+        body = blobs[(repo, sha)]
+        kind = repo.split('/')[0] if body == weights else ''
+        served[repo + sha] = served.get(repo + sha, 0) + 1
+        if kind == 'drop' and served[repo + sha] > 1:
+            return self.reply(503, [], b'down', send_body)
+        if kind == 'short': body = body[:-100]
+        if kind == 'long': body = body + b'\0' * 100
+        if kind == 'wrong-sha': body = body[:50] + bytes([body[50] ^ 0x55]) + body[51:]
+        rng = self.headers.get('Range')
+        gz = 'gzip' in (self.headers.get('Accept-Encoding') or '')
+        if kind == 'bad-range':
+            return self.reply(206, [('content-range', f'bytes 0-0/{len(body)}')], body, send_body)
+        if rng and not gz:
+            start = int(rng.split('=')[1].split('-')[0])
+            if start >= len(body):
+                return self.reply(416, [('content-range', f'bytes */{len(body)}')], b'', send_body)
+            part = body[start:]
+            return self.reply(206, [('content-range', f'bytes {start}-{len(body) - 1}/{len(body)}')], part, send_body)
+        self.reply(200, [], body, send_body, cut=len(body) // 2 if kind == 'drop' else None)
+cdn = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Cdn)
+threading.Thread(target=cdn.serve_forever, daemon=True).start()
+s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Hub)
 print(s.server_address[1], flush=True)
 s.serve_forever()
 PY
@@ -267,10 +325,19 @@ cases=(
   "1|GGUF tensors all at offset 0|$copal import-gguf aliased.gguf --out o --quiet"
   "1|full disk (ulimit -f 1024, EFBIG)|ulimit -f 1024; trap '' XFSZ; prune --model good --out o"
   "1|download: hub unreachable|HF_ENDPOINT=http://127.0.0.1:9 dl --model some/model"
-  "1|download: gated model (401)|$hub dl --model gated/model"
-  "1|download: unknown repository (404)|$hub dl --model nobody/nothing"
-  "1|download: unknown revision (404)|$hub dl --model drop/model@no-such-rev"
-  "1|download: connection dropped half-way|$hub dl --model drop/model"
+  "1|download: gated model (401 GatedRepo)|$hub dl --model gated/model"
+  "1|download: unknown repository (401 without a token)|$hub dl --model nobody/nothing"
+  "1|download: unknown revision (404 RevisionNotFound)|$hub dl --model drop/model@no-such-rev"
+  "1|download: connection dropped half-way, then the CDN down (bytes kept to resume)|$hub dl --model drop/model"
+  "1|download: 429 on every try|$hub dl --model rate-limited/model"
+  "1|download: a 302 without Location|$hub dl --model no-location/model"
+  "1|download: a 302 to file:///etc/passwd|$hub dl --model file-location/model"
+  "1|download: an X-Linked-Etag that is not text|$hub dl --model binary-header/model"
+  "1|download: a Content-Range other than the one asked for|$hub dl --model bad-range/model"
+  "1|download: a body 100 bytes shorter than announced|$hub dl --model short/model"
+  "1|download: a body 100 bytes longer than announced|$hub dl --model long/model"
+  "1|download: bytes whose SHA-256 is not the announced one|$hub dl --model wrong-sha/model"
+  "1|download: a proxy's HTML page with status 200|$hub dl --model html/model"
   "1|download: C4 shard that is not the pinned one|$hub $copal prune --model good --datasets c4 --data-dir $PWD/nodata ${base[*]} --out o"
   "1|download: index naming ../x.safetensors|$hub dl --model badindex/model"
   "1|download: HF_HUB_OFFLINE=1 and not in the cache|HF_HUB_OFFLINE=1 $copal prune --model good --datasets wikitext2 --data-dir $PWD/nodata ${base[*]} --out o"
@@ -280,8 +347,11 @@ cases=(
 snapshot() {
   find . -path ./o -prune -o -path ./.o.copal-partial -prune -o -path ./hf-home -prune \
     -o -type f ! -name grid.json -printf '%p %s %T@\n' | sort
-  find hf-home -name '*.part' 2> /dev/null || true
-  find hf-home/hub/datasets--allenai--c4/blobs -type f ! -name '*.lock' 2> /dev/null || true
+  # What failed downloads may not leave: the weights of a misbehaving repository (a
+  # snapshot entry, a blob, an .incomplete), or the corrupt C4 shard. The dropped download's
+  # bytes (models--drop--model) are kept on purpose.
+  find hf-home -path '*models--drop--model*' -prune -o \( -name 'model.safetensors' -o -name '*.incomplete' \) -print 2> /dev/null || true
+  find hf-home/hub/datasets--allenai--c4/blobs -type f 2> /dev/null || true
 }
 echo "| bad input | exit | seconds | nothing else touched | message |"
 echo "|---|---|---|---|---|"

@@ -311,6 +311,11 @@ fn status_error(resp: &ureq::http::Response<ureq::Body>, what: &str) -> anyhow::
         (404, _) => {
             anyhow!("{what} was not found at {at} (404): check the repository id and the revision")
         }
+        (416, _) => anyhow!(
+            "{what}: the server has no bytes past those already received (416): its copy is \
+             shorter than the size the hub announced, so the file cannot be completed; rerun \
+             later, and if it repeats the hub or a proxy serves a truncated file"
+        ),
         (429, _) => anyhow!(
             "{what}: {at} is rate-limiting (429). Wait a few minutes and rerun; with HF_TOKEN \
              set the limits are higher"

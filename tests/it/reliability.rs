@@ -207,7 +207,7 @@ fn bad_input_table_script_passes_every_case() {
         .lines()
         .filter(|l| l.contains("| 1 |") || l.contains("| 2 |"))
         .collect();
-    assert_eq!(rows.len(), 59, "{stdout}");
+    assert_eq!(rows.len(), 68, "{stdout}");
     assert!(rows.iter().all(|r| r.contains("| yes |")), "{stdout}");
     assert!(!stdout.contains("panicked"), "{stdout}");
 }

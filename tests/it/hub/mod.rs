@@ -659,7 +659,7 @@ fn hostile_answers_are_one_error_line_and_leave_nothing() {
         ),
         (Fault::BadContentRange, "Content-Range"),
         (Fault::BinaryHeader, "x-linked-etag header is not text"),
-        (Fault::Short, "416"),
+        (Fault::Short, "shorter than the size the hub announced"),
         (Fault::Long, "more than the"),
         (Fault::Corrupt, "is corrupt: its SHA-256"),
         (
