@@ -1,7 +1,12 @@
-//! `config.json` of a LLaMA-family checkpoint, as Hugging Face transformers writes it.
+//! `config.json` of a LLaMA-family checkpoint, as Hugging Face transformers writes it (4.x and
+//! 5.x spellings).
 //!
-//! Only the fields the forward pass needs are read; the raw JSON is kept by the checkpoint so
-//! that the pruned model's `config.json` is the input's, plus a sparsity block.
+//! Read strictly: every key is either one the forward pass reads ([`READ`]), one known not to
+//! change it ([`HARMLESS`]), one accepted only at the value that leaves the model LLaMA's
+//! ([`conditional`]), or a reason to stop: a key copal does not understand may change the
+//! model, and computing another model without a word is worse than an error. The raw JSON is
+//! kept by the checkpoint so that the pruned model's `config.json` is the input's, plus a
+//! sparsity block.
 
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -60,10 +65,316 @@ pub struct RopeScaling {
     pub original_max_position_embeddings: Option<usize>,
 }
 
+/// The keys the forward pass reads (and validates).
+pub const READ: &[&str] = &[
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+    "vocab_size",
+    "hidden_act",
+    "attention_bias",
+    "mlp_bias",
+];
+
+/// Keys that do not change a LLaMA decoder's logits: provenance and storage dtype (weights
+/// are read in the dtype their file says), token ids (the tokenizer's business), training-only
+/// settings (dropout is off at inference; `pretraining_tp` slices the linears during training
+/// and gives the same product), and transformers' generic output and generation settings.
+pub const HARMLESS: &[&str] = &[
+    "architectures",
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "transformers.js_config",
+    "is_llama_config",
+    // copal's own block in the configs it writes.
+    "sparsity_config",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "sep_token_id",
+    "decoder_start_token_id",
+    "initializer_range",
+    "attention_dropout",
+    "pretraining_tp",
+    "use_cache",
+    "max_sequence_length",
+    "return_dict",
+    "output_hidden_states",
+    "output_attentions",
+    "torchscript",
+    "use_bfloat16",
+    "tf_legacy_loss",
+    "chunk_size_feed_forward",
+    "is_encoder_decoder",
+    "is_decoder",
+    "add_cross_attention",
+    "tie_encoder_decoder",
+    "cross_attention_hidden_size",
+    "finetuning_task",
+    "id2label",
+    "label2id",
+    "num_labels",
+    "task_specific_params",
+    "problem_type",
+    "prefix",
+    "tokenizer_class",
+    "max_length",
+    "min_length",
+    "do_sample",
+    "early_stopping",
+    "num_beams",
+    "num_beam_groups",
+    "diversity_penalty",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "repetition_penalty",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size",
+    "bad_words_ids",
+    "num_return_sequences",
+    "output_scores",
+    "return_dict_in_generate",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "remove_invalid_values",
+    "exponential_decay_length_penalty",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+];
+
+/// Keys accepted only at the value that keeps the forward pass LLaMA's: `None` when `key` is
+/// not one of them, else whether `v` is that value (with what it would mean otherwise).
+fn conditional(key: &str, v: &serde_json::Value) -> Option<Result<()>> {
+    use serde_json::Value;
+    let ok = |cond: bool, what: &str| {
+        if cond {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(
+                "config.json sets {key} = {v}: {what}, which copal's LLaMA forward pass does \
+                 not implement"
+            ))
+        }
+    };
+    Some(match key {
+        "sliding_window" => ok(v.is_null(), "sliding-window attention"),
+        "use_sliding_window" => ok(v == &Value::Bool(false), "sliding-window attention"),
+        "rope_interleaved" => ok(v == &Value::Bool(false), "interleaved rotary embeddings"),
+        "partial_rotary_factor" => ok(
+            v.as_f64() == Some(1.0),
+            "rotary embeddings on part of each head",
+        ),
+        "pruned_heads" => ok(
+            v.as_object().is_some_and(|o| o.is_empty()),
+            "attention heads removed from the checkpoint",
+        ),
+        "layer_types" => ok(
+            v.as_array()
+                .is_some_and(|a| a.iter().all(|t| t == "full_attention")),
+            "layers with attention other than full causal attention",
+        ),
+        "quantization_config" => Err(anyhow::anyhow!(
+            "config.json has a quantization_config: this is a quantised checkpoint, and copal \
+             prunes dense F32/F16/BF16 weights (use the unquantised checkpoint, or `copal \
+             import-gguf` for a llama.cpp file)"
+        )),
+        "auto_map" => Err(anyhow::anyhow!(
+            "config.json has an auto_map: the checkpoint brings its own modelling code, so its \
+             forward pass may not be LLaMA's; copal refuses it"
+        )),
+        _ => return None,
+    })
+}
+
+/// `COPAL_IGNORE_CONFIG_KEYS`: config keys the user declares harmless (comma-separated names).
+fn ignored_keys() -> Result<Vec<String>> {
+    let Ok(v) = std::env::var("COPAL_IGNORE_CONFIG_KEYS") else {
+        return Ok(Vec::new());
+    };
+    let keys: Vec<String> = v
+        .split(',')
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    for k in &keys {
+        ensure!(
+            k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')),
+            "COPAL_IGNORE_CONFIG_KEYS holds {k:?}, which is not a config key name (write \
+             names separated by commas)"
+        );
+        ensure!(
+            !READ.contains(&k.as_str()),
+            "COPAL_IGNORE_CONFIG_KEYS names {k}, which copal reads: it cannot be ignored"
+        );
+    }
+    Ok(keys)
+}
+
+/// One rotary block (`rope_scaling`, or transformers 5's `rope_parameters`) checked field by
+/// field: its θ (only in `rope_parameters`) and its scaling (`None` for the default type).
+fn rope_block(
+    name: &str,
+    v: &serde_json::Value,
+    with_theta: bool,
+) -> Result<(Option<f64>, Option<RopeScaling>)> {
+    let o = v
+        .as_object()
+        .ok_or_else(|| anyhow::anyhow!("{name} must be an object, got {v}"))?;
+    let kind = o
+        .get("rope_type")
+        .or_else(|| o.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
+    let fields: &[&str] = match kind {
+        "default" => &[],
+        "linear" => &["factor"],
+        "llama3" => &[
+            "factor",
+            "low_freq_factor",
+            "high_freq_factor",
+            "original_max_position_embeddings",
+        ],
+        other => bail!(
+            "{name} has rope_type \"{other}\", which copal does not implement (supported: \
+             default, linear, llama3)"
+        ),
+    };
+    for (k, val) in o {
+        let known = k == "rope_type"
+            || k == "type"
+            || (with_theta && k == "rope_theta")
+            || fields.contains(&k.as_str())
+            || (k == "partial_rotary_factor" && val.as_f64() == Some(1.0));
+        ensure!(
+            known || val.is_null(),
+            "{name} has the field {k} (= {val}), which copal does not implement for rope_type \
+             {kind}"
+        );
+    }
+    let theta = match o.get("rope_theta") {
+        Some(t) if with_theta => Some(
+            t.as_f64()
+                .ok_or_else(|| anyhow::anyhow!("{name}.rope_theta must be a number, got {t}"))?,
+        ),
+        _ => None,
+    };
+    if kind == "default" {
+        return Ok((theta, None));
+    }
+    let mut scaling = serde_json::Map::new();
+    scaling.insert("rope_type".into(), kind.into());
+    for f in fields {
+        if let Some(x) = o.get(*f) {
+            scaling.insert((*f).into(), x.clone());
+        }
+    }
+    let s: RopeScaling = serde_json::from_value(serde_json::Value::Object(scaling))
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    Ok((theta, Some(s)))
+}
+
+/// Reads every key of `config.json` (see the module doc) and rewrites the rotary settings of
+/// either transformers spelling into `rope_theta` and `rope_scaling`.
+fn normalize(mut v: serde_json::Value) -> Result<serde_json::Value> {
+    use serde_json::Value;
+    let map = v
+        .as_object_mut()
+        .ok_or_else(|| anyhow::anyhow!("config.json must be a JSON object"))?;
+    let ignored = ignored_keys()?;
+    for (k, val) in map.iter() {
+        if READ.contains(&k.as_str()) || HARMLESS.contains(&k.as_str()) || ignored.contains(k) {
+            continue;
+        }
+        match conditional(k, val) {
+            Some(r) => r?,
+            None => bail!(
+                "config.json has the key {k:?}, which copal does not know. It may change the \
+                 forward pass, so copal stops rather than compute a different model. If it is \
+                 only metadata, set COPAL_IGNORE_CONFIG_KEYS={k} (and tell the copal \
+                 developers, so the key can be listed)"
+            ),
+        }
+    }
+    let top_theta = match map.get("rope_theta") {
+        None | Some(Value::Null) => None,
+        Some(t) => Some(
+            t.as_f64()
+                .ok_or_else(|| anyhow::anyhow!("rope_theta must be a number, got {t}"))?,
+        ),
+    };
+    let legacy = match map.get("rope_scaling") {
+        None | Some(Value::Null) => None,
+        Some(b) => Some(rope_block("rope_scaling", b, false)?.1),
+    };
+    let params = match map.remove("rope_parameters") {
+        None | Some(Value::Null) => None,
+        Some(p) => {
+            // transformers 5 keys it by layer type when a model mixes attention types.
+            let block = match p.as_object() {
+                Some(o) if o.contains_key("rope_type") || o.contains_key("rope_theta") => p.clone(),
+                Some(o) if o.keys().all(|k| k == "full_attention") && !o.is_empty() => {
+                    o["full_attention"].clone()
+                }
+                Some(o) => bail!(
+                    "rope_parameters is given per layer type ({}); copal implements full \
+                     attention layers only",
+                    o.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                None => bail!("rope_parameters must be an object, got {p}"),
+            };
+            Some(rope_block("rope_parameters", &block, true)?)
+        }
+    };
+    let (theta, scaling) = match params {
+        Some((theta, scaling)) => {
+            if let (Some(a), Some(b)) = (theta, top_theta) {
+                ensure!(
+                    a == b,
+                    "config.json gives rope_theta {b} and rope_parameters.rope_theta {a}; they \
+                     disagree, so copal cannot tell which the model was trained with"
+                );
+            }
+            if let Some(l) = &legacy {
+                ensure!(
+                    l == &scaling,
+                    "config.json's rope_scaling and rope_parameters describe different rotary \
+                     scalings; remove the stale one"
+                );
+            }
+            (theta.or(top_theta), scaling)
+        }
+        None => (top_theta, legacy.flatten()),
+    };
+    map.insert(
+        "rope_theta".into(),
+        serde_json::json!(theta.unwrap_or_else(default_rope_theta)),
+    );
+    map.insert("rope_scaling".into(), serde_json::to_value(scaling)?);
+    Ok(v)
+}
+
 impl LlamaConfig {
-    /// Parses and validates `config.json` text; errors say which field is wrong.
+    /// Parses and validates `config.json` text, either transformers spelling; errors say which
+    /// key is wrong or unknown.
     pub fn from_json(text: &str) -> Result<Self> {
-        let cfg: LlamaConfig = serde_json::from_str(text)?;
+        let v: serde_json::Value = serde_json::from_str(text)?;
+        let cfg: LlamaConfig = serde_json::from_value(normalize(v)?)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -213,6 +524,166 @@ mod tests {
         let text = SMOL.replace("\"hidden_size\":576,", "");
         let err = LlamaConfig::from_json(&text).unwrap_err().to_string();
         assert!(err.contains("hidden_size"), "{err}");
+    }
+
+    /// SMOL with `edit` applied to its JSON object.
+    fn with(
+        edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+    ) -> Result<LlamaConfig> {
+        let mut v: serde_json::Value = serde_json::from_str(SMOL).unwrap();
+        edit(v.as_object_mut().unwrap());
+        LlamaConfig::from_json(&v.to_string())
+    }
+
+    #[test]
+    fn transformers_5_rope_parameters_read_as_their_4_spelling() {
+        use serde_json::json;
+        let llama3 = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let cases = [
+            (
+                json!({"rope_theta": 5e5, "rope_type": "default"}),
+                5e5,
+                json!(null),
+            ),
+            (
+                json!({"rope_theta": 5e5, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+                5e5,
+                llama3.clone(),
+            ),
+            (
+                json!({"rope_theta": 1e4, "rope_type": "linear", "factor": 2.0}),
+                1e4,
+                json!({"rope_type": "linear", "factor": 2.0}),
+            ),
+            // Per layer type, full attention only.
+            (
+                json!({"full_attention": {"rope_theta": 3e5, "rope_type": "default"}}),
+                3e5,
+                json!(null),
+            ),
+        ];
+        for (params, theta, scaling) in cases {
+            let new = with(|m| {
+                m.remove("rope_theta");
+                m.insert("rope_parameters".into(), params.clone());
+            })
+            .unwrap();
+            let old = with(|m| {
+                m.insert("rope_theta".into(), json!(theta));
+                m.insert("rope_scaling".into(), scaling.clone());
+            })
+            .unwrap();
+            assert_eq!(new, old, "{params}");
+            assert_eq!(new.rope_theta, theta);
+        }
+    }
+
+    #[test]
+    fn rotary_settings_that_disagree_or_are_unknown_are_refused() {
+        use serde_json::json;
+        let e = with(|m| {
+            m.insert(
+                "rope_parameters".into(),
+                json!({"rope_theta": 5e5, "rope_type": "default"}),
+            );
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("disagree"), "{e}");
+        for (params, needle) in [
+            (json!({"rope_type": "yarn", "factor": 4.0}), "yarn"),
+            (
+                json!({"rope_type": "linear", "factor": 2.0, "attention_factor": 1.0}),
+                "attention_factor",
+            ),
+            (
+                json!({"rope_type": "default", "partial_rotary_factor": 0.5}),
+                "partial_rotary_factor",
+            ),
+            (
+                json!({"sliding_attention": {"rope_type": "default"}}),
+                "per layer type",
+            ),
+        ] {
+            let e = with(|m| {
+                m.remove("rope_theta");
+                m.insert("rope_parameters".into(), params.clone());
+            })
+            .unwrap_err();
+            assert!(e.to_string().contains(needle), "{params}: {e}");
+        }
+        let e = with(|m| {
+            m.insert(
+                "rope_scaling".into(),
+                json!({"rope_type": "linear", "factor": 2.0}),
+            );
+            m.insert(
+                "rope_parameters".into(),
+                json!({"rope_theta": 1e5, "rope_type": "default"}),
+            );
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("different rotary"), "{e}");
+    }
+
+    #[test]
+    fn every_key_is_read_harmless_conditional_or_refused() {
+        use serde_json::json;
+        // Unknown: named, with the way out.
+        let e = with(|m| {
+            m.insert("rope_sections".into(), json!([1, 2]));
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("\"rope_sections\"") && e.contains("COPAL_IGNORE_CONFIG_KEYS"),
+            "{e}"
+        );
+        // Harmless keys of transformers 4 and 5 configs.
+        for k in HARMLESS {
+            let v = if *k == "torch_dtype" {
+                json!("bfloat16")
+            } else {
+                json!(1)
+            };
+            with(|m| {
+                m.insert((*k).into(), v);
+            })
+            .unwrap_or_else(|e| panic!("{k}: {e}"));
+        }
+        // Conditional keys: accepted at LLaMA's value, refused at another, naming the key.
+        for (k, good, bad) in [
+            ("sliding_window", json!(null), json!(4096)),
+            ("use_sliding_window", json!(false), json!(true)),
+            ("rope_interleaved", json!(false), json!(true)),
+            ("partial_rotary_factor", json!(1.0), json!(0.5)),
+            ("pruned_heads", json!({}), json!({"0": [1]})),
+            (
+                "layer_types",
+                json!(["full_attention"]),
+                json!(["sliding_attention"]),
+            ),
+        ] {
+            with(|m| {
+                m.insert(k.into(), good.clone());
+            })
+            .unwrap_or_else(|e| panic!("{k}: {e}"));
+            let e = with(|m| {
+                m.insert(k.into(), bad.clone());
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(k), "{k}: {e}");
+        }
+        for k in ["quantization_config", "auto_map"] {
+            let e = with(|m| {
+                m.insert(k.into(), json!({"x": 1}));
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(k), "{k}: {e}");
+        }
     }
 
     #[test]

@@ -278,7 +278,9 @@ fn help_states_the_conventions() {
 fn hub_ids_resolve_from_the_cache_offline() {
     let t = tiny_model(true, 2);
     let home = t.tmp.path().join("hf");
-    let snap = home.join("hub/models--tiny-org--tiny-llama/snapshots/0123abcd");
+    let snap = home.join(
+        "hub/models--tiny-org--tiny-llama/snapshots/0123abcd0123abcd0123abcd0123abcd0123abcd",
+    );
     std::fs::create_dir_all(&snap).unwrap();
     for e in std::fs::read_dir(&t.dir).unwrap() {
         let p = e.unwrap().path();
@@ -287,7 +289,7 @@ fn hub_ids_resolve_from_the_cache_offline() {
     std::fs::create_dir_all(home.join("hub/models--tiny-org--tiny-llama/refs")).unwrap();
     std::fs::write(
         home.join("hub/models--tiny-org--tiny-llama/refs/main"),
-        "0123abcd",
+        "0123abcd0123abcd0123abcd0123abcd0123abcd",
     )
     .unwrap();
     let env = [("HF_HOME", home.to_str().unwrap()), ("HF_HUB_OFFLINE", "1")];
@@ -298,12 +300,134 @@ fn hub_ids_resolve_from_the_cache_offline() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(
-        v["model"].as_str().unwrap().ends_with("snapshots/0123abcd"),
+        v["model"]
+            .as_str()
+            .unwrap()
+            .ends_with("snapshots/0123abcd0123abcd0123abcd0123abcd0123abcd"),
         "{}",
         v["model"]
     );
     // Offline and not cached: the error says how to get it.
     let r = run_cli(&["inspect", "tiny-org/absent", "--quiet"], &env);
-    assert_user_error(&r, "config.json of tiny-org/absent is not in the hub cache");
+    assert_user_error(
+        &r,
+        "config.json of tiny-org/absent@main is not in the hub cache",
+    );
     assert!(r.2.contains("HF_HUB_OFFLINE is set"), "{}", r.2);
+}
+
+/// The tiny model's perplexity on the fixture PTB with `config` as its config.json.
+fn ppl_with_config(
+    t: &Tiny,
+    name: &str,
+    config: &serde_json::Value,
+    env: &[(&str, &str)],
+) -> (i32, f64, String) {
+    let dir = t.tmp.path().join(name);
+    write_model(&dir, config, &t.tensors, candle_core::DType::F32, 1);
+    let data = fixture_data(t.tmp.path());
+    let mut e = vec![("COPAL_DATA_DIR", data.to_str().unwrap())];
+    e.extend_from_slice(env);
+    let d = dir.to_str().unwrap().to_string();
+    let args = [
+        "eval",
+        "--model",
+        &d,
+        "--datasets",
+        "ptb",
+        "--seqlen",
+        "128",
+        "--max-windows",
+        "2",
+        "--quiet",
+        "--json",
+    ];
+    let (code, out, err) = run_cli(&args, &e);
+    let ppl = serde_json::from_str::<serde_json::Value>(&out)
+        .ok()
+        .and_then(|v| v["results"][0]["ppl"].as_f64())
+        .unwrap_or(f64::NAN);
+    (code, ppl, err)
+}
+
+/// config.json as transformers 5.24 writes it (`rope_parameters`, fixtures made by
+/// tests/fixtures/transformers5/make.py) gives exactly the perplexity of its transformers-4
+/// spelling (`rope_theta` + `rope_scaling`), for each rotary type; and not the one of the
+/// default θ a reader that skipped the key would use.
+#[test]
+fn transformers_5_configs_give_their_transformers_4_perplexity() {
+    let t = tiny_model(false, 1);
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transformers5");
+    let mut seen = Vec::new();
+    for name in ["default", "linear", "llama3"] {
+        let v5: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixtures.join(format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v5["transformers_version"], "5.24.0");
+        let mut v4 = v5.clone();
+        let rope = v4
+            .as_object_mut()
+            .unwrap()
+            .remove("rope_parameters")
+            .unwrap();
+        v4["rope_theta"] = rope["rope_theta"].clone();
+        let mut scaling = rope.clone();
+        scaling.as_object_mut().unwrap().remove("rope_theta");
+        v4["rope_scaling"] = if name == "default" {
+            serde_json::Value::Null
+        } else {
+            scaling
+        };
+        let (c5, p5, e5) = ppl_with_config(&t, &format!("t5-{name}"), &v5, &[]);
+        let (c4, p4, e4) = ppl_with_config(&t, &format!("t4-{name}"), &v4, &[]);
+        assert_eq!((c5, c4), (0, 0), "{e5}\n{e4}");
+        assert_eq!(p5, p4, "{name}: transformers 5 vs 4 spelling");
+        seen.push(p5);
+    }
+    // θ = 1e4 without scaling, as a reader that ignored rope_parameters would run.
+    let mut skipped: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("default.json")).unwrap())
+            .unwrap();
+    skipped.as_object_mut().unwrap().remove("rope_parameters");
+    let (c, p, e) = ppl_with_config(&t, "skipped", &skipped, &[]);
+    assert_eq!(c, 0, "{e}");
+    for s in &seen {
+        assert_ne!(
+            *s, p,
+            "the rotary settings made no difference: {seen:?} vs {p}"
+        );
+    }
+}
+
+/// A config key copal does not know stops the run, naming the key; declared harmless with
+/// COPAL_IGNORE_CONFIG_KEYS it is accepted; a key copal reads cannot be declared so.
+#[test]
+fn unknown_config_keys_stop_the_run() {
+    let t = tiny_model(false, 1);
+    let mut cfg = tiny_config(false);
+    cfg["attn_logit_softcapping"] = 50.0.into();
+    let (code, _, err) = ppl_with_config(&t, "unknown", &cfg, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("\"attn_logit_softcapping\""),
+        "{err}"
+    );
+    let (code, ppl, err) = ppl_with_config(
+        &t,
+        "ignored",
+        &cfg,
+        &[("COPAL_IGNORE_CONFIG_KEYS", "attn_logit_softcapping")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(ppl.is_finite());
+    let (code, _, err) = ppl_with_config(
+        &t,
+        "ignored2",
+        &cfg,
+        &[("COPAL_IGNORE_CONFIG_KEYS", "rope_theta")],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("which copal reads"), "{err}");
 }
