@@ -73,7 +73,10 @@ pub fn fused_cpu(device: &Device) -> bool {
     static GENERIC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     device.is_cpu()
         && !*GENERIC.get_or_init(|| {
-            std::env::var("COPAL_GENERIC_KERNELS").is_ok_and(|v| !v.is_empty() && v != "0")
+            std::env::var("COPAL_GENERIC_KERNELS")
+                .ok()
+                .and_then(|v| crate::env::parse_bool(&v))
+                .unwrap_or(false)
         })
 }
 

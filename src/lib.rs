@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod continual;
 pub mod data;
 pub mod device;
+pub mod env;
 pub mod eval;
 pub mod experiment;
 pub mod fsutil;

@@ -31,12 +31,17 @@ fn tune_allocator() {}
 /// finished steps are kept; a second Ctrl-C exits at once.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn catch_interrupts() {
-    extern "C" fn on_signal(_: libc::c_int) {
+    extern "C" fn on_signal(sig: libc::c_int) {
+        copal::ui::set_signal(sig);
         if copal::ui::interrupt() {
             // SAFETY: _exit is async-signal-safe.
             unsafe { libc::_exit(130) };
         }
-        let msg = b"\ninterrupted: stopping at the next safe point (Ctrl-C again to exit now)\n";
+        let msg: &[u8] = if sig == libc::SIGTERM {
+            b"\nterminated (SIGTERM): stopping at the next safe point (send it again to exit now)\n"
+        } else {
+            b"\ninterrupted: stopping at the next safe point (Ctrl-C again to exit now)\n"
+        };
         // SAFETY: write(2) is async-signal-safe; the buffer outlives the call.
         unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
     }
@@ -59,7 +64,8 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    match cli::run(parsed, &matches) {
+    let result = copal::env::check().and_then(|()| cli::run(parsed, &matches));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // A closed stdout (`copal … | head`) is not an error.

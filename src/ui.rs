@@ -84,6 +84,15 @@ pub fn out(line: impl AsRef<str>) -> std::io::Result<()> {
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The signal that asked to stop (0: Ctrl-C, SIGINT, or none).
+static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// SIGTERM's number on Linux and the BSDs.
+const SIGTERM: i32 = 15;
+
+/// Records which signal asked to stop (an atomic store: safe in a signal handler).
+pub fn set_signal(sig: i32) {
+    SIGNAL.store(sig, Ordering::SeqCst);
+}
 
 /// Records a request to stop (Ctrl-C); returns whether one was already recorded. Only an
 /// atomic store: safe to call from a signal handler.
@@ -102,7 +111,11 @@ pub struct Interrupted;
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("interrupted (Ctrl-C)")
+        if SIGNAL.load(Ordering::SeqCst) == SIGTERM {
+            f.write_str("terminated (SIGTERM)")
+        } else {
+            f.write_str("interrupted (Ctrl-C)")
+        }
     }
 }
 

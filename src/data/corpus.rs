@@ -189,17 +189,22 @@ pub fn load_prefix(
     split: Split,
     data_dir: &Path,
     bytes: u64,
-) -> Result<(Corpus, PathBuf, bool)> {
+) -> Result<(Option<Corpus>, PathBuf, bool)> {
     let path = find(ds, split, data_dir)?;
     let parquet = super::hub::pin_of_path(&path)
         .is_some_and(|p| matches!(p.format, super::hub::Format::Parquet(_)));
     if matches!(ds, Dataset::C4) || parquet {
         let (c, p) = load(ds, split, Purpose::Evaluation, data_dir)?;
-        return Ok((c, p, true));
+        return Ok((Some(c), p, true));
     }
     let (text, complete) = read_bytes(&path, bytes.min(max_text_bytes()))?;
+    if !complete && text.trim().is_empty() {
+        // The first line (document) is longer than this prefix: not "no text", but not read
+        // yet. The caller reads a longer prefix.
+        return Ok((None, path, false));
+    }
     let corpus = join(ds, Purpose::Evaluation, &text, &path)?;
-    Ok((corpus, path, complete))
+    Ok((Some(corpus), path, complete))
 }
 
 /// The protocol's join of a split's text for `purpose`.

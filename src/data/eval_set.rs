@@ -51,10 +51,17 @@ impl EvalSet {
                 (tok.encode(&joined(corpus))?, path, true)
             }
             Some(needed) => {
-                let mut bytes = (needed + PREFIX_MARGIN_TOKENS) as u64 * BYTES_PER_TOKEN_GUESS;
+                // Read a prefix, twice as long each time it holds too few tokens (a first
+                // document longer than the guess included), up to the text size limit.
+                let cap = super::text::max_text_bytes();
+                let mut bytes =
+                    ((needed + PREFIX_MARGIN_TOKENS) as u64 * BYTES_PER_TOKEN_GUESS).min(cap);
                 loop {
                     let (corpus, path, complete) = corpus::load_prefix(ds, split, data_dir, bytes)?;
-                    let mut ids = tok.encode(&joined(corpus))?;
+                    let mut ids = match corpus {
+                        Some(c) => tok.encode(&joined(c))?,
+                        None => Vec::new(),
+                    };
                     if complete {
                         break (ids, path, true);
                     }
@@ -62,7 +69,16 @@ impl EvalSet {
                         ids.truncate(needed);
                         break (ids, path, false);
                     }
-                    bytes *= 2;
+                    ensure!(
+                        bytes < cap,
+                        "the first {cap} bytes of {} hold {} tokens of whole lines, fewer than \
+                         the {} the windows need; copal reads at most that much of a file: set \
+                         COPAL_MAX_TEXT_BYTES to raise it, or evaluate fewer windows",
+                        path.display(),
+                        ids.len(),
+                        needed + PREFIX_MARGIN_TOKENS
+                    );
+                    bytes = bytes.saturating_mul(2).min(cap);
                 }
             }
         };

@@ -28,9 +28,10 @@ pub fn read_text(path: &Path) -> Result<String> {
 /// says otherwise: a 13 MB gzip can hold 3 GB, and a corpus is held in memory whole. 1 GiB is
 /// above every split of the protocol's datasets (C4's train shard is about 0.8 GB).
 pub fn max_text_bytes() -> u64 {
+    // Checked at start (crate::env::check): a value that does not parse never gets here.
     std::env::var("COPAL_MAX_TEXT_BYTES")
         .ok()
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| crate::env::parse_max_text_bytes(&v).ok())
         .unwrap_or(1 << 30)
 }
 

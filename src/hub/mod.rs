@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 /// Whether `HF_HUB_OFFLINE` asks for the cache only.
 pub fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
-        .map(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
+        .ok()
+        .and_then(|v| crate::env::parse_bool(&v))
         .unwrap_or(false)
 }
 

@@ -431,3 +431,82 @@ fn unknown_config_keys_stop_the_run() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("which copal reads"), "{err}");
 }
+
+/// Evaluation with --max-windows reads as much of a text as its windows need, however long
+/// the first line (text:) or document (jsonl:): a 300 KB line, 50 KB documents.
+#[test]
+fn long_first_documents_are_read_as_far_as_the_windows_need() {
+    let t = tiny_model(false, 1);
+    let tmp = t.tmp.path();
+    let d = t.dir.to_str().unwrap();
+    let words = fixture_text(3, 4000).join(" ");
+    let line: String = words.chars().cycle().take(300_000).collect();
+    std::fs::write(tmp.join("long.txt"), format!("{line}\nshort second line\n")).unwrap();
+    let doc: String = words.chars().cycle().take(50_000).collect();
+    let docs: String = (0..3)
+        .map(|_| serde_json::json!({ "text": doc }).to_string() + "\n")
+        .collect();
+    std::fs::write(tmp.join("long.jsonl"), docs).unwrap();
+    for (spec, seqlen, windows) in [
+        (
+            format!("text:{}", tmp.join("long.txt").display()),
+            "256",
+            "40",
+        ),
+        (
+            format!("jsonl:{}", tmp.join("long.jsonl").display()),
+            "32",
+            "4",
+        ),
+        (
+            format!("jsonl:{}", tmp.join("long.jsonl").display()),
+            "128",
+            "8",
+        ),
+    ] {
+        let (code, out, err) = run_cli(
+            &[
+                "eval",
+                "--model",
+                d,
+                "--datasets",
+                &spec,
+                "--seqlen",
+                seqlen,
+                "--max-windows",
+                windows,
+                "--quiet",
+                "--json",
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{spec} {seqlen}x{windows}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v["results"][0]["windows"].as_u64().unwrap().to_string(),
+            windows,
+            "{out}"
+        );
+    }
+    // More than the size limit allows: a clear error, not "holds no text".
+    let (code, _, err) = run_cli(
+        &[
+            "eval",
+            "--model",
+            d,
+            "--datasets",
+            &format!("text:{}", tmp.join("long.txt").display()),
+            "--seqlen",
+            "256",
+            "--max-windows",
+            "8",
+            "--quiet",
+        ],
+        &[("COPAL_MAX_TEXT_BYTES", "100000")],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("COPAL_MAX_TEXT_BYTES") && !err.contains("holds no text"),
+        "{err}"
+    );
+}
