@@ -26,6 +26,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const META_KEY: &str = "copal.state";
+/// The metadata entry with the SHA-256 of the provenance and of every tensor (states written
+/// since copal 0.1 of 2026-12; older ones have none and are read unchecked).
+pub const DIGEST_KEY: &str = "copal.state.sha256";
 pub const FORMAT: &str = "copal-state/1";
 
 /// Settings that change the accumulated sums or the activations they were measured on; a
@@ -109,14 +112,23 @@ impl StateMeta {
             path.display(),
             self.format
         );
-        ensure!(
-            self.model_fingerprint == fingerprint,
-            "{} was made for another model (fingerprint {}…, this model {}…); use the same \
-             --model or start a new state file",
-            path.display(),
-            &self.model_fingerprint[..12.min(self.model_fingerprint.len())],
-            &fingerprint[..12.min(fingerprint.len())]
-        );
+        if self.model_fingerprint != fingerprint {
+            // Where they differ, so that two fingerprints with a common start are told apart.
+            let at = self
+                .model_fingerprint
+                .chars()
+                .zip(fingerprint.chars())
+                .position(|(a, b)| a != b)
+                .unwrap_or(fingerprint.len().min(self.model_fingerprint.len()));
+            bail!(
+                "{} was made for another model (fingerprint {}, this model {}; they differ from \
+                 character {}); use the same model or start a new state file",
+                path.display(),
+                self.model_fingerprint,
+                fingerprint,
+                at + 1
+            );
+        }
         let mut diffs = Vec::new();
         let a = &self.settings;
         if a.method != settings.method {
@@ -231,6 +243,7 @@ impl StateReader {
                     path.display()
                 )
             })?;
+        verify_digests(&shard, path)?;
         let meta: StateMeta = serde_json::from_str(text)
             .with_context(|| format!("{}: unreadable {META_KEY} metadata", path.display()))?;
         Ok(Self { shard, meta })
@@ -304,6 +317,55 @@ pub fn state_layout(
     out
 }
 
+/// Checks a state's digests (its provenance and every tensor, read once, page by page
+/// released): one flipped bit anywhere is refused before any work.
+fn verify_digests(shard: &Shard, path: &Path) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let Some(md) = shard.user_metadata() else {
+        return Ok(());
+    };
+    let Some(block) = md.get(DIGEST_KEY) else {
+        return Ok(());
+    };
+    let corrupt = |what: String| {
+        anyhow::anyhow!(
+            "{} is corrupt: {what}. A state cannot be repaired; restore a copy, or start a new \
+             state file and recalibrate on every dataset it held",
+            path.display()
+        )
+    };
+    let v: serde_json::Value = serde_json::from_str(block)
+        .map_err(|_| corrupt(format!("its {DIGEST_KEY} entry is not JSON")))?;
+    let want_meta = v["metadata"].as_str().unwrap_or("");
+    let got_meta = crate::checkpoint::writer::metadata_sha256(md.iter(), DIGEST_KEY);
+    if got_meta != want_meta {
+        return Err(corrupt(format!(
+            "its provenance (header metadata) has SHA-256 {got_meta}, recorded {want_meta}"
+        )));
+    }
+    let tensors = v["tensors"]
+        .as_object()
+        .ok_or_else(|| corrupt(format!("its {DIGEST_KEY} entry lists no tensors")))?;
+    let names = shard.names();
+    if names.len() != tensors.len() || names.iter().any(|n| !tensors.contains_key(n)) {
+        return Err(corrupt("its tensors are not the ones it recorded".into()));
+    }
+    for name in names {
+        let bytes = shard
+            .bytes(&name)
+            .ok_or_else(|| corrupt(format!("tensor {name} lies outside the file")))?;
+        let got = format!("{:x}", Sha256::digest(bytes));
+        shard.release(&name);
+        let want = tensors[&name].as_str().unwrap_or("");
+        if got != want {
+            return Err(corrupt(format!(
+                "tensor {name} has SHA-256 {got}, recorded {want}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A state file being written: all linears of `cfg`, f32, provenance in the header.
 pub fn create_writer(
     path: &Path,
@@ -319,7 +381,7 @@ pub fn create_writer(
     }
     let mut md = BTreeMap::new();
     md.insert(META_KEY.to_string(), serde_json::to_string(meta)?);
-    ShardWriter::create(path, &layout, &md)
+    ShardWriter::create_with_digests(path, &layout, &md, DIGEST_KEY)
 }
 
 fn variant_flags(v: &crate::prune::copal::CopalVariant) -> String {

@@ -25,6 +25,14 @@ struct Slot {
     len: u64,
 }
 
+/// The digests a writer fills in at the end: the header to rewrite, the metadata key of the
+/// digest block, and each tensor's SHA-256 so far.
+type Digests = (
+    serde_json::Map<String, serde_json::Value>,
+    String,
+    BTreeMap<String, String>,
+);
+
 /// A safetensors file whose layout is fixed at creation and whose tensors arrive in any order.
 pub struct ShardWriter {
     path: PathBuf,
@@ -32,6 +40,35 @@ pub struct ShardWriter {
     data_start: u64,
     slots: HashMap<String, Slot>,
     written: HashSet<String>,
+    /// With [`ShardWriter::create_with_digests`]: the header (rewritten at the end with the
+    /// digests filled in), the metadata key that holds them, and each tensor's SHA-256.
+    digests: Option<Digests>,
+}
+
+/// What a digest block holds: SHA-256 of the other `__metadata__` entries and of each tensor's
+/// bytes, as `{"metadata": HEX, "tensors": {NAME: HEX, …}}`.
+pub fn digest_block(metadata_sha: &str, tensors: &BTreeMap<String, String>) -> String {
+    serde_json::json!({"metadata": metadata_sha, "tensors": tensors}).to_string()
+}
+
+/// SHA-256 of a file's `__metadata__` entries other than `skip`, in key order
+/// (`key\0value\0`…).
+pub fn metadata_sha256<'a>(
+    entries: impl IntoIterator<Item = (&'a String, &'a String)>,
+    skip: &str,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<(&String, &String)> =
+        entries.into_iter().filter(|(k, _)| *k != skip).collect();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for (k, v) in sorted {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    format!("{:x}", h.finalize())
 }
 
 fn dtype_size(d: Dtype) -> Result<usize> {
@@ -51,6 +88,36 @@ impl ShardWriter {
         tensors: &[(String, Dtype, Vec<usize>)],
         metadata: &BTreeMap<String, String>,
     ) -> Result<Self> {
+        Self::create_inner(path, tensors, metadata, None)
+    }
+
+    /// Like [`create`](Self::create), and records in metadata entry `key` the SHA-256 of the
+    /// other metadata and of every tensor ([`digest_block`]): the header holds a placeholder of
+    /// the same length, filled in by [`finish`](Self::finish).
+    pub fn create_with_digests(
+        path: &Path,
+        tensors: &[(String, Dtype, Vec<usize>)],
+        metadata: &BTreeMap<String, String>,
+        key: &str,
+    ) -> Result<Self> {
+        Self::create_inner(path, tensors, metadata, Some(key))
+    }
+
+    fn create_inner(
+        path: &Path,
+        tensors: &[(String, Dtype, Vec<usize>)],
+        metadata: &BTreeMap<String, String>,
+        digest_key: Option<&str>,
+    ) -> Result<Self> {
+        let mut metadata = metadata.clone();
+        let zeros = "0".repeat(64);
+        if let Some(k) = digest_key {
+            let placeholder: BTreeMap<String, String> = tensors
+                .iter()
+                .map(|(n, ..)| (n.clone(), zeros.clone()))
+                .collect();
+            metadata.insert(k.to_string(), digest_block(&zeros, &placeholder));
+        }
         let mut header = serde_json::Map::new();
         if !metadata.is_empty() {
             header.insert("__metadata__".into(), serde_json::to_value(metadata)?);
@@ -95,12 +162,14 @@ impl ShardWriter {
                 path.display()
             )
         })?;
+        let digests = digest_key.map(|k| (header, k.to_string(), BTreeMap::new()));
         Ok(Self {
             path: path.to_path_buf(),
             file,
             data_start,
             slots,
             written: HashSet::new(),
+            digests,
         })
     }
 
@@ -135,6 +204,10 @@ impl ShardWriter {
             )
         })?;
         self.written.insert(name.to_string());
+        if let Some((_, _, d)) = &mut self.digests {
+            use sha2::{Digest, Sha256};
+            d.insert(name.to_string(), format!("{:x}", Sha256::digest(bytes)));
+        }
         crate::fsutil::fault_point();
         Ok(())
     }
@@ -165,8 +238,9 @@ impl ShardWriter {
         m
     }
 
-    /// Checks that every tensor was written and flushes the file to disk.
-    pub fn finish(self) -> Result<()> {
+    /// Checks that every tensor was written, fills in the digests if asked for, and flushes
+    /// the file to disk.
+    pub fn finish(mut self) -> Result<()> {
         let missing = self.missing();
         ensure!(
             missing.is_empty(),
@@ -175,6 +249,28 @@ impl ShardWriter {
             self.path.display(),
             missing[0]
         );
+        if let Some((mut header, key, tensors)) = self.digests.take() {
+            let md = header
+                .get_mut("__metadata__")
+                .and_then(|m| m.as_object_mut())
+                .context("internal: a digest block needs the metadata")?;
+            let entries: BTreeMap<String, String> = md
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect();
+            let block = digest_block(&metadata_sha256(&entries, &key), &tensors);
+            md.insert(key, block.into());
+            let mut json = serde_json::to_vec(&header)?;
+            while (json.len() + 8) % 8 != 0 {
+                json.push(b' ');
+            }
+            ensure!(
+                8 + json.len() as u64 == self.data_start,
+                "internal: the digest block changed the header's length"
+            );
+            self.file.seek(SeekFrom::Start(8))?;
+            self.file.write_all(&json)?;
+        }
         crate::fsutil::fault_point();
         self.file
             .sync_all()

@@ -241,6 +241,7 @@ fn state_continues_bit_identically_and_refuses_mismatches() {
         &[],
     );
     assert_user_error(&r, "another model");
+    assert!(r.2.contains("they differ from character"), "{}", r.2);
     std::fs::write(tmp.join("bad.safetensors"), b"not a state").unwrap();
     let r = prune(
         &s,
@@ -599,4 +600,85 @@ fn pruned_weights_are_positive_zeros() {
             }
         }
     }
+}
+
+/// A state carries the SHA-256 of its provenance and of every tensor: one flipped bit in a
+/// value or in the fingerprint is refused, naming what is corrupt, before any work; another
+/// model's state names both fingerprints and where they differ.
+#[test]
+fn a_corrupt_state_is_refused_naming_what() {
+    let s = setup(true);
+    let (a, b) = ds(&s);
+    let tmp = s.t.tmp.path();
+    let state = tmp.join("s.safetensors");
+    assert_eq!(
+        prune(
+            &s,
+            &a,
+            &tmp.join("o1"),
+            &["--state", state.to_str().unwrap()],
+            &[]
+        )
+        .0,
+        0
+    );
+    let good = std::fs::read(&state).unwrap();
+    let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&good[8..8 + n]).unwrap();
+    let (name, info) = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| *k != "__metadata__")
+        .unwrap();
+    let start = 8 + n + info["data_offsets"][0].as_u64().unwrap() as usize;
+    // One bit of one value.
+    let mut bad = good.clone();
+    bad[start + 5] ^= 0x01;
+    let flipped = tmp.join("flipped.safetensors");
+    std::fs::write(&flipped, &bad).unwrap();
+    let r = prune(
+        &s,
+        &b,
+        &tmp.join("x1"),
+        &["--state", flipped.to_str().unwrap()],
+        &[],
+    );
+    assert_user_error(&r, "is corrupt");
+    assert!(
+        r.2.contains(&format!("tensor {name} has SHA-256")),
+        "{}",
+        r.2
+    );
+    // One character of the fingerprint in the header.
+    let meta: serde_json::Value =
+        serde_json::from_str(header["__metadata__"]["copal.state"].as_str().unwrap()).unwrap();
+    let fp = meta["model_fingerprint"].as_str().unwrap();
+    let text = String::from_utf8_lossy(&good[8..8 + n]).into_owned();
+    let at = 8 + text.find(fp).unwrap() + 20;
+    let mut bad = good.clone();
+    bad[at] = if bad[at] == b'0' { b'1' } else { b'0' };
+    let edited = tmp.join("edited.safetensors");
+    std::fs::write(&edited, &bad).unwrap();
+    let r = prune(
+        &s,
+        &b,
+        &tmp.join("x2"),
+        &["--state", edited.to_str().unwrap()],
+        &[],
+    );
+    assert_user_error(&r, "is corrupt");
+    assert!(r.2.contains("provenance"), "{}", r.2);
+    for x in ["x1", "x2"] {
+        assert!(!tmp.join(x).exists(), "a refused state left {x} behind");
+    }
+    // The intact state still continues.
+    let r = prune(
+        &s,
+        &b,
+        &tmp.join("o2"),
+        &["--state", state.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(r.0, 0, "{}", r.2);
 }
