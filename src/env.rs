@@ -8,6 +8,7 @@
 //! | `COPAL_GENERIC_KERNELS` | `0`/`1`: the GPU's generic kernels on the CPU (device) |
 //! | `HF_HUB_OFFLINE` | `0`/`1` (or true/false, yes/no, on/off): the hub cache only |
 //! | `HF_ENDPOINT` | the hub's URL, http(s) |
+//! | `COPAL_PROGRESS_INTERVAL` | seconds between progress lines without a terminal (30) |
 //!
 //! `COPAL_HOME`, `COPAL_DATA_DIR`, `HF_HOME`, `HF_HUB_CACHE` and `HF_TOKEN` are paths or
 //! tokens, checked where they are used.
@@ -17,6 +18,16 @@ use anyhow::Result;
 
 /// The largest `COPAL_MAX_TEXT_BYTES` accepted (1 TiB).
 const MAX_TEXT_BYTES_LIMIT: u64 = 1 << 40;
+
+/// `COPAL_PROGRESS_INTERVAL`: seconds between progress lines without a terminal (1..=3600).
+pub fn parse_interval(v: &str) -> std::result::Result<u64, String> {
+    match v.trim().parse::<u64>() {
+        Ok(n) if (1..=3600).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be a number of seconds in 1..=3600, got {v:?}"
+        )),
+    }
+}
 
 /// Whether a boolean variable's value is one copal understands (`Some(value)`).
 pub fn parse_bool(v: &str) -> Option<bool> {
@@ -45,6 +56,9 @@ pub fn check() -> Result<()> {
     let get = |k: &str| std::env::var(k).ok();
     if let Some(v) = get("COPAL_MAX_TEXT_BYTES") {
         parse_max_text_bytes(&v).map_err(|m| usage("COPAL_MAX_TEXT_BYTES", m))?;
+    }
+    if let Some(v) = get("COPAL_PROGRESS_INTERVAL") {
+        parse_interval(&v).map_err(|m| usage("COPAL_PROGRESS_INTERVAL", m))?;
     }
     for k in ["HF_HUB_OFFLINE", "COPAL_GENERIC_KERNELS"] {
         if let Some(v) = get(k) {

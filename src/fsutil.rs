@@ -317,3 +317,70 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("flushing directory {}", dir.display()))?;
     Ok(())
 }
+
+/// Checks that `path` is a regular file (following links) before copal opens it: a directory,
+/// a FIFO (whose open would wait for a writer for ever), a socket or a device is refused at
+/// once, saying what it is. `what` names the input ("dataset file", "state file").
+pub fn check_regular_file(path: &Path, what: &str) -> Result<()> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("{what} {} does not exist", path.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {what} {}", path.display())),
+    };
+    if meta.is_file() {
+        return Ok(());
+    }
+    let kind = if meta.is_dir() {
+        "a directory"
+    } else {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt;
+            let t = meta.file_type();
+            if t.is_fifo() {
+                "a FIFO (named pipe)"
+            } else if t.is_socket() {
+                "a socket"
+            } else if t.is_char_device() || t.is_block_device() {
+                "a device"
+            } else {
+                "not a regular file"
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            "not a regular file"
+        }
+    };
+    anyhow::bail!(
+        "{what} {} is {kind}; copal reads regular files only",
+        path.display()
+    )
+}
+
+/// A small JSON or text file copal reads whole (configs, indexes, manifests): a regular file
+/// of at most `cap` bytes, as UTF-8.
+pub fn read_small(path: &Path, what: &str, cap: u64) -> Result<String> {
+    use std::io::Read;
+    check_regular_file(path, what)?;
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut bytes = Vec::new();
+    f.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(
+        bytes.len() as u64 <= cap,
+        "{what} {} is larger than {} MB, far more than such a file holds; it is not the file \
+         copal expects",
+        path.display(),
+        cap / 1_000_000
+    );
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
+}
+
+/// Size caps of the small files copal reads whole.
+pub const CAP_CONFIG: u64 = 16 << 20;
+/// tokenizer.json (Llama-3's is 9 MB; the largest vocabularies stay well under this).
+pub const CAP_TOKENIZER: u64 = 256 << 20;

@@ -209,7 +209,21 @@ impl PrunePlan {
             ("max_windows", r.max_windows),
         ] {
             crate::usage_ensure!(v != Some(0), setting, "must be at least 1");
+            check_window_count(setting, v)?;
         }
+        let (n, s) = (
+            r.nsamples.unwrap_or(DEFAULT_NSAMPLES),
+            r.seqlen.unwrap_or(DEFAULT_SEQLEN),
+        );
+        crate::usage_ensure!(
+            n.saturating_mul(s) <= MAX_CALIB_TOKENS,
+            "nsamples",
+            "{n} windows of {s} tokens are {} calibration tokens per dataset ({:.1} GB of \
+             token ids alone); copal takes at most {MAX_CALIB_TOKENS} (the protocol's 128 × \
+             2048 is 262144)",
+            n.saturating_mul(s),
+            n.saturating_mul(s) as f64 * 4.0 / 1e9
+        );
         if let Some(s) = r.seqlen {
             crate::usage_ensure!(s >= 2, "seqlen", "must be at least 2, got {s}");
         }
@@ -330,6 +344,26 @@ fn datasets_calibrating_on_eval(r: &Request) -> Vec<String> {
         })
         .map(|d| d.name())
         .collect()
+}
+
+/// The most windows a run draws or evaluates per dataset: 8192 times the protocol's 128, and
+/// bounded so that the window list is allocated only for a count that fits in memory.
+pub const MAX_WINDOWS: usize = 1 << 20;
+/// The most calibration tokens per dataset (1 GiB of token ids).
+pub const MAX_CALIB_TOKENS: usize = 1 << 28;
+
+/// A window count (`nsamples`, `max_windows`, `calib_batch`) within [`MAX_WINDOWS`], checked
+/// before anything is allocated for it.
+pub fn check_window_count(setting: &str, v: Option<usize>) -> Result<()> {
+    if let Some(v) = v {
+        crate::usage_ensure!(
+            v <= MAX_WINDOWS,
+            setting,
+            "{v} is more windows than copal takes (at most {MAX_WINDOWS}; the protocol uses \
+             128)"
+        );
+    }
+    Ok(())
 }
 
 /// The window length: the one asked for (checked against the model), else 2048 capped by it.

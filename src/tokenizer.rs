@@ -53,24 +53,79 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     crate::guard::no_panic(what, "the tokenizer", f)
 }
 
+/// The value of a base64 digit (standard alphabet).
+fn b64(c: u8) -> Option<u32> {
+    Some(match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => return None,
+    } as u32)
+}
+
+/// A SentencePiece `Precompiled` normaliser's charsmap starts with the byte size of its trie
+/// (u32, little-endian), which the tokenizers crate reserves (× 2 for its usize entries)
+/// before reading it: a garbage size there is a multi-GiB allocation that aborts the process
+/// under an address-space limit, beyond any panic guard. Checked here against the bytes the
+/// charsmap really has.
+fn check_precompiled(v: &serde_json::Value) -> Result<()> {
+    match v {
+        serde_json::Value::Object(o) => {
+            if o.get("type").and_then(|t| t.as_str()) == Some("Precompiled") {
+                let map = o
+                    .get("precompiled_charsmap")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("")
+                    .as_bytes();
+                let digits: Vec<u32> = map.iter().take(8).filter_map(|&c| b64(c)).collect();
+                let decoded = map.iter().filter(|&&c| c != b'=').count() * 3 / 4;
+                anyhow::ensure!(
+                    digits.len() == 8,
+                    "its Precompiled normaliser has no readable charsmap"
+                );
+                let bits = digits.iter().fold(0u64, |a, &d| (a << 6) | d as u64);
+                // 8 digits = 6 bytes; the first four are the size, little-endian.
+                let b = (bits >> 16).to_be_bytes();
+                let trie = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize;
+                anyhow::ensure!(
+                    trie <= decoded.saturating_sub(4),
+                    "its Precompiled normaliser's charsmap says its trie has {trie} bytes, but the \
+                     charsmap holds {decoded}: it is corrupt"
+                );
+            }
+            o.values().try_for_each(check_precompiled)
+        }
+        serde_json::Value::Array(a) => a.iter().try_for_each(check_precompiled),
+        _ => Ok(()),
+    }
+}
+
 impl Tokenizer {
     /// Opens `dir/tokenizer.json` (and `dir/tokenizer_config.json` if present), and probes it.
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         anyhow::ensure!(
-            path.is_file(),
+            path.exists(),
             "{} is missing: copal needs the checkpoint's fast tokenizer (save it with \
              transformers' tokenizer.save_pretrained, or use `copal import-gguf`)",
             path.display()
         );
+        let text =
+            crate::fsutil::read_small(&path, "tokenizer.json", crate::fsutil::CAP_TOKENIZER)?;
         let broken = |e: anyhow::Error| {
             e.context(format!(
                 "{} is not a usable tokenizer: get the checkpoint's tokenizer.json again",
                 path.display()
             ))
         };
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            check_precompiled(&v).map_err(broken)?;
+        }
         let mut inner = guarded("loading", || {
-            tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow::anyhow!("{e}"))
+            text.parse::<tokenizers::Tokenizer>()
+                .map_err(|e| anyhow::anyhow!("{e}"))
         })
         .map_err(broken)?;
         // A corpus is one text: never cut or pad it.
@@ -78,13 +133,18 @@ impl Tokenizer {
             .with_truncation(None)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         inner.with_padding(None);
-        let tcfg: serde_json::Value =
-            match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
-                Ok(text) => serde_json::from_str(&text).with_context(|| {
-                    format!("parsing {}", dir.join("tokenizer_config.json").display())
-                })?,
-                Err(_) => serde_json::Value::Null,
-            };
+        let tcfg_path = dir.join("tokenizer_config.json");
+        let tcfg: serde_json::Value = if tcfg_path.exists() {
+            let text = crate::fsutil::read_small(
+                &tcfg_path,
+                "tokenizer_config.json",
+                crate::fsutil::CAP_CONFIG,
+            )?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", tcfg_path.display()))?
+        } else {
+            serde_json::Value::Null
+        };
         let bos = tcfg
             .get("bos_token")
             .and_then(token_string)

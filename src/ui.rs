@@ -52,7 +52,55 @@ pub fn bar(len: u64, prefix: impl Into<String>) -> ProgressBar {
     );
     pb.set_prefix(prefix.into());
     pb.enable_steady_tick(Duration::from_millis(500));
+    watch(&pb);
     pb
+}
+
+/// Seconds between the progress lines of bars on a stderr that is not a terminal
+/// (`COPAL_PROGRESS_INTERVAL`, default 30, checked at start by `crate::env`).
+fn interval() -> Duration {
+    let secs = std::env::var("COPAL_PROGRESS_INTERVAL")
+        .ok()
+        .and_then(|v| crate::env::parse_interval(&v).ok())
+        .unwrap_or(30);
+    Duration::from_secs(secs)
+}
+
+/// Without a terminal indicatif draws nothing, and a long run would be silent for minutes:
+/// a ticker prints each unfinished bar as one line (what, how far, elapsed, ETA) every
+/// [`interval`], as cargo does in CI logs.
+fn watch(pb: &ProgressBar) {
+    use std::sync::{Mutex, Once};
+    static BARS: OnceLock<Mutex<Vec<indicatif::WeakProgressBar>>> = OnceLock::new();
+    static TICKER: Once = Once::new();
+    if quiet() || !multi().is_hidden() {
+        return;
+    }
+    let bars = BARS.get_or_init(|| Mutex::new(Vec::new()));
+    if let Ok(mut b) = bars.lock() {
+        b.push(pb.downgrade());
+    }
+    TICKER.call_once(|| {
+        std::thread::spawn(move || loop {
+            std::thread::sleep(interval());
+            let Ok(mut b) = bars.lock() else { return };
+            b.retain(|w| w.upgrade().is_some_and(|p| !p.is_finished()));
+            for p in b.iter().filter_map(|w| w.upgrade()) {
+                let len = p.length().unwrap_or(0);
+                let msg = p.message();
+                eprintln!(
+                    "{}: {}/{}{}{} ({} elapsed, about {} left)",
+                    p.prefix().trim(),
+                    p.position(),
+                    len,
+                    if msg.is_empty() { "" } else { " " },
+                    msg,
+                    indicatif::HumanDuration(p.elapsed()),
+                    indicatif::HumanDuration(p.eta())
+                );
+            }
+        });
+    });
 }
 
 /// A bar of `total` bytes with the rate and an ETA (downloads); hidden when quiet or when

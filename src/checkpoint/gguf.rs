@@ -198,6 +198,7 @@ fn check_tensor_extents(content: &Content, path: &Path) -> Result<()> {
 
 /// Converts the LLaMA GGUF `path` into a Hugging Face directory `out` (created if needed).
 pub fn import(path: &Path, out: &Path, dtype: DType) -> Result<Imported> {
+    crate::fsutil::check_regular_file(path, "GGUF file")?;
     let mut file =
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // The reader trusts the header (an alignment of 0 divides by zero): a panic there is a
@@ -260,7 +261,7 @@ pub fn import(path: &Path, out: &Path, dtype: DType) -> Result<Imported> {
     // Every tensor must have exactly the shape the config implies (and every one must be
     // there), before anything is read or allocated.
     for (g, h) in &names {
-        let want = expected_shape(h, &cfg)
+        let want = super::expected_shape(h, &cfg)
             .with_context(|| format!("{}: unexpected tensor {g}", path.display()))?;
         let got = content.tensor_infos[g].shape.dims();
         ensure!(
@@ -269,7 +270,7 @@ pub fn import(path: &Path, out: &Path, dtype: DType) -> Result<Imported> {
             path.display()
         );
     }
-    for h in required_names(&cfg) {
+    for h in super::required_names(&cfg) {
         ensure!(
             names.iter().any(|(_, n)| *n == h),
             "{}: tensor {h} is missing",
@@ -300,6 +301,16 @@ pub fn import(path: &Path, out: &Path, dtype: DType) -> Result<Imported> {
             .tensor(&mut file, g, &Device::Cpu)
             .with_context(|| format!("reading {g} from {}", path.display()))?;
         let mut w = q.dequantize(&Device::Cpu)?;
+        // A NaN or an infinity in a weight is a corrupt file, not a model to convert.
+        let values = w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if let Some(k) = values.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{}: tensor {g} holds {} (element {k}); the file is corrupt",
+                path.display(),
+                values[k]
+            );
+        }
+        drop(values);
         if g.ends_with("attn_q.weight") {
             w = unpermute(&w, n_head)?;
         } else if g.ends_with("attn_k.weight") {
@@ -328,47 +339,6 @@ pub fn import(path: &Path, out: &Path, dtype: DType) -> Result<Imported> {
         params,
         config,
     })
-}
-
-/// The shape a Hugging Face LLaMA tensor must have under `cfg`.
-fn expected_shape(hf: &str, cfg: &crate::model::LlamaConfig) -> Option<Vec<usize>> {
-    use crate::model::{Linear, EMBED, FINAL_NORM, LM_HEAD};
-    if hf == EMBED || hf == LM_HEAD {
-        return Some(vec![cfg.vocab_size, cfg.hidden_size]);
-    }
-    if hf == FINAL_NORM {
-        return Some(vec![cfg.hidden_size]);
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, module) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    if layer >= cfg.num_hidden_layers {
-        return None;
-    }
-    if module == "input_layernorm.weight" || module == "post_attention_layernorm.weight" {
-        return Some(vec![cfg.hidden_size]);
-    }
-    Linear::ALL
-        .iter()
-        .find(|l| l.tensor_name(layer) == hf)
-        .map(|l| {
-            let (o, i) = l.shape(cfg);
-            vec![o, i]
-        })
-}
-
-/// Every tensor a LLaMA checkpoint needs (the LM head only when untied).
-fn required_names(cfg: &crate::model::LlamaConfig) -> Vec<String> {
-    use crate::model::{block::norm_names, Linear, EMBED, FINAL_NORM, LM_HEAD};
-    let mut v = vec![EMBED.to_string(), FINAL_NORM.to_string()];
-    if !cfg.tie_word_embeddings {
-        v.push(LM_HEAD.to_string());
-    }
-    for l in 0..cfg.num_hidden_layers {
-        v.extend(Linear::ALL.iter().map(|lin| lin.tensor_name(l)));
-        v.extend(norm_names(l));
-    }
-    v
 }
 
 /// Sort key that orders `model.layers.10` after `model.layers.9`.

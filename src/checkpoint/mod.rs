@@ -51,6 +51,7 @@ impl Shard {
 
     /// As `open`, with `remedy` telling the user what to do if the file is corrupt.
     pub fn open_or(path: &Path, remedy: &str) -> Result<Self> {
+        crate::fsutil::check_regular_file(path, "safetensors file")?;
         let file =
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: the file is opened read-only and copal never writes to its inputs; as with
@@ -150,12 +151,13 @@ impl Checkpoint {
             dir.display()
         );
         let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).with_context(|| {
-            format!(
-                "reading {}: a Hugging Face checkpoint directory has a config.json",
+        if !cfg_path.exists() {
+            bail!(
+                "{} is missing: a Hugging Face checkpoint directory has a config.json",
                 cfg_path.display()
-            )
-        })?;
+            );
+        }
+        let text = crate::fsutil::read_small(&cfg_path, "config.json", crate::fsutil::CAP_CONFIG)?;
         let config_json: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("parsing {}", cfg_path.display()))?;
         let config = LlamaConfig::from_json(&text)
@@ -190,7 +192,32 @@ impl Checkpoint {
             route,
         };
         ckpt.check_index()?;
+        ckpt.check_shapes()?;
         Ok(ckpt)
+    }
+
+    /// Every tensor a LLaMA of this config has (embeddings, norms, linears, head) has the
+    /// shape config.json implies: a zero-element or wrong-rank norm would otherwise be pruned
+    /// and written, and fail only later inside the forward pass, naming neither tensor nor
+    /// file.
+    fn check_shapes(&self) -> Result<()> {
+        for (name, &i) in &self.route {
+            let Some(want) = expected_shape(name, &self.config) else {
+                continue;
+            };
+            let shard = &self.shards[i];
+            let got = shard
+                .info(name)
+                .map(|t| t.shape.clone())
+                .unwrap_or_default();
+            ensure!(
+                got == want,
+                "tensor {name} in {} has shape {got:?}, but config.json implies {want:?}; the \
+                 checkpoint and its config.json do not belong together",
+                shard.path.display()
+            );
+        }
+        Ok(())
     }
 
     /// Every name in the index must live in the shard the index says.
@@ -449,11 +476,51 @@ pub fn read_weight_map(path: &Path) -> Result<BTreeMap<String, String>> {
     struct Index {
         weight_map: BTreeMap<String, String>,
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::fsutil::read_small(path, "the shard index", crate::fsutil::CAP_CONFIG)?;
     let index: Index =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     Ok(index.weight_map)
+}
+
+/// The shape a Hugging Face LLaMA tensor must have under `cfg`.
+pub(crate) fn expected_shape(hf: &str, cfg: &crate::model::LlamaConfig) -> Option<Vec<usize>> {
+    use crate::model::{Linear, EMBED, FINAL_NORM, LM_HEAD};
+    if hf == EMBED || hf == LM_HEAD {
+        return Some(vec![cfg.vocab_size, cfg.hidden_size]);
+    }
+    if hf == FINAL_NORM {
+        return Some(vec![cfg.hidden_size]);
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    if layer >= cfg.num_hidden_layers {
+        return None;
+    }
+    if module == "input_layernorm.weight" || module == "post_attention_layernorm.weight" {
+        return Some(vec![cfg.hidden_size]);
+    }
+    Linear::ALL
+        .iter()
+        .find(|l| l.tensor_name(layer) == hf)
+        .map(|l| {
+            let (o, i) = l.shape(cfg);
+            vec![o, i]
+        })
+}
+
+/// Every tensor a LLaMA checkpoint needs (the LM head only when untied).
+pub(crate) fn required_names(cfg: &crate::model::LlamaConfig) -> Vec<String> {
+    use crate::model::{block::norm_names, Linear, EMBED, FINAL_NORM, LM_HEAD};
+    let mut v = vec![EMBED.to_string(), FINAL_NORM.to_string()];
+    if !cfg.tie_word_embeddings {
+        v.push(LM_HEAD.to_string());
+    }
+    for l in 0..cfg.num_hidden_layers {
+        v.extend(Linear::ALL.iter().map(|lin| lin.tensor_name(l)));
+        v.extend(norm_names(l));
+    }
+    v
 }
 
 #[cfg(test)]

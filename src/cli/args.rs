@@ -48,3 +48,17 @@ pub struct OutputArgs {
     #[arg(long, short = 'q')]
     pub quiet: bool,
 }
+
+/// A number flag's value, finite: NaN and the infinities are usage errors naming the flag
+/// (clap's "invalid value … for '--flag'"), never a null that fails later without one.
+pub fn finite(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("must be a finite number, got {s}"))
+    }
+}

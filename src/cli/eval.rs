@@ -49,6 +49,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         "max_windows",
         "must be at least 1"
     );
+    copal::plan::check_window_count("max_windows", a.max_windows)?;
     copal::device::check(&a.model.device)?;
     let dir = copal::checkpoint::resolve::resolve(&a.model.model, a.output.quiet)?;
     let ckpt =

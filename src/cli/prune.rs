@@ -1,6 +1,6 @@
 //! `copal prune`: flags → plan, run the dataset sequence, print the results.
 
-use super::args::{DataArgs, ModelArgs, OutputArgs};
+use super::args::{finite, DataArgs, ModelArgs, OutputArgs};
 use anyhow::Result;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
@@ -65,7 +65,7 @@ pub struct PruneArgs {
     pub mode: Option<Mode>,
 
     /// Percentage of weights to prune, 0 < s < 100 [default: 50] (for N:M patterns it is implied).
-    #[arg(long, value_name = "PERCENT", allow_negative_numbers = true)]
+    #[arg(long, value_name = "PERCENT", allow_negative_numbers = true, value_parser = finite)]
     pub sparsity: Option<f64>,
 
     /// unstructured, or N:M (N of every M consecutive input weights zeroed: 2:4, 4:8).
@@ -88,11 +88,11 @@ pub struct PruneArgs {
     pub allocate: AllocationKind,
 
     /// OWL: outlier threshold M, a multiple of the layer's mean Wanda score [default: 5].
-    #[arg(long, value_name = "M")]
+    #[arg(long, value_name = "M", value_parser = finite)]
     pub owl_m: Option<f64>,
 
     /// OWL: half-width λ of the range of layer densities [default: 0.08].
-    #[arg(long, value_name = "LAMBDA")]
+    #[arg(long, value_name = "LAMBDA", value_parser = finite)]
     pub owl_lambda: Option<f64>,
 
     /// Which activations feed the next layer: those of the pruned layer, or the dense one.
@@ -187,11 +187,11 @@ pub struct CopalArgs {
     pub perturbation: PerturbationKind,
 
     /// Weight perturbation scale ε_W.
-    #[arg(long, default_value_t = CopalConfig::default().eps_w, value_name = "EPS")]
+    #[arg(long, default_value_t = CopalConfig::default().eps_w, value_name = "EPS", value_parser = finite)]
     pub eps_w: f64,
 
     /// Input perturbation scale ε_x.
-    #[arg(long, default_value_t = CopalConfig::default().eps_x, value_name = "EPS")]
+    #[arg(long, default_value_t = CopalConfig::default().eps_x, value_name = "EPS", value_parser = finite)]
     pub eps_x: f64,
 
     /// Aggregation over tokens: l1 = Σ|W ⊙ ∇| (the paper), l2 = Σ(W ⊙ ∇)².
@@ -203,7 +203,7 @@ pub struct CopalArgs {
     pub normalize: bool,
 
     /// Decay γ of the accumulated importance per new dataset: W* = γ·W*_prev + increment.
-    #[arg(long, default_value_t = CopalConfig::default().decay, value_name = "GAMMA")]
+    #[arg(long, default_value_t = CopalConfig::default().decay, value_name = "GAMMA", value_parser = finite)]
     pub decay: f64,
 }
 
@@ -220,7 +220,7 @@ pub struct UpdateArgs {
     pub update: Update,
 
     /// Damping, as a fraction of the mean Hessian diagonal.
-    #[arg(long, default_value_t = ObsConfig::default().percdamp, value_name = "FRACTION")]
+    #[arg(long, default_value_t = ObsConfig::default().percdamp, value_name = "FRACTION", value_parser = finite)]
     pub percdamp: f64,
 
     /// Column block size of the OBS update.
@@ -237,7 +237,8 @@ pub struct RiaArgs {
         long = "ria-a",
         default_value_t = RiaConfig::default().a,
         value_name = "A",
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = finite
     )]
     pub a: f64,
 }

@@ -89,7 +89,8 @@ pub enum Located {
 pub fn locate(ds: &Dataset, split: Split, data_dir: &Path) -> Result<Located> {
     match ds {
         Dataset::Text(p) | Dataset::Jsonl { path: p, .. } => {
-            ensure!(p.is_file(), "dataset file {} does not exist", p.display());
+            crate::fsutil::check_regular_file(p, "dataset file")
+                .map_err(|e| anyhow::anyhow!("{e:#} (write text:PATH or jsonl:PATH[:FIELD])"))?;
             return Ok(Located::File(p.clone()));
         }
         _ => {}

@@ -68,8 +68,19 @@ impl Dataset {
             "c4" => Dataset::C4,
             _ => {
                 if let Some(p) = s.strip_prefix("text:") {
+                    crate::usage_ensure!(
+                        !p.is_empty(),
+                        "datasets",
+                        "has \"text:\" without a path: write text:PATH"
+                    );
                     Dataset::Text(PathBuf::from(p))
                 } else if let Some(rest) = s.strip_prefix("jsonl:") {
+                    crate::usage_ensure!(
+                        !rest.ends_with(':') && !rest.is_empty(),
+                        "datasets",
+                        "has {s:?}, whose field name after the last ':' is empty: write \
+                         jsonl:PATH (the field \"text\") or jsonl:PATH:FIELD"
+                    );
                     // The field is after the last ':' unless that would cut a path (e.g. C:\…).
                     match rest.rsplit_once(':') {
                         Some((p, f))

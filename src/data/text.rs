@@ -63,13 +63,18 @@ pub fn read_bytes(path: &Path, limit: u64) -> Result<(String, bool)> {
         let cut = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         bytes.truncate(cut);
     }
-    let text = String::from_utf8(bytes)
+    let mut text = String::from_utf8(bytes)
         .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+    // A UTF-8 byte-order mark (editors on Windows write one) is not text.
+    if text.starts_with('\u{feff}') {
+        text.drain(..3);
+    }
     Ok((text, complete))
 }
 
 /// A file's bytes as a buffered stream, gunzipped when it ends in `.gz`.
 fn open(path: &Path) -> Result<Box<dyn BufRead>> {
+    crate::fsutil::check_regular_file(path, "dataset file")?;
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     Ok(if is_gz(path) {
         Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
@@ -84,7 +89,10 @@ pub fn read_lines(path: &Path, lines: usize) -> Result<String> {
     let mut out = String::new();
     let mut n = 0;
     for line in open(path)?.take(limit).lines() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        let mut line = line.with_context(|| format!("reading {}", path.display()))?;
+        if out.is_empty() && line.starts_with('\u{feff}') {
+            line.drain(..3);
+        }
         if line.trim().is_empty() {
             continue;
         }

@@ -107,8 +107,7 @@ pub fn key_of(setting: &str) -> &str {
 
 impl ExperimentConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = crate::fsutil::read_small(path, "experiment config", crate::fsutil::CAP_CONFIG)?;
         let v: Value =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let mut cfg = Self::from_json(&v).map_err(|e| in_file(e, path))?;

@@ -76,8 +76,7 @@ pub fn run_one(cfg: &ExperimentConfig, spec: &RunSpec, data_dir: &Path) -> Resul
 
 /// A stored result.
 pub fn read_result(path: &Path) -> Result<RunResult> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::fsutil::read_small(path, "run result", crate::fsutil::CAP_CONFIG)?;
     serde_json::from_str(&text).with_context(|| {
         format!(
             "{} is not a readable run result; delete it to run that run again",
