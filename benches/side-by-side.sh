@@ -9,7 +9,8 @@
 #   VENV (~/.cache/copal/torch-venv): created with pinned torch and transformers if missing.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-copal="${COPAL_BIN:-$root/target/release/copal}"
+. "$root/scripts/common.sh"
+copal="${COPAL_BIN:-$(release_bin)}"
 model="${MODEL:-smollm2-135m}"
 datasets="${DATASETS:-wikitext2,ptb,c4}"
 nsamples="${NSAMPLES:-16}"; seqlen="${SEQLEN:-512}"; windows="${WINDOWS:-16}"

@@ -5,11 +5,17 @@
 # its inputs) with an `error:` line and no panic; the script fails if one does not. The tests
 # in tests/it/ cover the same cases with assertions; this script shows what a user sees.
 #
-#   COPAL_BIN (default target/release/copal). Needs python3. Works in a temporary directory
-#   on a 2-layer synthetic model (`copal synth`), so it takes well under a minute.
+#   COPAL_BIN (default: the release binary cargo builds). Needs python3. Works in a temporary
+#   directory on a 2-layer synthetic model (`copal synth`), so it takes well under a minute.
+#   COPAL_AS_LIMIT=BYTES runs every case under that address-space limit (prlimit --as), as
+#   on clusters and CI sandboxes, where an oversized allocation aborts instead of failing.
 set -euo pipefail
+if [ -n "${COPAL_AS_LIMIT:-}" ] && [ -z "${COPAL_AS_LIMITED:-}" ] && command -v prlimit > /dev/null; then
+  COPAL_AS_LIMITED=1 exec prlimit --as="$COPAL_AS_LIMIT" bash "$0" "$@"
+fi
 root=$(cd "$(dirname "$0")/.." && pwd)
-copal="${COPAL_BIN:-$root/target/release/copal}"
+. "$root/scripts/common.sh"
+copal="${COPAL_BIN:-$(release_bin)}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
@@ -102,13 +108,35 @@ json.dump({'metadata': {}, 'weight_map': wm}, open('dup/model.safetensors.index.
 PY
 variant theta; rm theta/config.json
 python3 -c "import json; c = json.load(open('good/config.json')); c['rope_theta'] = 1e300; json.dump(c, open('theta/config.json', 'w'))"
-for k in empty regex expand; do variant "tok-$k"; rm "tok-$k/tokenizer.json"; done
+for k in empty regex expand charsmap; do variant "tok-$k"; rm "tok-$k/tokenizer.json"; done
+# Config keys (#28): a key copal does not know; sliding-window attention; transformers 5's
+# rope_parameters disagreeing with rope_theta.
+for k in cfg-unknown cfg-window cfg-rope; do variant "$k"; rm "$k/config.json"; done
+python3 - <<'PY'
+import json
+c = json.load(open('good/config.json'))
+json.dump(dict(c, attn_logit_softcapping=50.0), open('cfg-unknown/config.json', 'w'))
+json.dump(dict(c, sliding_window=64), open('cfg-window/config.json', 'w'))
+json.dump(dict(c, rope_parameters={'rope_type': 'default', 'rope_theta': 5e5}), open('cfg-rope/config.json', 'w'))
+PY
+# A final norm with no elements (#28): refused at open, naming the tensor and the file.
+variant norm0; edit_st norm0 '
+n = "model.norm.weight"; o0, o1 = header[n]["data_offsets"]; del body[o0:o1]
+header[n]["shape"] = [0]; header[n]["data_offsets"] = [o0, o0]
+for k, v in header.items():
+    if k not in ("__metadata__", n) and v["data_offsets"][0] >= o1:
+        v["data_offsets"] = [v["data_offsets"][0] - (o1 - o0), v["data_offsets"][1] - (o1 - o0)]'
+mkfifo fifo.pipe
+mkdir -p adir
+printf '\xef\xbb\xbf{"text": "%s"}\n' "$(head -c 3000 data.txt)" > bom.jsonl
 python3 - <<'PY'
 import json
 t = json.load(open('good/tokenizer.json'))
 for k, n in [('empty', {'type': 'Replace', 'pattern': {'String': ''}, 'content': 'x'}),
              ('regex', {'type': 'Replace', 'pattern': {'Regex': 'x*'}, 'content': 'y'}),
-             ('expand', {'type': 'Replace', 'pattern': {'String': ' '}, 'content': 'z' * 20000})]:
+             ('expand', {'type': 'Replace', 'pattern': {'String': ' '}, 'content': 'z' * 20000}),
+             # A SentencePiece charsmap whose trie size says 4 GiB: tokenizers reserves 8 GiB.
+             ('charsmap', {'type': 'Precompiled', 'precompiled_charsmap': '/////wAAAAA='})]:
     t['normalizer'] = n
     json.dump(t, open(f'tok-{k}/tokenizer.json', 'w'))
 import gzip
@@ -147,6 +175,10 @@ def write(path, kvs, ts):
 key = b'general.alignment'
 write('align0.gguf', [struct.pack('<Q', len(key)) + key + struct.pack('<II', 4, 0)] + kvs, ts)
 write('aliased.gguf', kvs, [[n, d, t, 0] for n, d, t, _ in ts])
+# A NaN in the first F32 (type 0) tensor's first element.
+f32 = [off for _, _, t, off in ts if t == 0]
+data = bytearray(data); data[f32[0]:f32[0] + 4] = struct.pack('<f', float('nan')); data = bytes(data)
+write('nanw.gguf', kvs, ts)
 PY
 
 mkdir -p precious holder && echo "my thesis" > precious/thesis.txt
@@ -324,6 +356,27 @@ cases=(
   "1|GGUF general.alignment = 0|$copal import-gguf align0.gguf --out o --quiet"
   "1|GGUF tensors all at offset 0|$copal import-gguf aliased.gguf --out o --quiet"
   "1|full disk (ulimit -f 1024, EFBIG)|ulimit -f 1024; trap '' XFSZ; prune --model good --out o"
+  "1|tokenizer.json: a Precompiled charsmap claiming a 4 GiB trie, under ulimit -v 4 GiB|ulimit -v 4194304; prune --model tok-charsmap --out o"
+  "1|config.json: a key copal does not know (attn_logit_softcapping)|prune --model cfg-unknown --out o"
+  "1|config.json: sliding_window 64|prune --model cfg-window --out o"
+  "1|config.json: rope_parameters.rope_theta disagreeing with rope_theta|prune --model cfg-rope --out o"
+  "1|model.norm.weight with no elements|prune --model norm0 --out o"
+  "2|percdamp NaN|prune --model good --out o --method sparsegpt --percdamp NaN"
+  "2|eps-w inf|prune --model good --out o --eps-w inf"
+  "2|ria-a inf|prune --model good --out o --method ria --ria-a inf"
+  "2|nsamples 1000000000|$copal prune --model good --datasets text:$PWD/data.txt --nsamples 1000000000 --seqlen 64 --quiet --out o"
+  "2|nsamples 1000000000 with --dry-run|$copal prune --model good --datasets text:$PWD/data.txt --nsamples 1000000000 --seqlen 64 --quiet --out o --dry-run"
+  "2|nsamples × seqlen beyond 2^28 tokens|$copal prune --model good --datasets text:$PWD/data.txt --nsamples 200000 --seqlen 2048 --quiet --out o"
+  "2|eval --max-windows 10^12|$copal eval --model good --datasets text:$PWD/data.txt --max-windows 1000000000000"
+  "2|COPAL_MAX_TEXT_BYTES=abc|COPAL_MAX_TEXT_BYTES=abc prune --model good --out o"
+  "2|COPAL_MAX_TEXT_BYTES=-1|COPAL_MAX_TEXT_BYTES=-1 prune --model good --out o"
+  "2|HF_HUB_OFFLINE=maybe|HF_HUB_OFFLINE=maybe prune --model good --out o"
+  "2|jsonl:PATH: (empty field name)|$copal prune --model good --datasets jsonl:$PWD/docs.jsonl: ${base[*]} --out o"
+  "1|dataset path is a directory|$copal prune --model good --datasets text:$PWD/adir ${base[*]} --out o"
+  "1|dataset path is a FIFO|timeout 20 $copal prune --model good --datasets text:$PWD/fifo.pipe ${base[*]} --out o"
+  "1|state is a FIFO (refused at once, not read for ever)|timeout 20 $copal prune --model good --datasets text:$PWD/data.txt ${base[*]} --out o --state $PWD/fifo.pipe"
+  "1|experiment --config /dev/zero|timeout 20 $copal experiment --config /dev/zero --list"
+  "1|GGUF with a NaN weight|$copal import-gguf nanw.gguf --out o --quiet"
   "1|download: hub unreachable|HF_ENDPOINT=http://127.0.0.1:9 dl --model some/model"
   "1|download: gated model (401 GatedRepo)|$hub dl --model gated/model"
   "1|download: unknown repository (401 without a token)|$hub dl --model nobody/nothing"

@@ -22,7 +22,8 @@ if [ -f "$out/model.safetensors" ] && [ -f "$out/tokenizer.json" ] && [ -f "$out
   exit 0
 fi
 
-copal="${COPAL_BIN:-$root/target/release/copal}"
+. "$root/scripts/common.sh"
+copal="${COPAL_BIN:-$(release_bin)}"
 if [ ! -x "$copal" ]; then
   echo "building copal (release) ..." >&2
   (cd "$root" && cargo build --release --locked >&2)

@@ -12,7 +12,8 @@
 # Prints one line per trial and a summary; exits non-zero on the first violation.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-copal="${COPAL_BIN:-$root/target/release/copal}"
+. "$root/scripts/common.sh"
+copal="${COPAL_BIN:-$(release_bin)}"
 trials="${1:-20}"
 model="${MODEL:-smollm2-135m}"
 datasets="${DATASETS:-wikitext2,ptb,c4}"

@@ -16,7 +16,8 @@
 set -euo pipefail
 [ $# -ge 2 ] || { sed -n '2,16p' "$0" >&2; exit 2; }
 root=$(cd "$(dirname "$0")/.." && pwd)
-copal="${COPAL_BIN:-$root/target/release/copal}"
+. "$root/scripts/common.sh"
+copal="${COPAL_BIN:-$(release_bin)}"
 model=$1 datasets=$2
 shift 2
 work="${KEEP:-$(mktemp -d)}"

@@ -7,7 +7,8 @@
 #   COPAL_DATA_DIR must point at the datasets. WikiText-2 calibrates on valid (train absent).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-copal="${COPAL_BIN:-$root/target/release/copal}"
+. "$root/scripts/common.sh"
+copal="${COPAL_BIN:-$(release_bin)}"
 model="${MODEL:-smollm2-135m}"
 nsamples="${NSAMPLES:-32}"
 seqlen="${SEQLEN:-512}"

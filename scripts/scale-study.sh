@@ -13,7 +13,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/scripts/common.sh"
-copal="${COPAL_BIN:-$root/target/release/copal}"
+copal="${COPAL_BIN:-$(release_bin)}"
 preset="${PRESET:-llama-7b}"; seqlen="${SEQLEN:-2048}"; method="${METHOD:-copal}"
 n1="${N1:-4}"; n2="${N2:-8}"; nfull="${NSAMPLES_FULL:-128}"; lfull="${FULL_LAYERS:-32}"
 work=$(mktemp -d "${TMPDIR:-/tmp}/copal-scale.XXXXXX")

@@ -64,6 +64,37 @@ pub struct DataFile {
     pub split: Split,
     pub path: PathBuf,
     pub sha256: String,
+    /// The calibration windows drawn from it, in order: where each starts and the SHA-256 of
+    /// its token ids, so that another tool's run on the same windows can be confirmed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowRecord>,
+}
+
+/// One calibration window's provenance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowRecord {
+    /// The document it was cut from (document sources: C4, jsonl:), 0-based.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc: Option<usize>,
+    /// Its first token's index in the tokenised text (or document).
+    pub start: usize,
+    /// SHA-256 of its token ids, each as 4 little-endian bytes.
+    pub sha256: String,
+}
+
+impl WindowRecord {
+    pub fn of(doc: Option<usize>, start: usize, ids: &[u32]) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for id in ids {
+            h.update(id.to_le_bytes());
+        }
+        Self {
+            doc,
+            start,
+            sha256: format!("{:x}", h.finalize()),
+        }
+    }
 }
 
 /// One step of the run as recorded.

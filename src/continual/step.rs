@@ -76,6 +76,12 @@ impl CalibData {
         )
         .with_context(|| format!("drawing calibration windows from {}", path.display()))?;
         let sha = crate::fsutil::sha256_file(&path)?;
+        let provenance = set
+            .positions
+            .iter()
+            .zip(&set.windows)
+            .map(|(&(doc, start), ids)| crate::report::WindowRecord::of(doc, start, ids))
+            .collect();
         Ok(Self {
             windows: set.windows,
             file: DataFile {
@@ -83,6 +89,7 @@ impl CalibData {
                 split,
                 path,
                 sha256: sha,
+                windows: provenance,
             },
             source_tokens: set.source_tokens,
         })

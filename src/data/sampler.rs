@@ -58,6 +58,8 @@ pub struct CalibSet {
     pub source_tokens: usize,
     /// Documents drawn (document sources only).
     pub docs_drawn: usize,
+    /// Where each window comes from: (document, for document sources; first token).
+    pub positions: Vec<(Option<usize>, usize)>,
 }
 
 /// Draws `nsamples` windows of `seqlen` tokens from `corpus` (see the module docs).
@@ -81,16 +83,18 @@ pub fn calibration_windows(
                 seqlen + 1
             );
             let range = (ids.len() - seqlen) as u64;
-            let windows = (0..nsamples)
-                .map(|_| {
-                    let s = (rng.next() % range) as usize;
-                    ids[s..s + seqlen].to_vec()
-                })
+            let starts: Vec<usize> = (0..nsamples)
+                .map(|_| (rng.next() % range) as usize)
+                .collect();
+            let windows = starts
+                .iter()
+                .map(|&s| ids[s..s + seqlen].to_vec())
                 .collect();
             Ok(CalibSet {
                 windows,
                 source_tokens: ids.len(),
                 docs_drawn: 0,
+                positions: starts.into_iter().map(|s| (None, s)).collect(),
             })
         }
         Corpus::Docs(docs) => {
@@ -98,6 +102,7 @@ pub fn calibration_windows(
             let mut cache: HashMap<usize, Vec<u32>> = HashMap::new();
             let mut too_short = std::collections::HashSet::new();
             let (mut windows, mut drawn) = (Vec::with_capacity(nsamples), 0usize);
+            let mut positions = Vec::with_capacity(nsamples);
             while windows.len() < nsamples {
                 let d = (rng.next() % n) as usize;
                 drawn += 1;
@@ -130,11 +135,13 @@ pub fn calibration_windows(
                 }
                 let s = (rng.next() % (ids.len() - seqlen) as u64) as usize;
                 windows.push(ids[s..s + seqlen].to_vec());
+                positions.push((Some(d), s));
             }
             Ok(CalibSet {
                 windows,
                 source_tokens: cache.values().map(Vec::len).sum(),
                 docs_drawn: drawn,
+                positions,
             })
         }
     }

@@ -682,3 +682,45 @@ fn a_corrupt_state_is_refused_naming_what() {
     );
     assert_eq!(r.0, 0, "{}", r.2);
 }
+
+/// copal.json records every calibration window: where it starts and the SHA-256 of its
+/// token ids, checkable without copal (the tiny tokenizer is one token per byte after BOS).
+#[test]
+fn calibration_windows_are_recorded_checkably() {
+    let s = setup(false);
+    let (a, _) = ds(&s);
+    let out = s.t.tmp.path().join("o");
+    let r = prune(&s, &a, &out, &["--seed", "3"], &[]);
+    assert_eq!(r.0, 0, "{}", r.2);
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("copal.json")).unwrap()).unwrap();
+    let windows = rec["data_files"][0]["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 4, "{windows:?}");
+    let text = std::fs::read(&s.a).unwrap();
+    let ids: Vec<u32> = std::iter::once(BOS)
+        .chain(text.iter().map(|&b| b as u32))
+        .collect();
+    let mut starts = Vec::new();
+    for w in windows {
+        let start = w["start"].as_u64().unwrap() as usize;
+        assert!(
+            w.get("doc").is_none(),
+            "a joined text has no documents: {w}"
+        );
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        for id in &ids[start..start + 32] {
+            sha2::Digest::update(&mut h, id.to_le_bytes());
+        }
+        assert_eq!(
+            w["sha256"].as_str().unwrap(),
+            format!("{:x}", sha2::Digest::finalize(h)),
+            "{w}"
+        );
+        starts.push(start);
+    }
+    starts.dedup();
+    assert!(
+        starts.len() > 1,
+        "the windows are drawn, not one repeated: {starts:?}"
+    );
+}
