@@ -37,6 +37,11 @@ pub fn info(msg: impl AsRef<str>) {
     }
 }
 
+/// Prints `warning: MSG` to stderr unless quiet.
+pub fn warn(msg: impl AsRef<str>) {
+    info(format!("warning: {}", msg.as_ref()));
+}
+
 /// A bar of `len` steps with an ETA; hidden when quiet or when stderr is not a terminal.
 pub fn bar(len: u64, prefix: impl Into<String>) -> ProgressBar {
     if quiet() {

@@ -41,19 +41,68 @@ pub struct FetchArgs {
     pub output: OutputArgs,
 }
 
+/// Whether the hub can be asked: `None` until a size query says, `Some(reason)` once it
+/// cannot (offline, or unreachable: then no further query is made, and it is said once).
+struct HubState {
+    unavailable: Option<String>,
+}
+
+impl HubState {
+    fn new() -> Self {
+        let unavailable = if copal::hub::offline() {
+            Some("HF_HUB_OFFLINE is set".to_string())
+        } else if cfg!(not(feature = "hub")) {
+            Some("this copal was built without the hub feature".to_string())
+        } else {
+            None
+        };
+        Self { unavailable }
+    }
+
+    /// The size of a pinned file on the hub, asked only while the hub answers.
+    fn size(&mut self, pin: &copal::data::hub::Pin) -> Result<u64, String> {
+        if let Some(why) = &self.unavailable {
+            return Err(why.clone());
+        }
+        #[cfg(feature = "hub")]
+        {
+            match copal::hub::remote_size(&hub::repo(pin), pin.path) {
+                Ok(n) => Ok(n),
+                Err(e) if e.downcast_ref::<copal::hub::Unreachable>().is_some() => {
+                    copal::ui::warn(format!(
+                        "{e:#}; sizes unknown, nothing can be downloaded now"
+                    ));
+                    self.unavailable = Some(format!(
+                        "the hub at {} cannot be reached",
+                        copal::hub::endpoint()
+                    ));
+                    Err(self.unavailable.clone().unwrap_or_default())
+                }
+                Err(e) => Err(format!("{e:#}")),
+            }
+        }
+        #[cfg(not(feature = "hub"))]
+        {
+            let _ = pin;
+            Err("built without the hub feature".into())
+        }
+    }
+}
+
 /// A dataset split's state: where it is, or what it needs.
-fn row(ds: &Dataset, split: Split, data_dir: &std::path::Path) -> Result<serde_json::Value> {
+fn row(
+    ds: &Dataset,
+    split: Split,
+    data_dir: &std::path::Path,
+    hub_state: &mut HubState,
+) -> Result<serde_json::Value> {
     Ok(match corpus::locate(ds, split, data_dir)? {
         Located::File(p) => serde_json::json!({
             "dataset": ds.name(), "split": split, "status": "present", "path": p,
             "bytes": std::fs::metadata(&p).map(|m| m.len()).ok(),
         }),
         Located::Remote(pin) => {
-            #[cfg(feature = "hub")]
-            let size =
-                copal::hub::remote_size(&hub::repo(pin), pin.path).map_err(|e| format!("{e:#}"));
-            #[cfg(not(feature = "hub"))]
-            let size: Result<u64, String> = Err("built without the hub feature".into());
+            let size = hub_state.size(pin);
             serde_json::json!({
                 "dataset": ds.name(), "split": split, "status": "to download",
                 "repo": pin.repo, "revision": pin.revision, "path": pin.path,
@@ -76,6 +125,7 @@ pub fn run(a: FetchArgs) -> Result<()> {
     let datasets = Dataset::parse_list(&a.datasets)?;
     let data_dir = data::data_dir(a.data_dir.clone());
     let mut rows = Vec::new();
+    let mut hub_state = HubState::new();
     for ds in &datasets {
         for split in splits(ds) {
             if hub::pin(ds, split).is_none()
@@ -84,7 +134,7 @@ pub fn run(a: FetchArgs) -> Result<()> {
                 continue;
             }
             if a.list {
-                rows.push(row(ds, split, &data_dir)?);
+                rows.push(row(ds, split, &data_dir, &mut hub_state)?);
             } else {
                 let p = corpus::find(ds, split, &data_dir)?;
                 rows.push(serde_json::json!({
@@ -101,12 +151,29 @@ pub fn run(a: FetchArgs) -> Result<()> {
             rows.push(serde_json::json!({"model": m, "status": "present", "path": dir}));
         }
     }
+    let missing = rows.iter().filter(|r| r["status"] == "to download").count();
+    let cannot = a.list && missing > 0 && hub_state.unavailable.is_some();
     if a.output.json {
         copal::ui::out(serde_json::to_string_pretty(&rows)?)?;
-        return Ok(());
+    } else {
+        print_rows(&rows, a.list)?;
     }
+    if cannot {
+        anyhow::bail!(
+            "{missing} file{} a run needs {} not here and cannot be downloaded now ({}): put \
+             {it} in the data directory (docs/data.md), or fetch {it} where the hub can be reached",
+            if missing == 1 { "" } else { "s" },
+            if missing == 1 { "is" } else { "are" },
+            hub_state.unavailable.unwrap_or_default(),
+            it = if missing == 1 { "it" } else { "them" }
+        );
+    }
+    Ok(())
+}
+
+fn print_rows(rows: &[serde_json::Value], list: bool) -> Result<()> {
     let mut total = 0u64;
-    for r in &rows {
+    for r in rows {
         let what = match (r.get("dataset"), r.get("model")) {
             (Some(d), _) => format!(
                 "{} {}",
@@ -127,17 +194,14 @@ pub fn run(a: FetchArgs) -> Result<()> {
                     r["revision"].as_str().unwrap_or(""),
                     r["path"].as_str().unwrap_or(""),
                     size.map(|b| format!("{:.1} MB", b as f64 / 1e6))
-                        .unwrap_or_else(|| r["size_error"]
-                            .as_str()
-                            .unwrap_or("size unknown")
-                            .to_string())
+                        .unwrap_or_else(|| "size unknown".to_string())
                 )
             }
             _ => r["path"].as_str().unwrap_or("").to_string(),
         };
         copal::ui::out(format!("{what:<18} {status:<12} {detail}"))?;
     }
-    if a.list && total > 0 {
+    if list && total > 0 {
         copal::ui::out(format!("to download: {:.1} MB", total as f64 / 1e6))?;
     }
     Ok(())

@@ -220,17 +220,21 @@ fn send(
 
 fn transport_error(e: ureq::Error, url: &str, what: &str) -> Failure {
     let at = origin(url).unwrap_or_else(|| url.to_string());
+    // No route to the hub at all: refused, unreachable, or a name that does not resolve (the
+    // resolver's failure comes as a plain I/O error).
     let refused = matches!(&e, ureq::Error::Io(io) if matches!(io.kind(),
-        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable));
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::AddrNotAvailable
+            | std::io::ErrorKind::NetworkUnreachable
+            | std::io::ErrorKind::HostUnreachable)
+        || io.to_string().contains("failed to lookup address"));
     match e {
-        _ if refused => Failure::Fatal(anyhow!(
-            "downloading {what}: cannot reach {at} ({e}). Check the network (or HF_ENDPOINT), \
-             or set HF_HUB_OFFLINE=1 to use the cache only"
-        )),
-        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => Failure::Fatal(anyhow!(
-            "downloading {what}: cannot reach {at} ({e}). Check the network (or HF_ENDPOINT), \
-             or set HF_HUB_OFFLINE=1 to use the cache only"
-        )),
+        _ if refused || matches!(e, ureq::Error::HostNotFound | ureq::Error::ConnectionFailed) => {
+            Failure::Fatal(anyhow::Error::new(super::Unreachable(format!(
+                "downloading {what}: cannot reach {at} ({e}). Check the network (or \
+                 HF_ENDPOINT), or set HF_HUB_OFFLINE=1 to use the cache only"
+            ))))
+        }
         ureq::Error::Io(_) | ureq::Error::Timeout(_) | ureq::Error::Protocol(_) => {
             Failure::Retry(anyhow!("downloading {what} from {at}: {e}"), None)
         }

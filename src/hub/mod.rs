@@ -172,6 +172,19 @@ impl std::fmt::Display for NotFound {
 
 impl std::error::Error for NotFound {}
 
+/// The hub cannot be reached at all (no route, connection refused, unknown host): every
+/// other request would fail the same way.
+#[derive(Debug)]
+pub struct Unreachable(pub String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
 /// Whether a repository file is in the cache (no network).
 pub fn cached(repo: &Repo, file: &str) -> Option<PathBuf> {
     cache::lookup(repo, file)

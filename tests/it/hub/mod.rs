@@ -736,6 +736,44 @@ fn hostile_answers_are_one_error_line_and_leave_nothing() {
     );
 }
 
+/// `copal fetch --list` without a hub says so once, still lists what is local and what would
+/// be fetched, and exits 1 because something needed cannot be had; offline the same.
+#[test]
+fn fetch_list_without_a_hub_says_so_once_and_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture_data(tmp.path());
+    std::fs::remove_dir_all(data.join("c4")).unwrap();
+    let home = tmp.path().join("hf");
+    let d = data.to_str().unwrap();
+    let h = home.to_str().unwrap();
+    for env in [
+        vec![
+            ("HF_ENDPOINT", "http://127.0.0.1:9"),
+            ("HF_HOME", h),
+            ("HF_HUB_OFFLINE", "0"),
+        ],
+        vec![("HF_HOME", h), ("HF_HUB_OFFLINE", "1")],
+    ] {
+        let r = run_cli(
+            &["fetch", "--list", "--data-dir", d, "--datasets", "ptb,c4"],
+            &env,
+        );
+        assert_eq!(r.0, 1, "{env:?}: {}", r.2);
+        assert!(
+            r.1.contains("present") && r.1.contains("to download"),
+            "{}",
+            r.1
+        );
+        assert!(r.2.matches("cannot reach").count() <= 1, "{}", r.2);
+        let last = r.2.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("error: ") && last.contains("cannot be downloaded now"),
+            "{}",
+            r.2
+        );
+    }
+}
+
 /// A renamed repository answers a relative 307 to its new name; the download follows it.
 #[test]
 fn a_renamed_repository_is_followed() {
