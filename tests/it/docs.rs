@@ -200,3 +200,48 @@ fn every_shipped_experiment_finds_its_committed_results() {
     }
     assert!(n >= 3, "no experiment configs in {}", dir.display());
 }
+
+/// The CI recipe of docs/ci.md runs as written: its lines, with the built copal first on the
+/// PATH, in an empty directory, exit 0 and leave a model pruned at 50%.
+#[test]
+fn the_ci_recipe_runs_as_written() {
+    let text = std::fs::read_to_string(root().join("docs/ci.md")).unwrap();
+    let after = text
+        .split("<!-- ci-recipe")
+        .nth(1)
+        .expect("docs/ci.md marks its recipe");
+    let block = after
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the recipe is a sh block");
+    assert!(block.contains("copal prune"), "{block}");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_copal")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", block])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("COPAL_DATA_DIR")
+        .output()
+        .unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{block}\n{so}\n{se}");
+    assert!(so.contains("total sparsity 0.500000"), "{so}");
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("ci-result.json")).unwrap())
+            .unwrap();
+    assert!(
+        (rec["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-3,
+        "{rec}"
+    );
+}
