@@ -509,3 +509,76 @@ fn permutations_script_equals_the_experiment() {
         assert_eq!(bwt, run["bwt"].as_f64().unwrap(), "{order:?}");
     }
 }
+
+/// SIGTERM (a scheduler's stop, `kill`) stops a run at the next safe point like Ctrl-C, exit
+/// 130, and says SIGTERM, not Ctrl-C.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn sigterm_is_named_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    let r = run_cli(
+        &[
+            "synth",
+            "--preset",
+            "smollm2-135m",
+            "--layers",
+            "4",
+            "--out",
+            model.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.0, 0, "{}", r.2);
+    let text = small_text(tmp.path(), "a.txt", 0, 4000);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_copal"))
+        .args([
+            "prune",
+            "--model",
+            model.to_str().unwrap(),
+            "--datasets",
+            &format!("text:{}", text.display()),
+            "--nsamples",
+            "64",
+            "--seqlen",
+            "256",
+            "--out",
+            tmp.path().join("o").to_str().unwrap(),
+        ])
+        .env("HF_HUB_OFFLINE", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("SIGTERM") && !err.contains("Ctrl-C"), "{err}");
+    assert!(
+        !tmp.path().join("o").exists(),
+        "an interrupted run left its output"
+    );
+}
+
+/// A UTF-8 byte-order mark at the start of a jsonl or text file is skipped, not an error.
+#[test]
+fn a_byte_order_mark_is_skipped() {
+    let t = tiny_model(false, 1);
+    let tmp = t.tmp.path();
+    let doc = fixture_text(5, 40).join(" ");
+    let mut bytes = b"\xef\xbb\xbf".to_vec();
+    bytes.extend(serde_json::json!({ "text": doc }).to_string().into_bytes());
+    bytes.push(b'\n');
+    std::fs::write(tmp.join("bom.jsonl"), &bytes).unwrap();
+    let r = run_cli(
+        &tiny_args(
+            t.dir.to_str().unwrap(),
+            &format!("jsonl:{}", tmp.join("bom.jsonl").display()),
+            tmp.join("o").to_str().unwrap(),
+        ),
+        &[],
+    );
+    assert_eq!(r.0, 0, "{}", r.2);
+}
