@@ -174,6 +174,14 @@ fn prune_args<'a>(out: &'a str, empty: &'a str, extra: &[&'a str]) -> Vec<&'a st
     v
 }
 
+/// `copal inspect` of the hub's model with `home` as HF_HOME: it fetches the whole model.
+fn inspect_model(server: &Server, home: &Path) -> (i32, String, String) {
+    run_cli(
+        &["inspect", MODEL, "--quiet"],
+        &server.env(home.to_str().unwrap()),
+    )
+}
+
 /// The Python interpreter with `huggingface_hub` (COPAL_PYTHON, default python3).
 fn python() -> std::process::Command {
     let py = std::env::var("COPAL_PYTHON").unwrap_or_else(|_| "python3".into());
@@ -613,10 +621,7 @@ fn rate_limits_and_outages_are_retried_then_explained() {
         .unwrap()
         .faults
         .insert("model.safetensors".into(), Fault::Unavailable);
-    let r = run_cli(
-        &["inspect", MODEL, "--quiet"],
-        &server.env(home2.to_str().unwrap()),
-    );
+    let r = inspect_model(&server, &home2);
     assert_user_error(&r, "model.safetensors");
     assert!(
         r.2.contains("503") && r.2.contains("try again later"),
@@ -632,10 +637,7 @@ fn rate_limits_and_outages_are_retried_then_explained() {
     // Rate-limited for good: the message says so and what to do.
     let home3 = tmp.join("hf3");
     server.hub.lock().unwrap().rate_limited = 100;
-    let r = run_cli(
-        &["inspect", MODEL, "--quiet"],
-        &server.env(home3.to_str().unwrap()),
-    );
+    let r = inspect_model(&server, &home3);
     assert_user_error(&r, "config.json");
     assert!(
         r.2.contains("rate-limiting (429)") && r.2.contains("HF_TOKEN"),
@@ -700,10 +702,7 @@ fn hostile_answers_are_one_error_line_and_leave_nothing() {
                 }
             });
         }
-        let r = run_cli(
-            &["inspect", MODEL, "--quiet"],
-            &server.env(home.to_str().unwrap()),
-        );
+        let r = inspect_model(&server, &home);
         if needle.is_empty() {
             // The control: a dropped connection is resumed and the run succeeds.
             assert_eq!(r.0, 0, "{fault:?}: {}", r.2);
@@ -723,10 +722,7 @@ fn hostile_answers_are_one_error_line_and_leave_nothing() {
     hub.html_proxy = true;
     let server = Server::start(hub);
     let home = tmp.join("hf-proxy");
-    let r = run_cli(
-        &["inspect", MODEL, "--quiet"],
-        &server.env(home.to_str().unwrap()),
-    );
+    let r = inspect_model(&server, &home);
     assert_user_error(&r, "config.json");
     assert!(r.2.contains("not the Hugging Face hub's"), "{}", r.2);
     assert!(
@@ -786,10 +782,7 @@ fn a_renamed_repository_is_followed() {
     hub.renamed
         .insert(MODEL.into(), "new-org/tiny-llama".into());
     let server = Server::start(hub);
-    let r = run_cli(
-        &["inspect", MODEL, "--quiet"],
-        &server.env(home.to_str().unwrap()),
-    );
+    let r = inspect_model(&server, &home);
     assert_eq!(r.0, 0, "{}", r.2);
     assert!(server.log().iter().any(|s| s.status == 307));
 }
@@ -906,10 +899,7 @@ fn download_failures_are_clear_and_leave_no_half_files() {
         );
         let server = Server::start(hub);
         let home2 = tmp.join(format!("hf-{}", bad.len()));
-        let r = run_cli(
-            &["inspect", MODEL, "--quiet"],
-            &server.env(home2.to_str().unwrap()),
-        );
+        let r = inspect_model(&server, &home2);
         assert_user_error(&r, "which is not a file inside the repository");
         let asked: Vec<String> = server.log().iter().map(|s| s.path.clone()).collect();
         assert!(
