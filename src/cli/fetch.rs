@@ -4,7 +4,7 @@ use super::args::OutputArgs;
 use anyhow::Result;
 use clap::Args;
 use copal::data::corpus::{self, Located};
-use copal::data::{self, hub, Dataset, Split};
+use copal::data::{self, pins, Dataset, Split};
 use std::path::PathBuf;
 
 /// Download (or, with --list, list) the datasets and the model a run needs, into the Hugging
@@ -60,13 +60,13 @@ impl HubState {
     }
 
     /// The size of a pinned file on the hub, asked only while the hub answers.
-    fn size(&mut self, pin: &copal::data::hub::Pin) -> Result<u64, String> {
+    fn size(&mut self, pin: &copal::data::pins::Pin) -> Result<u64, String> {
         if let Some(why) = &self.unavailable {
             return Err(why.clone());
         }
         #[cfg(feature = "hub")]
         {
-            match copal::hub::remote_size(&hub::repo(pin), pin.path) {
+            match copal::hub::remote_size(&pins::repo(pin), pin.path) {
                 Ok(n) => Ok(n),
                 Err(e) if e.downcast_ref::<copal::hub::Unreachable>().is_some() => {
                     copal::ui::warn(format!(
@@ -128,7 +128,7 @@ pub fn run(a: FetchArgs) -> Result<()> {
     let mut hub_state = HubState::new();
     for ds in &datasets {
         for split in splits(ds) {
-            if hub::pin(ds, split).is_none()
+            if pins::pin(ds, split).is_none()
                 && !matches!(ds, Dataset::Text(_) | Dataset::Jsonl { .. })
             {
                 continue;

@@ -80,7 +80,7 @@ const C4_DIRS: &[&str] = &["", "c4", "c4/en", "en"];
 #[derive(Debug, Clone)]
 pub enum Located {
     File(PathBuf),
-    Remote(&'static super::hub::Pin),
+    Remote(&'static super::pins::Pin),
 }
 
 /// Locates a split without touching the network: for built-ins the first existing candidate
@@ -111,8 +111,8 @@ pub fn locate(ds: &Dataset, split: Split, data_dir: &Path) -> Result<Located> {
             }
         }
     }
-    match super::hub::pin(ds, split) {
-        Some(pin) => Ok(match super::hub::cached(pin) {
+    match super::pins::pin(ds, split) {
+        Some(pin) => Ok(match super::pins::cached(pin) {
             Some(p) => Located::File(p),
             None => Located::Remote(pin),
         }),
@@ -125,12 +125,12 @@ pub fn locate(ds: &Dataset, split: Split, data_dir: &Path) -> Result<Located> {
 pub fn find(ds: &Dataset, split: Split, data_dir: &Path) -> Result<PathBuf> {
     match locate(ds, split, data_dir)? {
         Located::File(p) => {
-            if let Some(pin) = super::hub::pin_of_path(&p).filter(|_| !p.starts_with(data_dir)) {
-                super::hub::verify(pin, &p)?;
+            if let Some(pin) = super::pins::pin_of_path(&p).filter(|_| !p.starts_with(data_dir)) {
+                super::pins::verify(pin, &p)?;
             }
             Ok(p)
         }
-        Located::Remote(pin) => super::hub::fetch(pin).map_err(|e| {
+        Located::Remote(pin) => super::pins::fetch(pin).map_err(|e| {
             let here = not_here(ds, split, data_dir);
             e.context(format!("{here}; fetching it from the hub failed"))
         }),
@@ -168,9 +168,9 @@ pub fn load(
 ) -> Result<(Corpus, PathBuf)> {
     let path = find(ds, split, data_dir)?;
     // A pinned file from the hub may be parquet: its rows rebuild the upstream text.
-    let text = match super::hub::pin_of_path(&path) {
-        Some(pin) if matches!(pin.format, super::hub::Format::Parquet(_)) => {
-            super::hub::upstream_text(pin, &path)?
+    let text = match super::pins::pin_of_path(&path) {
+        Some(pin) if matches!(pin.format, super::pins::Format::Parquet(_)) => {
+            super::pins::upstream_text(pin, &path)?
         }
         // C4's evaluation needs its first documents only.
         _ if matches!((ds, purpose), (Dataset::C4, Purpose::Evaluation)) => {
@@ -192,8 +192,8 @@ pub fn load_prefix(
     bytes: u64,
 ) -> Result<(Option<Corpus>, PathBuf, bool)> {
     let path = find(ds, split, data_dir)?;
-    let parquet = super::hub::pin_of_path(&path)
-        .is_some_and(|p| matches!(p.format, super::hub::Format::Parquet(_)));
+    let parquet = super::pins::pin_of_path(&path)
+        .is_some_and(|p| matches!(p.format, super::pins::Format::Parquet(_)));
     if matches!(ds, Dataset::C4) || parquet {
         let (c, p) = load(ds, split, Purpose::Evaluation, data_dir)?;
         return Ok((Some(c), p, true));

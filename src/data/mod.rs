@@ -8,7 +8,7 @@
 pub mod corpus;
 pub mod dataset;
 pub mod eval_set;
-pub mod hub;
+pub mod pins;
 pub mod sampler;
 pub mod text;
 
