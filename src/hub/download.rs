@@ -480,7 +480,7 @@ impl Drop for Progress {
 /// Holds `blobs/ETAG.incomplete` for this process (another copal downloading the same file
 /// waits its turn rather than writing into it).
 fn lock(f: &std::fs::File, path: &Path) -> Result<()> {
-    #[cfg(all(unix, target_os = "linux"))]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::io::AsRawFd;
         // SAFETY: flock on a descriptor this function's caller owns; no memory is involved.
@@ -491,7 +491,7 @@ fn lock(f: &std::fs::File, path: &Path) -> Result<()> {
             path.display()
         );
     }
-    #[cfg(not(all(unix, target_os = "linux")))]
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     let _ = (f, path);
     Ok(())
 }
