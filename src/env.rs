@@ -51,36 +51,46 @@ pub fn parse_max_text_bytes(v: &str) -> std::result::Result<u64, String> {
     }
 }
 
+/// The variables of the table above whose values are checked.
+const CHECKED: [&str; 6] = [
+    "COPAL_MAX_TEXT_BYTES",
+    "COPAL_IGNORE_CONFIG_KEYS",
+    "COPAL_PROGRESS_INTERVAL",
+    "COPAL_GENERIC_KERNELS",
+    "HF_HUB_OFFLINE",
+    "HF_ENDPOINT",
+];
+
 /// Checks every variable of the table above that is set.
 pub fn check() -> Result<()> {
-    let get = |k: &str| std::env::var(k).ok();
-    if let Some(v) = get("COPAL_MAX_TEXT_BYTES") {
-        parse_max_text_bytes(&v).map_err(|m| usage("COPAL_MAX_TEXT_BYTES", m))?;
-    }
-    if let Some(v) = get("COPAL_PROGRESS_INTERVAL") {
-        parse_interval(&v).map_err(|m| usage("COPAL_PROGRESS_INTERVAL", m))?;
-    }
-    for k in ["HF_HUB_OFFLINE", "COPAL_GENERIC_KERNELS"] {
-        if let Some(v) = get(k) {
-            if parse_bool(&v).is_none() {
-                return Err(usage(
-                    k,
-                    format!("must be 0 or 1 (or true/false), got {v:?}"),
-                ));
+    for k in CHECKED {
+        let Some(raw) = std::env::var_os(k) else {
+            continue;
+        };
+        let Some(v) = raw.to_str() else {
+            return Err(usage(k, "is not valid UTF-8"));
+        };
+        let bad = match k {
+            "COPAL_MAX_TEXT_BYTES" => parse_max_text_bytes(v).err(),
+            "COPAL_PROGRESS_INTERVAL" => parse_interval(v).err(),
+            "HF_HUB_OFFLINE" | "COPAL_GENERIC_KERNELS" => parse_bool(v)
+                .is_none()
+                .then(|| format!("must be 0 or 1 (or true/false), got {v:?}")),
+            "HF_ENDPOINT" => {
+                let lower = v.to_ascii_lowercase();
+                let url = lower.starts_with("http://") || lower.starts_with("https://");
+                (!v.trim().is_empty() && (!url || v.len() < 10)).then(|| {
+                    format!(
+                        "must be the hub's http(s) URL, such as https://huggingface.co, got {v:?}"
+                    )
+                })
             }
+            // Checked where it is read (model::config), with the key names it must hold.
+            _ => None,
+        };
+        if let Some(m) = bad {
+            return Err(usage(k, m));
         }
-    }
-    if let Some(v) = get("HF_ENDPOINT").filter(|v| !v.trim().is_empty()) {
-        let lower = v.to_ascii_lowercase();
-        if !(lower.starts_with("http://") || lower.starts_with("https://")) || v.len() < 10 {
-            return Err(usage(
-                "HF_ENDPOINT",
-                format!("must be the hub's http(s) URL, such as https://huggingface.co, got {v:?}"),
-            ));
-        }
-    }
-    if std::env::var_os("COPAL_MAX_TEXT_BYTES").is_some() && get("COPAL_MAX_TEXT_BYTES").is_none() {
-        return Err(usage("COPAL_MAX_TEXT_BYTES", "is not valid UTF-8"));
     }
     Ok(())
 }

@@ -120,8 +120,11 @@ impl Tokenizer {
                 path.display()
             ))
         };
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-            check_precompiled(&v).map_err(broken)?;
+        // Parsed a second time only when there is a charsmap to check.
+        if text.contains("\"Precompiled\"") {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                check_precompiled(&v).map_err(broken)?;
+            }
         }
         let mut inner = guarded("loading", || {
             text.parse::<tokenizers::Tokenizer>()

@@ -44,20 +44,40 @@ pub fn warn(msg: impl AsRef<str>) {
 
 /// A bar of `len` steps with an ETA; hidden when quiet or when stderr is not a terminal.
 pub fn bar(len: u64, prefix: impl Into<String>) -> ProgressBar {
+    styled(
+        len,
+        prefix.into(),
+        "{prefix:>12.bold} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
+        false,
+    )
+}
+
+/// A bar of `total` bytes with the rate and an ETA (downloads); hidden when quiet or when
+/// stderr is not a terminal.
+pub fn bytes_bar(total: u64, prefix: impl Into<String>) -> ProgressBar {
+    styled(
+        total,
+        prefix.into(),
+        "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} (eta {eta})",
+        true,
+    )
+}
+
+/// A bar in the shared stderr area with `template`, also reported by the ticker of
+/// [`watch`] when stderr is not a terminal (`bytes`: its positions are bytes).
+fn styled(len: u64, prefix: String, template: &str, bytes: bool) -> ProgressBar {
     if quiet() {
         return ProgressBar::hidden();
     }
     let pb = multi().add(ProgressBar::new(len));
     pb.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>12.bold} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
-    pb.set_prefix(prefix.into());
+    pb.set_prefix(prefix);
     pb.enable_steady_tick(Duration::from_millis(500));
-    watch(&pb);
+    watch(&pb, bytes);
     pb
 }
 
@@ -72,59 +92,50 @@ fn interval() -> Duration {
 }
 
 /// Without a terminal indicatif draws nothing, and a long run would be silent for minutes:
-/// a ticker prints each unfinished bar as one line (what, how far, elapsed, ETA) every
-/// [`interval`], as cargo does in CI logs.
-fn watch(pb: &ProgressBar) {
+/// a ticker prints each unfinished bar as one line (what, how far, elapsed, ETA; for a bytes
+/// bar the sizes and the rate) every [`interval`], as cargo does in CI logs.
+fn watch(pb: &ProgressBar, bytes: bool) {
+    use indicatif::{HumanBytes, HumanDuration};
     use std::sync::{Mutex, Once};
-    static BARS: OnceLock<Mutex<Vec<indicatif::WeakProgressBar>>> = OnceLock::new();
+    type Watched = Mutex<Vec<(indicatif::WeakProgressBar, bool)>>;
+    static BARS: OnceLock<Watched> = OnceLock::new();
     static TICKER: Once = Once::new();
     if quiet() || !multi().is_hidden() {
         return;
     }
     let bars = BARS.get_or_init(|| Mutex::new(Vec::new()));
     if let Ok(mut b) = bars.lock() {
-        b.push(pb.downgrade());
+        b.push((pb.downgrade(), bytes));
     }
     TICKER.call_once(|| {
         std::thread::spawn(move || loop {
             std::thread::sleep(interval());
             let Ok(mut b) = bars.lock() else { return };
-            b.retain(|w| w.upgrade().is_some_and(|p| !p.is_finished()));
-            for p in b.iter().filter_map(|w| w.upgrade()) {
-                let len = p.length().unwrap_or(0);
+            b.retain(|(w, _)| w.upgrade().is_some_and(|p| !p.is_finished()));
+            for (p, bytes) in b.iter().filter_map(|(w, k)| Some((w.upgrade()?, *k))) {
+                let (pos, len) = (p.position(), p.length().unwrap_or(0));
+                let how_far = if bytes {
+                    format!(
+                        "{} of {} ({}/s)",
+                        HumanBytes(pos),
+                        HumanBytes(len),
+                        HumanBytes(p.per_sec() as u64)
+                    )
+                } else {
+                    format!("{pos}/{len}")
+                };
                 let msg = p.message();
                 eprintln!(
-                    "{}: {}/{}{}{} ({} elapsed, about {} left)",
+                    "{}: {how_far}{}{} ({} elapsed, about {} left)",
                     p.prefix().trim(),
-                    p.position(),
-                    len,
                     if msg.is_empty() { "" } else { " " },
                     msg,
-                    indicatif::HumanDuration(p.elapsed()),
-                    indicatif::HumanDuration(p.eta())
+                    HumanDuration(p.elapsed()),
+                    HumanDuration(p.eta())
                 );
             }
         });
     });
-}
-
-/// A bar of `total` bytes with the rate and an ETA (downloads); hidden when quiet or when
-/// stderr is not a terminal.
-pub fn bytes_bar(total: u64, prefix: impl Into<String>) -> ProgressBar {
-    if quiet() {
-        return ProgressBar::hidden();
-    }
-    let pb = multi().add(ProgressBar::new(total));
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} (eta {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    pb.set_prefix(prefix.into());
-    pb.enable_steady_tick(Duration::from_millis(500));
-    pb
 }
 
 /// Writes a line of results to stdout; a closed pipe comes back as an error (which `main`

@@ -33,7 +33,7 @@ pub fn hf_home() -> PathBuf {
 pub fn hub_cache() -> PathBuf {
     match std::env::var_os("HF_HUB_CACHE").filter(|h| !h.is_empty()) {
         Some(c) => PathBuf::from(c),
-        None => hf_hub::Cache::new(hf_home().join("hub")).path().clone(),
+        None => hf_home().join("hub"),
     }
 }
 

@@ -23,7 +23,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Tries of one request on 429, 5xx or a dropped connection, before giving up.
 const TRIES: u32 = 5;
@@ -68,7 +68,14 @@ pub fn remote_size(repo: &Repo, file: &str) -> Result<u64> {
     Ok(metadata(repo, file, &what)?.size)
 }
 
-fn agent() -> ureq::Agent {
+/// The HTTP client, made once per process (its TLS roots are loaded once, its connections
+/// pooled).
+fn agent() -> &'static ureq::Agent {
+    static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    AGENT.get_or_init(make_agent)
+}
+
+fn make_agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .max_redirects(0)
         .http_status_as_error(false)
@@ -180,7 +187,7 @@ fn request(
     method: &str,
     url: &str,
     range_from: Option<u64>,
-) -> Result<ureq::RequestBuilder<ureq::typestate::WithoutBody>> {
+) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
     let a = agent();
     let mut r = match method {
         "HEAD" => a.head(url),
@@ -195,7 +202,7 @@ fn request(
             r = r.header("Authorization", format!("Bearer {t}"));
         }
     }
-    Ok(r)
+    r
 }
 
 fn send(
@@ -204,8 +211,7 @@ fn send(
     range_from: Option<u64>,
     what: &str,
 ) -> std::result::Result<ureq::http::Response<ureq::Body>, Failure> {
-    let r = request(method, url, range_from).map_err(Failure::Fatal)?;
-    match r.call() {
+    match request(method, url, range_from).call() {
         Ok(resp) => {
             let code = resp.status().as_u16();
             if code == 429 || (500..600).contains(&code) {
@@ -416,14 +422,10 @@ fn human(b: u64) -> String {
     }
 }
 
-/// Progress of one file: a bar on a terminal, else a line every 30 s (logs, CI).
+/// Progress of one file: the bytes bar of `ui` (on a terminal a bar, else a line every 30 s),
+/// after a line saying what is downloaded and from where it resumes.
 struct Progress {
     bar: indicatif::ProgressBar,
-    name: String,
-    total: u64,
-    start: Instant,
-    started_at: u64,
-    last_line: Instant,
 }
 
 impl Progress {
@@ -434,6 +436,8 @@ impl Progress {
             crate::ui::bytes_bar(total, name)
         };
         bar.set_position(have);
+        // The bytes of an earlier run are not this run's rate.
+        bar.reset_eta();
         if !quiet {
             let resumed = if have > 0 {
                 format!(", resuming at {}", human(have))
@@ -442,32 +446,11 @@ impl Progress {
             };
             crate::ui::info(format!("downloading {name} ({}{resumed})", human(total)));
         }
-        Progress {
-            bar,
-            name: name.to_string(),
-            total,
-            start: Instant::now(),
-            started_at: have,
-            last_line: Instant::now(),
-        }
+        Progress { bar }
     }
 
     fn at(&mut self, have: u64) {
         self.bar.set_position(have);
-        if self.bar.is_hidden() && self.last_line.elapsed() >= Duration::from_secs(30) {
-            self.last_line = Instant::now();
-            let rate = (have - self.started_at.min(have)) as f64
-                / self.start.elapsed().as_secs_f64().max(1e-3);
-            let eta = (self.total.saturating_sub(have)) as f64 / rate.max(1.0);
-            crate::ui::info(format!(
-                "downloading {}: {} of {} ({}/s, about {:.0} s left)",
-                self.name,
-                human(have),
-                human(self.total),
-                human(rate as u64),
-                eta
-            ));
-        }
     }
 }
 
@@ -530,33 +513,32 @@ fn transfer(repo: &Repo, meta: &Meta, what: &str, quiet: bool) -> Result<PathBuf
         // The bytes of the earlier try, hashed again: the SHA-256 covers the whole file.
         f.seek(SeekFrom::Start(0))?;
         let mut r = (&mut f).take(have);
-        std::io::copy(&mut r, &mut HashWriter(&mut hasher))?;
+        std::io::copy(&mut r, &mut hasher)?;
     }
     f.seek(SeekFrom::Start(have))?;
-    let name = what.to_string();
-    let mut progress = Progress::new(&name, meta.size, have, quiet);
+    let mut progress = Progress::new(what, meta.size, have, quiet);
     let fail = |e: anyhow::Error, part: &Path| -> anyhow::Error {
         let _ = std::fs::remove_file(part);
         e.context(format!("{what}: nothing was kept"))
     };
     let mut tries = 0u32;
     let mut requests = 0u32;
+    let kept = |e: anyhow::Error, have: u64| {
+        if have == 0 {
+            let _ = std::fs::remove_file(&part);
+            return e.context(format!("{what}: nothing was downloaded"));
+        }
+        anyhow!(
+            "{e:#}. The download stopped at {} of {}; the bytes are kept in {} and the next \
+             run resumes from there",
+            human(have),
+            human(meta.size),
+            part.display()
+        )
+    };
     while have < meta.size {
         requests += 1;
         let before = have;
-        let kept = |e: anyhow::Error, have: u64| {
-            if have == 0 {
-                let _ = std::fs::remove_file(&part);
-                return e.context(format!("{what}: nothing was downloaded"));
-            }
-            anyhow!(
-                "{e:#}. The download stopped at {} of {}; the bytes are kept in {} and the next \
-                 run resumes from there",
-                human(have),
-                human(meta.size),
-                part.display()
-            )
-        };
         match attempt(meta, what, &mut f, &mut hasher, &mut have, &mut progress) {
             Ok(()) => {}
             Err(Short::Fatal(e)) => return Err(fail(e, &part)),
@@ -704,18 +686,6 @@ fn attempt(
         )));
     }
     Ok(())
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.update(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]
