@@ -15,7 +15,7 @@ use crate::prune::allocate::{self, Allocation};
 use crate::prune::obs::{self, MaskChoice};
 use crate::prune::wanda::WandaPruner;
 use crate::prune::{Group, LayerPruner, MethodConfig, NoiseKey, Pattern};
-use crate::report::{LayerCost, LinearReport, StepReport};
+use crate::report::{LayerCost, LinearReport, Phases, StepReport};
 use anyhow::{bail, ensure, Context as _, Result};
 use candle_core::{DType, Device, Tensor};
 use std::time::Instant;
@@ -272,6 +272,13 @@ pub fn run_step(
     let mut linears = Vec::with_capacity(layers * 7);
     let mut layer_sparsity = Vec::with_capacity(layers);
     let mut costs = Vec::with_capacity(layers);
+    let mut phases = Phases::default();
+    let lap = |t: &mut Instant| {
+        let now = Instant::now();
+        let s = now.duration_since(*t).as_secs_f64();
+        *t = now;
+        s
+    };
     for l in 0..layers {
         crate::ui::check_interrupt()?;
         let layer_started = Instant::now();
@@ -295,20 +302,23 @@ pub fn run_step(
             };
             pruners.push(Some(pruner_for(s, &name, layer.weight(lin), prior_w)?));
         }
-        let mut grams: Vec<Option<Tensor>> = vec![None; Linear::ALL.len()];
+        let mut gram_sums: Vec<crate::prune::rows::Sum> =
+            Linear::ALL.iter().map(|_| Default::default()).collect();
         if update.is_some() {
             for (k, lin) in Linear::ALL.iter().enumerate() {
                 if lin.input_source() == *lin {
                     if let Some(p) = prior {
                         let key = obs::gram_key(&lin.tensor_name(l));
-                        grams[k] = Some(p.prior(&key, &model.device)?);
+                        gram_sums[k].add(&p.prior(&key, &model.device)?)?;
                     }
                 }
             }
         }
         if uses_data {
             for h in hs.iter_mut() {
+                let mut t = Instant::now();
                 let (out, taps) = layer.forward_tapped(h, &pos)?;
+                phases.forward += lap(&mut t);
                 for w in 0..h.dim(0)? {
                     for (lin, p) in Linear::ALL.iter().zip(pruners.iter_mut()) {
                         if let Some(p) = p {
@@ -321,7 +331,7 @@ pub fn run_step(
                         for (k, lin) in Linear::ALL.iter().enumerate() {
                             if lin.input_source() == *lin {
                                 let (x, _) = window_rows(&taps, *lin, w, seqlen)?;
-                                obs::add_gram(&mut grams[k], &x)?;
+                                obs::add_gram(&mut gram_sums[k], &x)?;
                             }
                         }
                     }
@@ -329,11 +339,17 @@ pub fn run_step(
                 if s.propagate == Propagate::Dense {
                     *h = out;
                 }
+                phases.observe += lap(&mut t);
             }
         }
+        let grams = gram_sums
+            .into_iter()
+            .map(crate::prune::rows::Sum::into_tensor)
+            .collect::<Result<Vec<_>>>()?;
         let (mut zeros, mut numel) = (0u64, 0u64);
         let mut input_stats: Vec<(Linear, Tensor)> = Vec::new();
         for (lin, p) in Linear::ALL.iter().zip(pruners) {
+            let mut t = Instant::now();
             let name = lin.tensor_name(l);
             let own = method.keeps_stats(*lin);
             let p = match p {
@@ -376,6 +392,7 @@ pub fn run_step(
             }
             let z = done.mask.count() as u64;
             let n = done.mask.pruned.len() as u64;
+            phases.solve += lap(&mut t);
             sinks.model.put(&name, &done.weight)?;
             if let (Some(st), Some(state), true) = (done.state.as_ref(), sinks.state.as_mut(), own)
             {
@@ -401,12 +418,15 @@ pub fn run_step(
             zeros += z;
             numel += n;
             layer.set_weight(*lin, done.weight.to_dtype(model.dtype)?)?;
+            phases.write += lap(&mut t);
         }
         layer_sparsity.push(zeros as f64 / numel as f64);
         if uses_data && s.propagate == Propagate::Pruned {
+            let mut t = Instant::now();
             for h in hs.iter_mut() {
                 *h = layer.forward(h, &pos)?;
             }
+            phases.propagate += lap(&mut t);
         }
         for (k, h) in hs.iter().enumerate() {
             guard_finite(h, l, k * batch)?;
@@ -438,6 +458,7 @@ pub fn run_step(
         flops: step_flops(cfg, s, windows.len(), seqlen),
         layer_targets,
         layers: costs,
+        phases,
     })
 }
 

@@ -39,6 +39,25 @@ pub struct StepReport {
     /// Per decoder layer, the sparsity (fraction) an allocation such as OWL gave it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_targets: Option<Vec<f64>>,
+    /// Where the step's seconds went, summed over the layers (the step's own profile).
+    #[serde(default)]
+    pub phases: Phases,
+}
+
+/// Seconds of a step by phase, summed over its layers; `seconds` minus their sum is the rest
+/// (loading layers, the allocation's dense pass, bookkeeping).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Phases {
+    /// The observing forward of each layer over the windows (taps included).
+    pub forward: f64,
+    /// The methods' and the update's statistics, window by window.
+    pub observe: f64,
+    /// Masks and weights from the statistics (`finish`), and the OBS update.
+    pub solve: f64,
+    /// Writing the pruned weights, states and masks.
+    pub write: f64,
+    /// The pruned layer's forward that feeds the next layer (`--propagate pruned`).
+    pub propagate: f64,
 }
 
 /// Time and memory of one layer of a step.

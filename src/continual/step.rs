@@ -209,6 +209,7 @@ pub fn prune_step(
             flops: 0.0,
             layers: Vec::new(),
             layer_targets: None,
+            phases: Default::default(),
         }
     } else {
         let prior_ref = if plan.mode == Mode::Accumulate {

@@ -263,16 +263,24 @@ impl DecoderLayer {
         let rep = h / kvh;
         let qg = qh.reshape((b, kvh, rep * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = qg
-            .matmul(&kh.t()?)?
-            .to_dtype(DType::F32)?
-            .reshape((b, kvh, rep, t, t))?;
         let mask = pos.mask.narrow(0, 0, t)?.narrow(1, 0, t)?;
-        let probs = super::softmax::causal_softmax(&scores, scale, &mask)?
-            .to_dtype(x.dtype())?
-            .reshape((b, kvh, rep * t, t))?;
-        let o_in = probs
-            .matmul(&vh)?
+        // One window at a time: its scores are kvh · rep · t² floats (9 MiB on the test model
+        // at 512 tokens) instead of the batch's, so they stay in the allocator's heap and in
+        // cache; each window's products are the same GEMMs as in a batched call.
+        let per_window = (0..b)
+            .map(|w| -> Result<Tensor> {
+                let scores = qg
+                    .narrow(0, w, 1)?
+                    .matmul(&kh.narrow(0, w, 1)?.t()?)?
+                    .to_dtype(DType::F32)?
+                    .reshape((1, kvh, rep, t, t))?;
+                let probs = super::softmax::causal_softmax(&scores, scale, &mask)?
+                    .to_dtype(x.dtype())?
+                    .reshape((1, kvh, rep * t, t))?;
+                Ok(probs.matmul(&vh.narrow(0, w, 1)?)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let o_in = Tensor::cat(&per_window, 0)?
             .reshape((b, h, t, d))?
             .transpose(1, 2)?
             .reshape((b * t, h * d))?;

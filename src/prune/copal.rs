@@ -21,6 +21,7 @@ use super::mask::{Group, Pattern};
 use super::noise::{derive_seed, gaussian};
 use super::obs::UpdateConfig;
 use super::pruner::{f32_rows, mask_by_score, LayerPruner, Pruned};
+use super::rows;
 use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -169,7 +170,7 @@ pub struct CopalPruner {
     w: Tensor,
     prior: Option<Tensor>,
     /// Σ over windows of |dY|ᵀ|X| (out × in, f32).
-    g: Option<Tensor>,
+    g: rows::Sum,
     pert: Perturbation,
     /// Seed for this (seed, dataset, tensor); ΔW and each window's Z′ derive from it.
     seed: u64,
@@ -194,7 +195,7 @@ impl CopalPruner {
         Ok(Self {
             w: w.to_dtype(DType::F32)?,
             prior,
-            g: None,
+            g: rows::Sum::default(),
             pert,
             seed,
             delta_w: None,
@@ -253,17 +254,18 @@ pub fn gaussian_delta_x(x: &Tensor, eps: f64, seed: u64) -> Result<Tensor> {
 impl LayerPruner for CopalPruner {
     fn observe(&mut self, x: &Tensor, y: &Tensor) -> Result<()> {
         let x = f32_rows(x)?;
-        let dy = self.delta_y(&x, y)?;
         // |dY|ᵀ |X| (L1) or (dY²)ᵀ (X²) (L2): (out × tokens)(tokens × in), one GEMM; the
-        // transposed view goes to the GEMM as is.
-        let inc = match self.variant.agg {
-            Aggregation::L1 => dy.abs()?.t()?.matmul(&x.abs()?)?,
-            Aggregation::L2 => dy.sqr()?.t()?.matmul(&x.sqr()?)?,
+        // transposed view goes to the GEMM as is. Scaled L1, the default, forms |dY| =
+        // |(ε_W + ε_x) Y| in one pass.
+        let inc = match (self.variant.agg, self.pert.kind) {
+            (Aggregation::L1, PerturbationKind::Scaled) => {
+                let dy = rows::abs_scaled(y, self.pert.eps_w + self.pert.eps_x)?;
+                dy.t()?.matmul(&rows::abs_scaled(&x, 1.0)?)?
+            }
+            (Aggregation::L1, _) => self.delta_y(&x, y)?.abs()?.t()?.matmul(&x.abs()?)?,
+            (Aggregation::L2, _) => self.delta_y(&x, y)?.sqr()?.t()?.matmul(&x.sqr()?)?,
         };
-        self.g = Some(match self.g.take() {
-            None => inc,
-            Some(g) => (g + inc)?,
-        });
+        self.g.add(&inc)?;
         self.window += 1;
         Ok(())
     }
@@ -278,7 +280,7 @@ impl LayerPruner for CopalPruner {
         } = *self;
         // L1: increment = 2 |W| ⊙ Σ|dY|ᵀ|X| = Σ_t |W ⊙ 2 dy_t x_tᵀ|;
         // L2: increment = 4 W² ⊙ Σ(dY²)ᵀ(X²) = Σ_t (W ⊙ 2 dy_t x_tᵀ)².
-        let mut inc = match (g, v.agg) {
+        let mut inc = match (g.into_tensor()?, v.agg) {
             (Some(g), Aggregation::L1) => (w.abs()? * 2.0)?.mul(&g)?,
             (Some(g), Aggregation::L2) => (w.sqr()? * 4.0)?.mul(&g)?,
             (None, _) => w.zeros_like()?,

@@ -14,6 +14,7 @@ pub mod noise;
 pub mod obs;
 pub mod pruner;
 pub mod ria;
+pub mod rows;
 pub mod sparsegpt;
 pub mod wanda;
 

@@ -110,14 +110,9 @@ pub fn gram_key(weight: &str) -> String {
 }
 
 /// Adds Σ_t x_t x_tᵀ of the rows `x` (tokens × in) to `acc`.
-pub fn add_gram(acc: &mut Option<Tensor>, x: &Tensor) -> Result<()> {
+pub fn add_gram(acc: &mut super::rows::Sum, x: &Tensor) -> Result<()> {
     let x = f32_rows(x)?;
-    let s = x.t()?.matmul(&x)?;
-    *acc = Some(match acc.take() {
-        None => s,
-        Some(a) => (a + s)?,
-    });
-    Ok(())
+    acc.add(&x.t()?.matmul(&x)?)
 }
 
 /// How the mask of the OBS update is decided.
@@ -378,9 +373,9 @@ mod tests {
             .unwrap();
         let half = Pattern::Unstructured { percent: 50.0 };
         let m = mask::select(&score, o, i, &half, Group::Row).unwrap();
-        let mut gram = None;
+        let mut gram = super::super::rows::Sum::default();
         add_gram(&mut gram, &x).unwrap();
-        let gram = gram.unwrap();
+        let gram = gram.into_tensor().unwrap().unwrap();
         let r = reconstruct(&w, &gram, ObsConfig::default(), MaskChoice::Given(&m)).unwrap();
         assert_eq!(r.mask, m);
         let v = r.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();

@@ -21,7 +21,7 @@ pub type SparseGptConfig = ObsConfig;
 pub struct SparseGptPruner {
     w: Tensor,
     /// Σ_t x_t x_tᵀ (in × in), f32.
-    xtx: Option<Tensor>,
+    xtx: super::rows::Sum,
     cfg: SparseGptConfig,
 }
 
@@ -34,7 +34,7 @@ impl SparseGptPruner {
         );
         Ok(Self {
             w: w.to_dtype(DType::F32)?,
-            xtx: None,
+            xtx: Default::default(),
             cfg,
         })
     }
@@ -49,7 +49,7 @@ impl SparseGptPruner {
                 "SparseGPT prior has shape {:?}",
                 p.dims()
             );
-            self.xtx = Some(p);
+            self.xtx.add(&p)?;
         }
         Ok(self)
     }
@@ -61,7 +61,7 @@ impl LayerPruner for SparseGptPruner {
     }
 
     fn finish(self: Box<Self>, pattern: &Pattern, group: Group) -> Result<Pruned> {
-        let Some(xtx) = self.xtx else {
+        let Some(xtx) = self.xtx.into_tensor()? else {
             bail!("SparseGPT saw no calibration tokens")
         };
         let r = reconstruct(
@@ -310,9 +310,10 @@ mod tests {
             let mut p = SparseGptPruner::new(&w, cfg).unwrap();
             p.observe(&x, &x).unwrap();
             let sgpt = Box::new(p).finish(&pattern, Group::Matrix).unwrap();
-            let mut gram = None;
+            let mut gram = crate::prune::rows::Sum::default();
             add_gram(&mut gram, &x).unwrap();
-            let r = reconstruct(&w, &gram.unwrap(), cfg, MaskChoice::Given(&sgpt.mask)).unwrap();
+            let gram = gram.into_tensor().unwrap().unwrap();
+            let r = reconstruct(&w, &gram, cfg, MaskChoice::Given(&sgpt.mask)).unwrap();
             assert_eq!(r.mask, sgpt.mask);
             assert_eq!(
                 r.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap(),

@@ -53,7 +53,7 @@ pub fn flops(inp: usize, windows: f64, t: f64) -> f64 {
 impl LayerPruner for WandaPruner {
     fn observe(&mut self, x: &Tensor, _y: &Tensor) -> Result<()> {
         let x = f32_rows(x)?;
-        let s = x.sqr()?.sum(0)?;
+        let s = super::rows::column_sumsq(&x)?;
         self.sumsq = Some(match self.sumsq.take() {
             None => s,
             Some(acc) => (acc + s)?,
