@@ -1,5 +1,5 @@
 //! Vectorised exp-and-sum over rows, the inner loop of both softmaxes in evaluation (attention
-//! probabilities and the LM head's log-softmax).
+//! probabilities and the LM head's log-softmax), and the MLP's SwiGLU, silu(g) ⊙ u.
 //!
 //! `std`'s `f32::exp` is a call per element (`expf`), which no compiler vectorises; on the test
 //! model it was the largest single non-GEMM cost of evaluation. Here exp is the Cephes
@@ -93,8 +93,30 @@ fn max_generic(src: &[f32]) -> f32 {
     m
 }
 
+/// dst[j] = silu(g[j]) · u[j], silu(x) = x / (1 + e⁻ˣ) (candle's formula, with exp_poly for
+/// its `expf`).
+#[inline(always)]
+fn silu_mul_generic(g: &[f32], u: &[f32], dst: &mut [f32]) {
+    let mut gs = g.chunks_exact(LANES);
+    let mut us = u.chunks_exact(LANES);
+    let mut ds = dst.chunks_exact_mut(LANES);
+    for ((gv, uv), dv) in (&mut gs).zip(&mut us).zip(&mut ds) {
+        for k in 0..LANES {
+            dv[k] = gv[k] / (1.0 + exp_poly(-gv[k])) * uv[k];
+        }
+    }
+    let rest = gs.remainder().iter().zip(us.remainder());
+    for (d, (&g, &u)) in ds.into_remainder().iter_mut().zip(rest) {
+        *d = g / (1.0 + exp_poly(-g)) * u;
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,fma")]
+    pub unsafe fn silu_mul(g: &[f32], u: &[f32], dst: &mut [f32]) {
+        super::silu_mul_generic(g, u, dst)
+    }
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,fma")]
     pub unsafe fn exp_sum(src: &[f32], dst: &mut [f32], c: f32, m: f32) -> f32 {
         super::exp_sum_generic(src, dst, c, m)
@@ -140,6 +162,17 @@ pub fn sum_exp(src: &[f32], m: f32) -> f32 {
         return unsafe { avx512::sum_exp(src, m) };
     }
     sum_exp_generic(src, m)
+}
+
+/// dst[j] = silu(g[j]) · u[j]; the three slices have the same length.
+pub fn silu_mul(g: &[f32], u: &[f32], dst: &mut [f32]) {
+    assert!(g.len() == dst.len() && u.len() == dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: as in `exp_sum`.
+        return unsafe { avx512::silu_mul(g, u, dst) };
+    }
+    silu_mul_generic(g, u, dst)
 }
 
 /// max_j src[j]; −∞ for an empty slice. NaNs are not propagated (callers check finiteness).
@@ -192,5 +225,15 @@ mod tests {
         let top = src.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         assert_eq!(max(&src), top);
         assert_eq!(max(&[]), f32::NEG_INFINITY);
+        let u: Vec<f32> = src.iter().map(|x| 0.3 - x).collect();
+        let mut got = vec![0f32; src.len()];
+        silu_mul(&src, &u, &mut got);
+        for ((g, x), u) in got.iter().zip(&src).zip(&u) {
+            let want = (*x as f64) / (1.0 + (-*x as f64).exp()) * *u as f64;
+            assert!(
+                (*g as f64 - want).abs() <= 1e-6 * want.abs().max(1e-30),
+                "{g} vs {want}"
+            );
+        }
     }
 }

@@ -42,14 +42,21 @@ impl CustomOp1 for CausalSoftmax {
         let src = &all[start..end];
         let mut out = vec![0f32; src.len()];
         let c = self.scale;
-        // One task per (…, T, T) matrix keeps the work per task large; rows within it differ
-        // in length (row i has i + 1 live entries).
-        out.par_chunks_mut(t * t)
-            .zip(src.par_chunks(t * t))
-            .for_each(|(o, s)| {
-                for i in 0..t {
-                    let row = &s[i * t..i * t + i + 1];
-                    let dst = &mut o[i * t..i * t + i + 1];
+        // Tasks of ROWS rows: a window's attention is only kvh · rep matrices (9 on the test
+        // model), too few to share evenly between threads one matrix each. Row i of a matrix
+        // has i + 1 live entries; rayon's work stealing evens out the blocks' lengths.
+        const ROWS: usize = 64;
+        out.par_chunks_mut(t * ROWS)
+            .zip(src.par_chunks(t * ROWS))
+            .enumerate()
+            .for_each(|(k, (o, s))| {
+                // A block may run from one matrix into the next: a row's position i within
+                // its matrix is its index over all rows, modulo t.
+                let first = (k * ROWS) % t;
+                for (r, (o, s)) in o.chunks_mut(t).zip(s.chunks(t)).enumerate() {
+                    let i = (first + r) % t;
+                    let row = &s[..i + 1];
+                    let dst = &mut o[..i + 1];
                     let m = super::expsum::max(row) * c;
                     let inv = 1.0 / super::expsum::exp_sum(row, dst, c, m);
                     dst.iter_mut().for_each(|d| *d *= inv);
