@@ -50,6 +50,10 @@ print("| | copal | PyTorch | PyTorch / copal |")
 print("|---|---|---|---|")
 print(f"| wall time (s) | {ct:.1f} | {tt:.1f} | {tt/ct:.2f}× |")
 print(f"| peak RSS (GiB) | {cm/2**30:.2f} | {tm/2**30:.2f} | {tm/cm:.2f}× |")
+run = json.load(open(f"{d}/copal/copal.json"))
+for k, (st, ts) in enumerate(zip(run["steps"], t["step_seconds"])):
+    cs = st["report"]["seconds"]
+    print(f"| step {k + 1} ({st['dataset']}) (s) | {cs:.1f} | {ts:.1f} | {ts/cs:.2f}× |")
 print(f"| sparsity | {c['sparsity']:.4f} | {t['sparsity']:.4f} | |")
 ok = abs(c["sparsity"] - t["sparsity"]) < 1e-9
 worst = 0.0
