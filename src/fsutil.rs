@@ -270,6 +270,21 @@ pub fn install_file(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// SHA-256 of the concatenation of `parts`, lower-case hex: the one digest helper (files
+/// through [`sha256_file`], downloads through their stream).
+pub fn sha256_hex<I>(parts: I) -> String
+where
+    I: IntoIterator,
+    I::Item: AsRef<[u8]>,
+{
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_ref());
+    }
+    format!("{:x}", h.finalize())
+}
+
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};

@@ -103,15 +103,10 @@ pub struct WindowRecord {
 
 impl WindowRecord {
     pub fn of(doc: Option<usize>, start: usize, ids: &[u32]) -> Self {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        for id in ids {
-            h.update(id.to_le_bytes());
-        }
         Self {
             doc,
             start,
-            sha256: format!("{:x}", h.finalize()),
+            sha256: crate::fsutil::sha256_hex(ids.iter().map(|id| id.to_le_bytes())),
         }
     }
 }
@@ -175,12 +170,12 @@ pub fn checksum_model(ckpt: &Checkpoint) -> Result<Vec<FileSum>> {
 /// One hash for the model: SHA-256 over the weight shards' hashes (not config.json, whose
 /// formatting may change without changing the model).
 pub fn fingerprint(files: &[FileSum]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for f in files.iter().filter(|f| f.name.ends_with(".safetensors")) {
-        h.update(f.sha256.as_bytes());
-    }
-    format!("{:x}", h.finalize())
+    crate::fsutil::sha256_hex(
+        files
+            .iter()
+            .filter(|f| f.name.ends_with(".safetensors"))
+            .map(|f| f.sha256.as_bytes()),
+    )
 }
 
 /// Peak resident set size of this process (Linux: VmHWM).

@@ -320,7 +320,6 @@ pub fn state_layout(
 /// Checks a state's digests (its provenance and every tensor, read once, page by page
 /// released): one flipped bit anywhere is refused before any work.
 fn verify_digests(shard: &Shard, path: &Path) -> Result<()> {
-    use sha2::{Digest, Sha256};
     let Some(md) = shard.user_metadata() else {
         return Ok(());
     };
@@ -354,7 +353,7 @@ fn verify_digests(shard: &Shard, path: &Path) -> Result<()> {
         let bytes = shard
             .bytes(&name)
             .ok_or_else(|| corrupt(format!("tensor {name} lies outside the file")))?;
-        let got = format!("{:x}", Sha256::digest(bytes));
+        let got = crate::fsutil::sha256_hex([bytes]);
         shard.release(&name);
         let want = tensors[&name].as_str().unwrap_or("");
         if got != want {

@@ -57,18 +57,14 @@ pub fn metadata_sha256<'a>(
     entries: impl IntoIterator<Item = (&'a String, &'a String)>,
     skip: &str,
 ) -> String {
-    use sha2::{Digest, Sha256};
     let mut sorted: Vec<(&String, &String)> =
         entries.into_iter().filter(|(k, _)| *k != skip).collect();
     sorted.sort();
-    let mut h = Sha256::new();
-    for (k, v) in sorted {
-        h.update(k.as_bytes());
-        h.update([0]);
-        h.update(v.as_bytes());
-        h.update([0]);
-    }
-    format!("{:x}", h.finalize())
+    crate::fsutil::sha256_hex(
+        sorted
+            .into_iter()
+            .flat_map(|(k, v)| [k.as_bytes(), &[0], v.as_bytes(), &[0]]),
+    )
 }
 
 fn dtype_size(d: Dtype) -> Result<usize> {
@@ -205,8 +201,7 @@ impl ShardWriter {
         })?;
         self.written.insert(name.to_string());
         if let Some((_, _, d)) = &mut self.digests {
-            use sha2::{Digest, Sha256};
-            d.insert(name.to_string(), format!("{:x}", Sha256::digest(bytes)));
+            d.insert(name.to_string(), crate::fsutil::sha256_hex([bytes]));
         }
         crate::fsutil::fault_point();
         Ok(())

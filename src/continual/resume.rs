@@ -43,11 +43,6 @@ pub struct Workdir {
     lock: PathBuf,
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    format!("{:x}", Sha256::digest(bytes))
-}
-
 /// SHA-256 of what every step of a run shares: the plan as JSON without its datasets (unless
 /// every step evaluates every dataset), and the model's fingerprint (its content).
 pub fn base_hash(plan: &PrunePlan, model_fingerprint: &str) -> Result<String> {
@@ -65,7 +60,7 @@ pub fn base_hash(plan: &PrunePlan, model_fingerprint: &str) -> Result<String> {
         }
     }
     v["model_fingerprint"] = model_fingerprint.into();
-    Ok(sha256_hex(&serde_json::to_vec(&v)?))
+    Ok(crate::fsutil::sha256_hex([serde_json::to_vec(&v)?]))
 }
 
 /// The identity of step k: the base and, for every dataset up to k, its name, split and the
@@ -75,7 +70,7 @@ pub fn step_identity(base: &str, steps: &[(String, String, String)]) -> String {
     for (name, split, sha) in steps {
         text.push_str(&format!("|{name}|{split}|{sha}"));
     }
-    sha256_hex(text.as_bytes())
+    crate::fsutil::sha256_hex([text])
 }
 
 /// Names the interrupted runs beside this one (`.OTHER.copal-partial` whose process is gone):

@@ -13,7 +13,6 @@
 
 use super::dataset::{Dataset, Split};
 use anyhow::{bail, Context as _, Result};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// How a pinned file holds its text.
@@ -208,7 +207,7 @@ pub fn checked_sha256(pin: &Pin, text: &str) -> Result<String> {
             docs[..n.min(docs.len())].join("\n")
         }
     };
-    Ok(format!("{:x}", Sha256::digest(covered.as_bytes())))
+    Ok(crate::fsutil::sha256_hex([covered]))
 }
 
 /// Verifies a pinned file; a file that fails is removed from the cache.
