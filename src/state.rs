@@ -194,7 +194,7 @@ impl StateMeta {
         }
         if a.allocate != settings.allocate {
             diffs.push(format!(
-                "allocation {:?} (state: {:?})",
+                "allocation {} (state: {})",
                 settings.allocate, a.allocate
             ));
         }

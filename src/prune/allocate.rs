@@ -49,6 +49,16 @@ pub enum AllocationKind {
 
 crate::display_as_value!(AllocationKind);
 
+/// As a user reads it: `uniform`, or `owl (m 5, lambda 0.08)`.
+impl std::fmt::Display for Allocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Allocation::Uniform => write!(f, "uniform"),
+            Allocation::Owl { m, lambda } => write!(f, "owl (m {m}, lambda {lambda})"),
+        }
+    }
+}
+
 impl Allocation {
     /// The allocation of a kind with its settings (defaults where not given), checked.
     pub fn new(kind: AllocationKind, m: Option<f64>, lambda: Option<f64>) -> Result<Self> {

@@ -371,6 +371,31 @@ fn accumulate_modes_continue_bit_identically_through_the_state() {
         &[],
     );
     assert_user_error(&r, "--method sparsegpt (state: wanda)");
+    // Another allocation is named in words, not as a Rust value.
+    let r = run_cli(
+        &[
+            "prune",
+            "--model",
+            model,
+            "--datasets",
+            &format!("text:{}", small_text(tmp, "c.txt", 20000, 100).display()),
+            "--method",
+            "wanda",
+            "--allocate",
+            "owl",
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--out",
+            tmp.join("y").to_str().unwrap(),
+            "--state",
+            tmp.join("wanda-two.state").to_str().unwrap(),
+            "--quiet",
+        ],
+        &[],
+    );
+    assert_user_error(&r, "allocation owl (m 5, lambda 0.08) (state: uniform)");
 }
 
 /// `copal prune` without --method runs COPAL in accumulate mode (its sensitivity summed over
