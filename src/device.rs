@@ -80,6 +80,21 @@ pub fn fused_cpu(device: &Device) -> bool {
         })
 }
 
+/// Runs `f` on the f32 elements of a contiguous tensor when it takes the fused CPU kernels
+/// ([`fused_cpu`]); None for another device or dtype, a strided layout, or the generic kernels
+/// asked for, where the caller uses candle's ops instead.
+pub fn with_f32_slice<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    use candle_core::{CpuStorage, DType, Storage};
+    if !fused_cpu(t.device()) || t.dtype() != DType::F32 {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(all)), Some((a, b))) => Some(f(&all[a..b])),
+        _ => None,
+    }
+}
+
 /// Opens the device.
 pub fn open(spec: &str) -> Result<Device> {
     check(spec)?;

@@ -313,30 +313,25 @@ impl DecoderLayer {
 /// silu(gate) ⊙ up: one vectorised pass on the CPU (candle's silu calls `expf` per element,
 /// and the product is a second pass), candle's ops elsewhere.
 fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    use candle_core::{CpuStorage, Storage};
+    use crate::device::with_f32_slice;
     use rayon::prelude::*;
-    if crate::device::fused_cpu(gate.device()) && gate.dtype() == DType::F32 {
-        let (g, u) = (gate.contiguous()?, up.contiguous()?);
-        let (gs, gl) = g.storage_and_layout();
-        let (us, ul) = u.storage_and_layout();
-        if let (
-            Storage::Cpu(CpuStorage::F32(ga)),
-            Storage::Cpu(CpuStorage::F32(ua)),
-            Some((g0, g1)),
-            Some((u0, u1)),
-        ) = (&*gs, &*us, gl.contiguous_offsets(), ul.contiguous_offsets())
-        {
-            anyhow::ensure!(gate.dims() == up.dims(), "internal: gate and up differ");
-            let (ga, ua) = (&ga[g0..g1], &ua[u0..u1]);
+    anyhow::ensure!(gate.dims() == up.dims(), "internal: gate and up differ");
+    let (g, u) = (gate.contiguous()?, up.contiguous()?);
+    let fused = with_f32_slice(&g, |ga| {
+        with_f32_slice(&u, |ua| {
             let mut out = vec![0f32; ga.len()];
             const CHUNK: usize = 1 << 14;
             out.par_chunks_mut(CHUNK)
                 .zip(ga.par_chunks(CHUNK).zip(ua.par_chunks(CHUNK)))
                 .for_each(|(o, (g, u))| super::expsum::silu_mul(g, u, o));
-            return Ok(Tensor::from_vec(out, gate.shape(), gate.device())?);
-        }
+            out
+        })
+    })
+    .flatten();
+    match fused {
+        Some(out) => Ok(Tensor::from_vec(out, gate.shape(), gate.device())?),
+        None => Ok((candle_nn::ops::silu(gate)? * up)?),
     }
-    Ok((candle_nn::ops::silu(gate)? * up)?)
 }
 
 /// Largest |x| over a tensor, as f32 (for tolerance checks and NaN guards).

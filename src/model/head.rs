@@ -22,25 +22,22 @@ pub fn window_nll(logits: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
     if let Some(&bad) = ids[1..].iter().find(|&&i| i as usize >= v) {
         anyhow::bail!("window_nll: token id {bad} outside {v} logits");
     }
-    let z = logits.narrow(0, 0, t - 1)?;
-    if crate::device::fused_cpu(z.device()) && z.dtype() == candle_core::DType::F32 {
+    // The first t − 1 rows of row-major logits: a contiguous view, no copy.
+    let z = logits.narrow(0, 0, t - 1)?.contiguous()?;
+    let fused = crate::device::with_f32_slice(&z, |all| {
         use rayon::prelude::*;
-        let z = z.contiguous()?;
-        let (storage, layout) = z.storage_and_layout();
-        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(all)), Some((a, b))) =
-            (&*storage, layout.contiguous_offsets())
-        {
-            return Ok(all[a..b]
-                .par_chunks(v)
-                .zip(&ids[1..])
-                .map(|(row, &id)| {
-                    let m = super::expsum::max(row);
-                    m + super::expsum::sum_exp(row, m).ln() - row[id as usize]
-                })
-                .collect());
-        }
+        all.par_chunks(v)
+            .zip(&ids[1..])
+            .map(|(row, &id)| {
+                let m = super::expsum::max(row);
+                m + super::expsum::sum_exp(row, m).ln() - row[id as usize]
+            })
+            .collect()
+    });
+    match fused {
+        Some(nll) => Ok(nll),
+        None => window_nll_generic(&z, &ids[1..]),
     }
-    window_nll_generic(&z, &ids[1..])
 }
 
 /// [`window_nll`] by candle's log-softmax and gather, for logits (T − 1, V) and targets.

@@ -6,26 +6,14 @@
 //! the same order; Rust does not contract `a * b + c` into a fused multiply-add), which a test
 //! checks, and falls back to that composition off the CPU or with `COPAL_GENERIC_KERNELS=1`.
 
+use crate::device::with_f32_slice as with_slice;
 use anyhow::Result;
-use candle_core::{CpuStorage, DType, Storage, Tensor};
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 /// Columns per task of a parallel sum over rows: each task adds its columns' rows in order,
 /// so the split changes nothing but the speed.
 const COLUMNS_PER_TASK: usize = 256;
-
-/// Runs `f` on the f32 elements of a contiguous CPU tensor (None: another device or dtype, a
-/// strided layout, or the generic kernels asked for).
-fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    if !crate::device::fused_cpu(t.device()) || t.dtype() != DType::F32 {
-        return None;
-    }
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(all)), Some((a, b))) => Some(f(&all[a..b])),
-        _ => None,
-    }
-}
 
 /// Σ_t x_tj² for each column j of `x` (tokens × in), f32: `x.sqr()?.sum(0)`, whose CPU
 /// reduction adds the rows in order from 0, as this does.

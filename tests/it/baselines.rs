@@ -346,55 +346,30 @@ fn accumulate_modes_continue_bit_identically_through_the_state() {
             "{method}: accumulate ignored the first dataset"
         );
     }
-    // A state of one method is refused by another.
-    let r = run_cli(
-        &[
-            "prune",
-            "--model",
-            model,
-            "--datasets",
-            &format!("text:{}", small_text(tmp, "c.txt", 20000, 100).display()),
-            "--method",
-            "sparsegpt",
-            "--mode",
-            "accumulate",
+    // A state of one method is refused by another, and another allocation is named in words,
+    // not as a Rust value.
+    let c = format!("text:{}", small_text(tmp, "c.txt", 20000, 100).display());
+    let continue_wanda_state = |out: &str, settings: &[&str]| {
+        let out = tmp.join(out);
+        let state = tmp.join("wanda-two.state");
+        let mut args = vec!["prune", "--model", model, "--datasets", &c];
+        args.extend_from_slice(settings);
+        args.extend_from_slice(&[
             "--nsamples",
             "4",
             "--seqlen",
             "32",
             "--out",
-            tmp.join("x").to_str().unwrap(),
+            out.to_str().unwrap(),
             "--state",
-            tmp.join("wanda-two.state").to_str().unwrap(),
+            state.to_str().unwrap(),
             "--quiet",
-        ],
-        &[],
-    );
+        ]);
+        run_cli(&args, &[])
+    };
+    let r = continue_wanda_state("x", &["--method", "sparsegpt", "--mode", "accumulate"]);
     assert_user_error(&r, "--method sparsegpt (state: wanda)");
-    // Another allocation is named in words, not as a Rust value.
-    let r = run_cli(
-        &[
-            "prune",
-            "--model",
-            model,
-            "--datasets",
-            &format!("text:{}", small_text(tmp, "c.txt", 20000, 100).display()),
-            "--method",
-            "wanda",
-            "--allocate",
-            "owl",
-            "--nsamples",
-            "4",
-            "--seqlen",
-            "32",
-            "--out",
-            tmp.join("y").to_str().unwrap(),
-            "--state",
-            tmp.join("wanda-two.state").to_str().unwrap(),
-            "--quiet",
-        ],
-        &[],
-    );
+    let r = continue_wanda_state("y", &["--method", "wanda", "--allocate", "owl"]);
     assert_user_error(&r, "allocation owl (m 5, lambda 0.08) (state: uniform)");
 }
 
