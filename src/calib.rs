@@ -12,7 +12,7 @@ use crate::checkpoint::writer::{CheckpointWriter, ShardWriter};
 use crate::model::{Linear, Llama, TensorSource};
 use crate::plan::{Propagate, PrunePlan};
 use crate::prune::allocate::{self, Allocation};
-use crate::prune::obs::{self, MaskChoice};
+use crate::prune::pruner::InputStatistic;
 use crate::prune::wanda::WandaPruner;
 use crate::prune::{Group, LayerPruner, MethodConfig, NoiseKey, Pattern};
 use crate::report::{LayerCost, LinearReport, Phases, StepReport};
@@ -219,8 +219,120 @@ fn pruner_for(
     s.method.pruner(w, prior, noise)
 }
 
+/// Each layer's pattern: the plan's, or its share of the allocation (OWL's dense pass), with
+/// the per-layer targets for the report.
+fn layer_patterns(
+    model: &Llama,
+    base: &dyn TensorSource,
+    windows: &[Vec<u32>],
+    s: &StepSettings,
+    batch: usize,
+    label: &str,
+) -> Result<(Vec<Pattern>, Option<Vec<f64>>)> {
+    let layers = model.cfg.num_hidden_layers;
+    let targets = match s.allocate {
+        Allocation::Uniform => None,
+        Allocation::Owl { m, lambda } => {
+            let ratios = owl_ratios(model, base, windows, batch, m, label)?;
+            Some(allocate::owl_sparsities(
+                &ratios,
+                s.pattern.fraction(),
+                lambda,
+            )?)
+        }
+    };
+    let patterns = allocate::layer_patterns(&s.pattern, targets.as_deref(), layers);
+    Ok((patterns, targets))
+}
+
+/// One decoder layer's observers: the method's pruner per linear (None where the linear will
+/// start from the statistic of the earlier linear that reads its input), and the update's
+/// statistic per input source, both indexed like [`Linear::ALL`].
+struct Observers {
+    pruners: Vec<Option<Box<dyn LayerPruner>>>,
+    inputs: Vec<Option<Box<dyn InputStatistic>>>,
+}
+
+impl Observers {
+    fn new(
+        model: &Llama,
+        layer: &crate::model::DecoderLayer,
+        l: usize,
+        s: &StepSettings,
+        prior: Option<&dyn Priors>,
+    ) -> Result<Self> {
+        let method = s.method.method();
+        let update = s.method.update_stage();
+        let (mut pruners, mut inputs) = (Vec::new(), Vec::new());
+        for lin in Linear::ALL {
+            let name = lin.tensor_name(l);
+            let carried = |key: &str| prior.map(|p| p.prior(key, &model.device)).transpose();
+            // The method's own carried statistic (magnitude has none, even with an update's).
+            pruners.push(if method.keeps_stats(lin) {
+                let own = match method.state_shape(lin, &model.cfg) {
+                    Some(_) => carried(&name)?,
+                    None => None,
+                };
+                Some(pruner_for(s, &name, layer.weight(lin), own)?)
+            } else {
+                None
+            });
+            inputs.push(match update.state_key(&name) {
+                Some(key) if update.state_shape(lin, &model.cfg).is_some() => {
+                    update.statistic(carried(&key)?)?
+                }
+                _ => None,
+            });
+        }
+        Ok(Self { pruners, inputs })
+    }
+
+    /// Window `w` of a batch's taps, in window order (see [`window_rows`]).
+    fn observe(
+        &mut self,
+        taps: &crate::model::Taps,
+        w: usize,
+        seqlen: usize,
+        l: usize,
+    ) -> Result<()> {
+        for (lin, p) in Linear::ALL.iter().zip(self.pruners.iter_mut()) {
+            if let Some(p) = p {
+                let (x, y) = window_rows(taps, *lin, w, seqlen)?;
+                p.observe(&x, &y)
+                    .with_context(|| format!("observing {}", lin.tensor_name(l)))?;
+            }
+        }
+        for (lin, st) in Linear::ALL.iter().zip(self.inputs.iter_mut()) {
+            if let Some(st) = st {
+                st.observe(&window_rows(taps, *lin, w, seqlen)?.0)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the walk gathers for the step's report.
+#[derive(Default)]
+struct Record {
+    linears: Vec<LinearReport>,
+    layer_sparsity: Vec<f64>,
+    costs: Vec<LayerCost>,
+    phases: Phases,
+}
+
+fn lap(t: &mut Instant) -> f64 {
+    let now = Instant::now();
+    let s = now.duration_since(*t).as_secs_f64();
+    *t = now;
+    s
+}
+
 /// Runs one calibration step over all layers. `base` holds the weights to prune (dense, or
 /// the previous step's for sequential baselines); `prior` the carried importance.
+///
+/// Per layer: observe (every window through the layer, the method's pruners and the update's
+/// input statistics fed window by window), finish each linear (mask, update, write), then feed
+/// the next layer.
 pub fn run_step(
     model: &Llama,
     base: &dyn TensorSource,
@@ -231,12 +343,7 @@ pub fn run_step(
 ) -> Result<StepReport> {
     let started = Instant::now();
     let cfg = &model.cfg;
-    let layers = cfg.num_hidden_layers;
-    let method = s.method.method();
     let uses_data = s.method.needs_data();
-    // `update obs`: the mask-only method's kept weights are reconstructed from XᵀX, kept once
-    // per distinct input (q for q/k/v, gate for gate/up, o, down) as SparseGPT keeps its own.
-    let update = s.method.obs_update();
     let seqlen = windows.first().map(Vec::len).unwrap_or(1);
     ensure!(
         windows.iter().all(|w| w.len() == seqlen),
@@ -248,190 +355,46 @@ pub fn run_step(
         .batch
         .unwrap_or_else(|| crate::plan::calib_batch(cfg, seqlen))
         .max(1);
-    // Each layer's pattern: the plan's, or its share of an OWL allocation.
-    let layer_targets = match s.allocate {
-        Allocation::Uniform => None,
-        Allocation::Owl { m, lambda } => {
-            let ratios = owl_ratios(model, base, windows, batch, m, sinks.label)?;
-            Some(allocate::owl_sparsities(
-                &ratios,
-                s.pattern.fraction(),
-                lambda,
-            )?)
-        }
-    };
-    let patterns = allocate::layer_patterns(&s.pattern, layer_targets.as_deref(), layers);
+    let (patterns, layer_targets) = layer_patterns(model, base, windows, s, batch, sinks.label)?;
     let mut hs: Vec<Tensor> = if uses_data {
         embed_batches(model, windows, batch)?
     } else {
         Vec::new()
     };
     let pos = model.positions(seqlen)?;
-    let pb = crate::ui::bar(layers as u64, sinks.label.to_string());
+    let pb = crate::ui::bar(cfg.num_hidden_layers as u64, sinks.label.to_string());
     pb.set_message("layers");
-    let mut linears = Vec::with_capacity(layers * 7);
-    let mut layer_sparsity = Vec::with_capacity(layers);
-    let mut costs = Vec::with_capacity(layers);
-    let mut phases = Phases::default();
-    let lap = |t: &mut Instant| {
-        let now = Instant::now();
-        let s = now.duration_since(*t).as_secs_f64();
-        *t = now;
-        s
-    };
-    for l in 0..layers {
+    let mut rec = Record::default();
+    for (l, pattern) in patterns.iter().enumerate() {
         crate::ui::check_interrupt()?;
         let layer_started = Instant::now();
         let mut layer = model.layer(base, l)?;
-        // A linear whose statistic only depends on its input (SparseGPT's Σ x xᵀ) and that
-        // shares the input with an earlier one gets no pruner of its own until `finish`: it
-        // starts from the earlier one's accumulated statistic instead of recomputing it.
-        let mut pruners: Vec<Option<Box<dyn LayerPruner>>> = Vec::with_capacity(7);
-        for lin in Linear::ALL {
-            if !method.keeps_stats(lin) {
-                pruners.push(None);
-                continue;
-            }
-            let name = lin.tensor_name(l);
-            // The method's own carried statistic (magnitude has none, even with XᵀX kept).
-            let prior_w = match prior {
-                Some(p) if method.state_shape(lin, cfg).is_some() => {
-                    Some(p.prior(&name, &model.device)?)
-                }
-                _ => None,
-            };
-            pruners.push(Some(pruner_for(s, &name, layer.weight(lin), prior_w)?));
-        }
-        let mut gram_sums: Vec<crate::prune::rows::Sum> =
-            Linear::ALL.iter().map(|_| Default::default()).collect();
-        if update.is_some() {
-            for (k, lin) in Linear::ALL.iter().enumerate() {
-                if lin.input_source() == *lin {
-                    if let Some(p) = prior {
-                        let key = obs::gram_key(&lin.tensor_name(l));
-                        gram_sums[k].add(&p.prior(&key, &model.device)?)?;
-                    }
-                }
-            }
-        }
-        if uses_data {
-            for h in hs.iter_mut() {
-                let mut t = Instant::now();
-                let (out, taps) = layer.forward_tapped(h, &pos)?;
-                phases.forward += lap(&mut t);
-                for w in 0..h.dim(0)? {
-                    for (lin, p) in Linear::ALL.iter().zip(pruners.iter_mut()) {
-                        if let Some(p) = p {
-                            let (x, y) = window_rows(&taps, *lin, w, seqlen)?;
-                            p.observe(&x, &y)
-                                .with_context(|| format!("observing {}", lin.tensor_name(l)))?;
-                        }
-                    }
-                    if update.is_some() {
-                        for (k, lin) in Linear::ALL.iter().enumerate() {
-                            if lin.input_source() == *lin {
-                                let (x, _) = window_rows(&taps, *lin, w, seqlen)?;
-                                obs::add_gram(&mut gram_sums[k], &x)?;
-                            }
-                        }
-                    }
-                }
-                if s.propagate == Propagate::Dense {
-                    *h = out;
-                }
-                phases.observe += lap(&mut t);
-            }
-        }
-        let grams = gram_sums
-            .into_iter()
-            .map(crate::prune::rows::Sum::into_tensor)
-            .collect::<Result<Vec<_>>>()?;
-        let (mut zeros, mut numel) = (0u64, 0u64);
-        let mut input_stats: Vec<(Linear, Tensor)> = Vec::new();
-        for (lin, p) in Linear::ALL.iter().zip(pruners) {
+        let mut obs = Observers::new(model, &layer, l, s, prior)?;
+        for h in hs.iter_mut() {
             let mut t = Instant::now();
-            let name = lin.tensor_name(l);
-            let own = method.keeps_stats(*lin);
-            let p = match p {
-                Some(p) => p,
-                None => {
-                    let shared = input_stats
-                        .iter()
-                        .find(|(src, _)| *src == lin.input_source())
-                        .map(|(_, t)| t.clone())
-                        .context("internal: shared statistic missing")?;
-                    pruner_for(s, &name, layer.weight(*lin), Some(shared))?
-                }
-            };
-            let mut done = p
-                .finish(&patterns[l], s.group)
-                .with_context(|| format!("pruning {name}"))?;
-            // The mask stays the method's; the kept weights move to fit XWᵀ again.
-            let mut mask_error = None;
-            let src = Linear::ALL
-                .iter()
-                .position(|x| *x == lin.input_source())
-                .context("internal: no input source")?;
-            if let Some(cfg) = update {
-                let gram = grams[src]
-                    .as_ref()
-                    .context("update obs saw no calibration tokens")?;
-                let r =
-                    obs::reconstruct(layer.weight(*lin), gram, cfg, MaskChoice::Given(&done.mask))
-                        .with_context(|| format!("reconstructing {name}"))?;
-                mask_error = Some(obs::relative_output_error(
-                    layer.weight(*lin),
-                    &done.weight,
-                    gram,
-                )?);
-                done.weight = r.weight;
-                done.recon_error = Some(r.recon_error);
+            let (out, taps) = layer.forward_tapped(h, &pos)?;
+            rec.phases.forward += lap(&mut t);
+            for w in 0..h.dim(0)? {
+                obs.observe(&taps, w, seqlen, l)?;
             }
-            if let (Some(st), true) = (done.state.as_ref(), own && method.shares_input_stats()) {
-                input_stats.push((*lin, st.clone()));
+            if s.propagate == Propagate::Dense {
+                *h = out;
             }
-            let z = done.mask.count() as u64;
-            let n = done.mask.pruned.len() as u64;
-            phases.solve += lap(&mut t);
-            sinks.model.put(&name, &done.weight)?;
-            if let (Some(st), Some(state), true) = (done.state.as_ref(), sinks.state.as_mut(), own)
-            {
-                state.write_tensor(&name, st)?;
-            }
-            if let (Some(g), Some(state), true) = (
-                grams[src].as_ref(),
-                sinks.state.as_mut(),
-                lin.input_source() == *lin,
-            ) {
-                state.write_tensor(&obs::gram_key(&name), g)?;
-            }
-            if let Some(m) = sinks.masks.as_mut() {
-                m.write_bytes(&name, &done.mask.pack())?;
-            }
-            linears.push(LinearReport {
-                name,
-                zeros: z,
-                numel: n,
-                recon_error: done.recon_error,
-                mask_error,
-            });
-            zeros += z;
-            numel += n;
-            layer.set_weight(*lin, done.weight.to_dtype(model.dtype)?)?;
-            phases.write += lap(&mut t);
+            rec.phases.observe += lap(&mut t);
         }
-        layer_sparsity.push(zeros as f64 / numel as f64);
+        let sparsity = finish_layer(model, &mut layer, l, s, obs, pattern, sinks, &mut rec)?;
+        rec.layer_sparsity.push(sparsity);
         if uses_data && s.propagate == Propagate::Pruned {
             let mut t = Instant::now();
             for h in hs.iter_mut() {
                 *h = layer.forward(h, &pos)?;
             }
-            phases.propagate += lap(&mut t);
+            rec.phases.propagate += lap(&mut t);
         }
         for (k, h) in hs.iter().enumerate() {
             guard_finite(h, l, k * batch)?;
         }
-        costs.push(LayerCost {
+        rec.costs.push(LayerCost {
             seconds: layer_started.elapsed().as_secs_f64(),
             rss_bytes: crate::report::rss_bytes(),
             peak_rss_bytes: crate::report::peak_rss_bytes(),
@@ -442,12 +405,13 @@ pub fn run_step(
         }
     }
     pb.finish_and_clear();
-    let (z, n) = linears
+    let (z, n) = rec
+        .linears
         .iter()
         .fold((0, 0), |(z, n), r| (z + r.zeros, n + r.numel));
     Ok(StepReport {
-        linears,
-        layer_sparsity,
+        linears: rec.linears,
+        layer_sparsity: rec.layer_sparsity,
         sparsity: z as f64 / n.max(1) as f64,
         seconds: started.elapsed().as_secs_f64(),
         calib_tokens: if uses_data || !s.allocate.is_uniform() {
@@ -457,9 +421,97 @@ pub fn run_step(
         },
         flops: step_flops(cfg, s, windows.len(), seqlen),
         layer_targets,
-        layers: costs,
-        phases,
+        layers: rec.costs,
+        phases: rec.phases,
     })
+}
+
+/// Finishes every linear of layer `l` in order: the method's mask (a linear without a pruner
+/// of its own starts from the statistic of the earlier one that reads its input), the update,
+/// then the writes (model, state, masks) and the new weight into `layer` for the propagation.
+/// Returns the layer's sparsity.
+#[allow(clippy::too_many_arguments)]
+fn finish_layer(
+    model: &Llama,
+    layer: &mut crate::model::DecoderLayer,
+    l: usize,
+    s: &StepSettings,
+    obs: Observers,
+    pattern: &Pattern,
+    sinks: &mut Sinks,
+    rec: &mut Record,
+) -> Result<f64> {
+    let method = s.method.method();
+    let update = s.method.update_stage();
+    let inputs = obs
+        .inputs
+        .into_iter()
+        .map(|st| st.map(|st| st.finish()).transpose().map(Option::flatten))
+        .collect::<Result<Vec<_>>>()?;
+    let (mut zeros, mut numel) = (0u64, 0u64);
+    let mut shared: Vec<(Linear, Tensor)> = Vec::new();
+    for (k, (lin, p)) in Linear::ALL.iter().zip(obs.pruners).enumerate() {
+        let mut t = Instant::now();
+        let name = lin.tensor_name(l);
+        let own = method.keeps_stats(*lin);
+        let p = match p {
+            Some(p) => p,
+            None => {
+                let from = shared
+                    .iter()
+                    .find(|(src, _)| *src == lin.input_source())
+                    .map(|(_, t)| t.clone())
+                    .context("internal: shared statistic missing")?;
+                pruner_for(s, &name, layer.weight(*lin), Some(from))?
+            }
+        };
+        let mut done = p
+            .finish(pattern, s.group)
+            .with_context(|| format!("pruning {name}"))?;
+        let src = Linear::ALL
+            .iter()
+            .position(|x| *x == lin.input_source())
+            .context("internal: no input source")?;
+        let mut mask_error = None;
+        if update.reads_data() {
+            let stat = inputs[src]
+                .as_ref()
+                .with_context(|| format!("update {} saw no calibration tokens", update.update))?;
+            mask_error = update
+                .apply(*lin, layer.weight(*lin), &mut done, stat)
+                .with_context(|| format!("updating {name} ({})", update.update))?
+                .mask_error;
+        }
+        if let (Some(st), true) = (done.state.as_ref(), own && method.shares_input_stats()) {
+            shared.push((*lin, st.clone()));
+        }
+        let (z, n) = (done.mask.count() as u64, done.mask.pruned.len() as u64);
+        rec.phases.solve += lap(&mut t);
+        sinks.model.put(&name, &done.weight)?;
+        if let Some(state) = sinks.state.as_mut() {
+            if let (Some(st), true) = (done.state.as_ref(), own) {
+                state.write_tensor(&name, st)?;
+            }
+            if let (Some(st), Some(key)) = (inputs[k].as_ref(), update.state_key(&name)) {
+                state.write_tensor(&key, st)?;
+            }
+        }
+        if let Some(m) = sinks.masks.as_mut() {
+            m.write_bytes(&name, &done.mask.pack())?;
+        }
+        rec.linears.push(LinearReport {
+            name,
+            zeros: z,
+            numel: n,
+            recon_error: done.recon_error,
+            mask_error,
+        });
+        zeros += z;
+        numel += n;
+        layer.set_weight(*lin, done.weight.to_dtype(model.dtype)?)?;
+        rec.phases.write += lap(&mut t);
+    }
+    Ok(zeros as f64 / numel as f64)
 }
 
 /// Stops the run if a layer's output holds NaN or Inf (both survive a sum of |x|).

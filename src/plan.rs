@@ -197,6 +197,7 @@ impl PrunePlan {
             r.owl_lambda,
         )?;
         allocate.check(&pattern)?;
+        method.update_stage().check(&pattern)?;
         crate::usage_ensure!(
             allocate.is_uniform() || m != Method::Dense,
             "allocate",

@@ -16,7 +16,7 @@ use crate::model::{Linear, LlamaConfig};
 use crate::plan::{Propagate, PrunePlan};
 use crate::prune::allocate::Allocation;
 use crate::prune::copal::{CopalConfig, CopalVariant, Perturbation};
-use crate::prune::obs::{gram_key, Update};
+use crate::prune::update::Update;
 use crate::prune::{Group, Method, MethodConfig, Pattern};
 use anyhow::{bail, ensure, Context as _, Result};
 use candle_core::{DType, Device, Tensor};
@@ -48,7 +48,8 @@ pub struct StateSettings {
     /// Written only when not uniform (format 1 had none).
     #[serde(default, skip_serializing_if = "Allocation::is_uniform")]
     pub allocate: Allocation,
-    /// A mask-only method's `update obs` keeps XᵀX beside its statistic (written only then).
+    /// A mask-only method's update keeps its input statistic beside the method's (written
+    /// only when there is an update).
     #[serde(default, skip_serializing_if = "Update::is_none")]
     pub update: Update,
 }
@@ -173,16 +174,17 @@ impl StateMeta {
                 settings.propagate, a.propagate
             ));
         }
-        if a.method == settings.method
-            && a.update != settings.update
-            && settings.update == Update::Obs
+        if a.method == settings.method && a.update != settings.update && !settings.update.is_none()
         {
             bail!(
-                "{} holds no XᵀX for --update obs: it was accumulated with --update {}. \
-                 Continue it without --update obs, or start a new state file with --update obs \
+                "{} holds no input statistic for --update {}: it was accumulated with --update \
+                 {}. Continue it with --update {}, or start a new state file with --update {} \
                  (--state NEW.state) and calibrate on its datasets again ({})",
                 path.display(),
+                settings.update,
                 a.update,
+                a.update,
+                settings.update,
                 self.datasets().join(", ")
             );
         }
@@ -292,8 +294,8 @@ impl StateReader {
 }
 
 /// The tensors a state stores for one layer, with their shapes: the method's statistic per
-/// linear (see [`crate::prune::Statistic`]) and, for a mask-only method with `update obs`,
-/// XᵀX once per distinct input (under [`gram_key`] of q, o, gate and down).
+/// linear (see [`crate::prune::Statistic`]) and its update's input statistic once per distinct
+/// input (under the update's state key of q, o, gate and down).
 pub fn state_layout(
     method: &MethodConfig,
     cfg: &LlamaConfig,
@@ -308,10 +310,11 @@ pub fn state_layout(
                 .map(|shape| (lin.tensor_name(layer), shape))
         })
         .collect();
-    if method.obs_update().is_some() {
-        for lin in Linear::ALL.into_iter().filter(|l| l.input_source() == *l) {
-            let i = lin.shape(cfg).1;
-            out.push((gram_key(&lin.tensor_name(layer)), vec![i, i]));
+    let update = method.update_stage();
+    for lin in Linear::ALL {
+        let name = lin.tensor_name(layer);
+        if let (Some(key), Some(shape)) = (update.state_key(&name), update.state_shape(lin, cfg)) {
+            out.push((key, shape));
         }
     }
     out

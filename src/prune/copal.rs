@@ -19,9 +19,9 @@
 
 use super::mask::{Group, Pattern};
 use super::noise::{derive_seed, gaussian};
-use super::obs::UpdateConfig;
 use super::pruner::{f32_rows, mask_by_score, LayerPruner, Pruned};
 use super::rows;
+use super::update::UpdateConfig;
 use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};

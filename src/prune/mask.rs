@@ -255,6 +255,12 @@ pub fn select(
     Ok(Mask { rows, cols, pruned })
 }
 
+/// Marks the `n` lowest-scored of one N:M group's `scores` in `out` (ties by index): the
+/// selection every N:M mask uses, also where the OBS update chooses groups as it goes.
+pub fn prune_lowest_in_group(scores: &[f32], n: usize, out: &mut [bool]) {
+    prune_lowest_small(scores, n, out)
+}
+
 /// [`prune_lowest`] for a small group (N:M, M ≤ 64 in practice) without allocating: the
 /// group's packed (order key, index) values are insertion-sorted in a stack buffer.
 fn prune_lowest_small(scores: &[f32], k: usize, out: &mut [bool]) {

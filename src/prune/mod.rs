@@ -16,6 +16,7 @@ pub mod pruner;
 pub mod ria;
 pub mod rows;
 pub mod sparsegpt;
+pub mod update;
 pub mod wanda;
 
 use crate::model::{Linear, LlamaConfig};
@@ -170,14 +171,14 @@ impl Method {
 }
 
 /// A method with its settings. Mask-only methods (COPAL, Wanda, magnitude, RIA) carry
-/// `update` ([`obs::UpdateConfig`]): their mask, then optionally the OBS reconstruction of the
-/// kept weights; SparseGPT always reconstructs; dense has nothing to set.
+/// `update` ([`update::UpdateConfig`]): their mask, then optionally an update stage (the OBS
+/// reconstruction of the kept weights); SparseGPT always reconstructs; dense has nothing to set.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MethodConfig {
     Copal(copal::CopalConfig),
-    Wanda(obs::UpdateConfig),
+    Wanda(update::UpdateConfig),
     SparseGpt(sparsegpt::SparseGptConfig),
-    Magnitude(obs::UpdateConfig),
+    Magnitude(update::UpdateConfig),
     Ria(ria::RiaConfig),
     Dense,
 }
@@ -268,15 +269,9 @@ impl MethodConfig {
             Method::Dense => MethodConfig::Dense,
         };
         cfg.validate()?;
-        // The OBS settings of a mask-only method mean something only with its update.
-        if cfg.update().is_some_and(|u| u.update.is_none()) {
-            for key in ["percdamp", "blocksize"] {
-                crate::usage_ensure!(
-                    !params.contains_key(key),
-                    key,
-                    "applies to {method} only with update obs (the reconstruction it sets up)"
-                );
-            }
+        // An update's settings mean something only with that update.
+        if let Some(u) = cfg.update() {
+            u.check_keys(method, params)?;
         }
         Ok(cfg)
     }
@@ -293,7 +288,7 @@ impl MethodConfig {
     }
 
     /// A mask-only method's reconstruction settings (None: SparseGPT and dense).
-    pub fn update(&self) -> Option<&obs::UpdateConfig> {
+    pub fn update(&self) -> Option<&update::UpdateConfig> {
         match self {
             MethodConfig::Copal(c) => Some(&c.update),
             MethodConfig::Ria(c) => Some(&c.update),
@@ -302,12 +297,10 @@ impl MethodConfig {
         }
     }
 
-    /// The OBS settings of a mask-only method with `update obs` (its kept weights are
-    /// reconstructed after its mask is chosen).
-    pub fn obs_update(&self) -> Option<obs::ObsConfig> {
-        self.update()
-            .filter(|u| u.update == obs::Update::Obs)
-            .map(|u| u.obs)
+    /// The update stage after the method's mask (`none` for SparseGPT and dense, whose own
+    /// solve is the update).
+    pub fn update_stage(&self) -> update::UpdateConfig {
+        self.update().copied().unwrap_or_default()
     }
 
     /// Refuses a mode that makes no sense for the method (a usage error about `mode`).
@@ -321,10 +314,10 @@ impl MethodConfig {
         Ok(())
     }
 
-    /// Whether a step reads calibration data: for the method's statistic, or for the XᵀX of
-    /// `update obs` (which magnitude, too, can ask for).
+    /// Whether a step reads calibration data: for the method's statistic, or for its update's
+    /// (which magnitude, too, can ask for).
     pub fn needs_data(&self) -> bool {
-        self.method().needs_data() || self.obs_update().is_some()
+        self.method().needs_data() || self.update_stage().reads_data()
     }
 
     /// The pruner of one linear: `w` its weight, `prior` the statistic carried from earlier
@@ -362,12 +355,7 @@ impl MethodConfig {
             MethodConfig::Ria(_) => ria::flops(i, windows, t),
             MethodConfig::Magnitude(_) | MethodConfig::Dense => 0.0,
         };
-        // `update obs`: XᵀX once per distinct input, the factorisation and the OBS update.
-        let update = self
-            .obs_update()
-            .map(|c| c.flops(o, i, windows, t, lin.input_source() == lin))
-            .unwrap_or(0.0);
-        own + update
+        own + self.update_stage().flops(lin, cfg, windows, t)
     }
 }
 
@@ -428,7 +416,7 @@ mod tests {
         assert!(MethodConfig::from_params(Method::Wanda, &damp).is_err());
         let obs = params(serde_json::json!({"percdamp": 0.1, "update": "obs"}));
         let w = MethodConfig::from_params(Method::Wanda, &obs).unwrap();
-        assert_eq!(w.obs_update().unwrap().percdamp, 0.1);
+        assert_eq!(w.update_stage().obs.percdamp, 0.1);
         assert!(w.needs_data());
         let m = MethodConfig::from_params(Method::Magnitude, &obs).unwrap();
         assert!(m.needs_data() && !m.method().needs_data());

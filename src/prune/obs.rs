@@ -69,40 +69,6 @@ impl ObsConfig {
     }
 }
 
-/// Whether a mask-only method's kept weights are reconstructed after its mask is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Update {
-    /// Mask the dense weights (the method as published).
-    #[default]
-    None,
-    /// Then reconstruct the kept weights by the OBS update from XᵀX, the mask given.
-    Obs,
-}
-
-crate::display_as_value!(Update);
-
-impl Update {
-    pub fn is_none(&self) -> bool {
-        *self == Update::None
-    }
-}
-
-/// A mask-only method's reconstruction settings: `update`, and the OBS update's.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-#[serde(default)]
-pub struct UpdateConfig {
-    pub update: Update,
-    #[serde(flatten)]
-    pub obs: ObsConfig,
-}
-
-impl UpdateConfig {
-    pub fn validate(&self) -> Result<()> {
-        self.obs.validate()
-    }
-}
-
 /// The state's name for the XᵀX of a weight's input (`update obs`; SparseGPT stores its XᵀX
 /// under the weight's own name, being its only statistic).
 pub fn gram_key(weight: &str) -> String {
@@ -113,6 +79,46 @@ pub fn gram_key(weight: &str) -> String {
 pub fn add_gram(acc: &mut super::rows::Sum, x: &Tensor) -> Result<()> {
     let x = f32_rows(x)?;
     acc.add(&x.t()?.matmul(&x)?)
+}
+
+/// `update obs`'s input statistic: Σ x xᵀ over the windows, after the state's.
+pub struct Gram(super::rows::Sum);
+
+impl Gram {
+    pub fn new(prior: Option<Tensor>) -> Result<Self> {
+        let mut sum = super::rows::Sum::default();
+        if let Some(p) = prior {
+            sum.add(&p)?;
+        }
+        Ok(Self(sum))
+    }
+}
+
+impl super::pruner::InputStatistic for Gram {
+    fn observe(&mut self, x: &Tensor) -> Result<()> {
+        add_gram(&mut self.0, x)
+    }
+
+    fn finish(self: Box<Self>) -> Result<Option<Tensor>> {
+        self.0.into_tensor()
+    }
+}
+
+/// `update obs`: the method's mask stays, its kept weights move to fit XWᵀ again; `done`'s
+/// weight and reconstruction error are replaced, and the masked weight's error reported.
+pub fn apply_given(
+    dense: &Tensor,
+    done: &mut super::pruner::Pruned,
+    xtx: &Tensor,
+    cfg: ObsConfig,
+) -> Result<super::pruner::Applied> {
+    let r = reconstruct(dense, xtx, cfg, MaskChoice::Given(&done.mask))?;
+    let mask_error = relative_output_error(dense, &done.weight, xtx)?;
+    done.weight = r.weight;
+    done.recon_error = Some(r.recon_error);
+    Ok(super::pruner::Applied {
+        mask_error: Some(mask_error),
+    })
 }
 
 /// How the mask of the OBS update is decided.
@@ -156,11 +162,8 @@ pub fn reconstruct(
             m.cols
         );
     }
-    // H = XᵀX: the OBS update, the mask scores and the relative damping are all invariant
-    // to the scale of H, so the anchors' 2/n factor is left out (sums then merge by addition).
     let hf = xtx.flatten_all()?.to_vec1::<f32>()?;
     let mut w = w_dense.flatten_all()?.to_vec1::<f32>()?;
-    let w0 = w_dense.clone();
     let dead: Vec<bool> = (0..cols).map(|j| hf[j * cols + j] == 0.0).collect();
     // SparseGPT zeroes the weights of dead inputs (they meet no data); a given mask keeps
     // them, and with H_jj = 1 and no coupling a kept dead weight stays as it is.
@@ -171,6 +174,52 @@ pub fn reconstruct(
             }
         }
     }
+    let u = inverse_factor(hf, cols, &dead, cfg.percdamp)?;
+    // The N:M pattern whose groups the blocks must hold whole (selected; a given mask is
+    // taken as it is).
+    let nm = match choice {
+        MaskChoice::Select {
+            pattern: Pattern::NM { n, m },
+            ..
+        } => Some((*n, *m)),
+        _ => None,
+    };
+    let bs = match nm {
+        Some((n, m)) => {
+            ensure!(
+                cols % m == 0,
+                "the {n}:{m} pattern needs an input width divisible by {m}, got {cols}"
+            );
+            cfg.blocksize.div_ceil(m) * m
+        }
+        None => cfg.blocksize,
+    };
+    let mut pruned = vec![false; rows * cols];
+    let mut i1 = 0;
+    while i1 < cols {
+        let i2 = (i1 + bs).min(cols);
+        let b = i2 - i1;
+        let mut block_mask = block_mask(&choice, &w, &u, (rows, cols), (i1, i2))?;
+        let err = prune_block(&mut w, &mut block_mask, &u, cols, (i1, i2), nm);
+        for r in 0..rows {
+            pruned[r * cols + i1..r * cols + i2].copy_from_slice(&block_mask[r * b..(r + 1) * b]);
+        }
+        update_right_of_block(&mut w, err, &u, (rows, cols), (i1, i2))?;
+        i1 = i2;
+    }
+    let weight = Tensor::from_vec(w, (rows, cols), &Device::Cpu)?.to_device(w_dense.device())?;
+    let recon_error = relative_output_error(&w_dense, &weight, xtx)?;
+    Ok(Reconstructed {
+        weight,
+        mask: Mask { rows, cols, pruned },
+        recon_error,
+    })
+}
+
+/// U, the upper Cholesky factor of (H + λI)⁻¹ (f32, n × n), from H = `hf`: dead inputs get
+/// H_jj = 1, λ = percdamp · mean(diag H), raised tenfold (at most six times) while the
+/// factorisation fails.
+fn inverse_factor(hf: Vec<f32>, cols: usize, dead: &[bool], percdamp: f64) -> Result<Vec<f32>> {
     let diag = |j: usize| {
         if dead[j] {
             1.0
@@ -188,7 +237,7 @@ pub fn reconstruct(
         }
         Mat { n: cols, a }
     };
-    let mut damp = cfg.percdamp * mean_diag;
+    let mut damp = percdamp * mean_diag;
     let mut tries = 0;
     let u = loop {
         match upper_cholesky_of_inverse(damped(damp)) {
@@ -200,140 +249,134 @@ pub fn reconstruct(
                     1e-6 * mean_diag.max(1e-12)
                 };
                 crate::ui::info(format!(
-                    "warning: SparseGPT Cholesky failed ({e}); raising damping from {damp:e} to {next:e}"
+                    "warning: OBS update: the Cholesky factorisation of XᵀX failed ({e}); \
+                     raising the damping from {damp:e} to {next:e}"
                 ));
                 damp = next;
                 tries += 1;
             }
             Err(e) => {
-                bail!("SparseGPT: H is not positive definite even with damping {damp:e}: {e}")
+                bail!("OBS update: XᵀX is not positive definite even with damping {damp:e}: {e}")
             }
         }
     };
-    drop(hf);
-    let u32: Vec<f32> = u.a.iter().map(|&v| v as f32).collect();
-    drop(u);
-    let mut pruned = vec![false; rows * cols];
-    // The N:M pattern whose groups the blocks must hold whole (selected, or given).
-    let nm = match choice {
-        MaskChoice::Select { pattern, .. } => match pattern {
-            Pattern::NM { n, m } => Some((*n, *m)),
-            _ => None,
-        },
-        MaskChoice::Given(_) => None,
-    };
-    let bs = match nm {
-        Some((n, m)) => {
-            let pattern = Pattern::NM { n, m };
-            ensure!(
-                cols % m == 0,
-                "the {pattern} pattern needs an input width divisible by {m}, got {cols}"
-            );
-            // Blocks must hold whole N:M groups.
-            cfg.blocksize.div_ceil(m) * m
-        }
-        _ => cfg.blocksize,
-    };
-    let mut i1 = 0;
-    while i1 < cols {
-        let i2 = (i1 + bs).min(cols);
-        let b = i2 - i1;
-        let diag: Vec<f32> = (i1..i2).map(|j| u32[j * cols + j]).collect();
-        // Block mask: given, or for unstructured sparsity chosen from the current
-        // (updated) weights.
-        let mut block_mask = vec![false; rows * b];
-        if let MaskChoice::Given(m) = &choice {
+    Ok(u.a.iter().map(|&v| v as f32).collect())
+}
+
+/// The mask of columns i1..i2 (rows × b) before the block is pruned: the given one, or for
+/// unstructured sparsity chosen from the current (updated) weights by w² / U_jj² (the group
+/// applies within the block: `matrix` = the whole block over all rows, as the reference
+/// implementation does; `row` = each row's slice of it). N:M is chosen column by column in
+/// [`prune_block`].
+fn block_mask(
+    choice: &MaskChoice,
+    w: &[f32],
+    u: &[f32],
+    (rows, cols): (usize, usize),
+    (i1, i2): (usize, usize),
+) -> Result<Vec<bool>> {
+    let b = i2 - i1;
+    match *choice {
+        MaskChoice::Given(m) => {
+            let mut out = vec![false; rows * b];
             for r in 0..rows {
-                block_mask[r * b..(r + 1) * b]
-                    .copy_from_slice(&m.pruned[r * cols + i1..r * cols + i2]);
+                out[r * b..(r + 1) * b].copy_from_slice(&m.pruned[r * cols + i1..r * cols + i2]);
             }
+            Ok(out)
         }
-        if let MaskChoice::Select {
+        MaskChoice::Select {
             pattern: Pattern::Unstructured { percent },
             group,
-        } = choice
-        {
+        } => {
             let score: Vec<f32> = (0..rows * b)
                 .map(|k| {
                     let (r, c) = (k / b, k % b);
-                    let v = w[r * cols + i1 + c];
-                    v * v / (diag[c] * diag[c])
+                    let (v, d) = (w[r * cols + i1 + c], u[(i1 + c) * cols + i1 + c]);
+                    v * v / (d * d)
                 })
                 .collect();
-            // The group applies within the block: `matrix` = the whole block over all
-            // rows (the reference implementation), `row` = each row's slice of the block.
-            let m = mask::select(
-                &score,
-                rows,
-                b,
-                &Pattern::Unstructured { percent: *percent },
-                group,
-            )?;
-            block_mask = m.pruned;
+            let p = Pattern::Unstructured { percent: *percent };
+            Ok(mask::select(&score, rows, b, &p, group)?.pruned)
         }
-        // Rows are independent inside a block.
-        let mut err = vec![0f32; rows * b];
-        w.par_chunks_mut(cols)
-            .zip(block_mask.par_chunks_mut(b))
-            .zip(err.par_chunks_mut(b))
-            .for_each(|((row, bm), e)| {
-                for i in 0..b {
-                    if let Some((n, m)) = nm {
-                        if i % m == 0 {
-                            let s: Vec<f32> = (i..i + m)
-                                .map(|c| row[i1 + c] * row[i1 + c] / (diag[c] * diag[c]))
-                                .collect();
-                            let mut idx: Vec<usize> = (0..m).collect();
-                            idx.sort_by(|&a, &b| s[a].total_cmp(&s[b]).then(a.cmp(&b)));
-                            for &k in &idx[..n] {
-                                bm[i + k] = true;
-                            }
-                        }
-                    }
-                    let wv = row[i1 + i];
-                    let q = if bm[i] { 0.0 } else { wv };
-                    let d = diag[i];
-                    let ev = (wv - q) / d;
-                    let urow = &u32[(i1 + i) * cols + i1 + i..(i1 + i) * cols + i2];
-                    for (k, uv) in urow.iter().enumerate() {
-                        row[i1 + i + k] -= ev * uv;
-                    }
-                    row[i1 + i] = q;
-                    e[i] = ev;
-                }
-            });
-        for r in 0..rows {
-            for c in 0..b {
-                pruned[r * cols + i1 + c] = block_mask[r * b + c];
-            }
-        }
-        // Lazy batch update of the columns right of the block: W[:, i2:] −= Err · U[i1:i2, i2:].
-        if i2 < cols {
-            let rest = cols - i2;
-            let e = Tensor::from_vec(err, (rows, b), &Device::Cpu)?;
-            let mut ublk = Vec::with_capacity(b * rest);
-            for j in i1..i2 {
-                ublk.extend_from_slice(&u32[j * cols + i2..(j + 1) * cols]);
-            }
-            let ublk = Tensor::from_vec(ublk, (b, rest), &Device::Cpu)?;
-            let upd = e.matmul(&ublk)?.flatten_all()?.to_vec1::<f32>()?;
-            w.par_chunks_mut(cols)
-                .zip(upd.par_chunks(rest))
-                .for_each(|(row, u)| {
-                    for (a, d) in row[i2..].iter_mut().zip(u) {
-                        *a -= d;
-                    }
-                });
-        }
-        i1 = i2;
+        MaskChoice::Select { .. } => Ok(vec![false; rows * b]),
     }
-    let weight = Tensor::from_vec(w, (rows, cols), &Device::Cpu)?.to_device(w_dense.device())?;
-    let recon_error = relative_output_error(&w0, &weight, xtx)?;
-    Ok(Reconstructed {
-        weight,
-        mask: Mask { rows, cols, pruned },
-        recon_error,
-    })
+}
+
+/// Prunes columns i1..i2 of every row one column at a time (rows are independent inside a
+/// block): with e = (w_j − q_j) / U_jj, W[r, j:i2] −= e · U[j, j:i2]. Returns the errors e
+/// (rows × b) for the columns right of the block. N:M groups are chosen here, as each group's
+/// first column is reached, from the updated weights.
+fn prune_block(
+    w: &mut [f32],
+    block_mask: &mut [bool],
+    u: &[f32],
+    cols: usize,
+    (i1, i2): (usize, usize),
+    nm: Option<(usize, usize)>,
+) -> Vec<f32> {
+    let b = i2 - i1;
+    let diag: Vec<f32> = (i1..i2).map(|j| u[j * cols + j]).collect();
+    let mut err = vec![0f32; block_mask.len()];
+    w.par_chunks_mut(cols)
+        .zip(block_mask.par_chunks_mut(b))
+        .zip(err.par_chunks_mut(b))
+        .for_each(|((row, bm), e)| {
+            for i in 0..b {
+                if let Some((n, m)) = nm.filter(|(_, m)| i % m == 0) {
+                    let (mut stack, mut heap) = ([0f32; 64], Vec::new());
+                    let s: &mut [f32] = if m <= stack.len() {
+                        &mut stack[..m]
+                    } else {
+                        heap.resize(m, 0.0);
+                        &mut heap
+                    };
+                    for (k, v) in s.iter_mut().enumerate() {
+                        let c = i + k;
+                        *v = row[i1 + c] * row[i1 + c] / (diag[c] * diag[c]);
+                    }
+                    mask::prune_lowest_in_group(s, n, &mut bm[i..i + m]);
+                }
+                let wv = row[i1 + i];
+                let q = if bm[i] { 0.0 } else { wv };
+                let ev = (wv - q) / diag[i];
+                let urow = &u[(i1 + i) * cols + i1 + i..(i1 + i) * cols + i2];
+                for (k, uv) in urow.iter().enumerate() {
+                    row[i1 + i + k] -= ev * uv;
+                }
+                row[i1 + i] = q;
+                e[i] = ev;
+            }
+        });
+    err
+}
+
+/// The lazy batch update of the columns right of the block: W[:, i2:] −= Err · U[i1:i2, i2:].
+fn update_right_of_block(
+    w: &mut [f32],
+    err: Vec<f32>,
+    u: &[f32],
+    (rows, cols): (usize, usize),
+    (i1, i2): (usize, usize),
+) -> Result<()> {
+    if i2 >= cols {
+        return Ok(());
+    }
+    let (b, rest) = (i2 - i1, cols - i2);
+    let e = Tensor::from_vec(err, (rows, b), &Device::Cpu)?;
+    let mut ublk = Vec::with_capacity(b * rest);
+    for j in i1..i2 {
+        ublk.extend_from_slice(&u[j * cols + i2..(j + 1) * cols]);
+    }
+    let ublk = Tensor::from_vec(ublk, (b, rest), &Device::Cpu)?;
+    let upd = e.matmul(&ublk)?.flatten_all()?.to_vec1::<f32>()?;
+    w.par_chunks_mut(cols)
+        .zip(upd.par_chunks(rest))
+        .for_each(|(row, u)| {
+            for (a, d) in row[i2..].iter_mut().zip(u) {
+                *a -= d;
+            }
+        });
+    Ok(())
 }
 
 /// ‖X W₀ᵀ − X Wᵀ‖² / ‖X W₀ᵀ‖² = tr(ΔW H ΔWᵀ) / tr(W₀ H W₀ᵀ), with H ∝ XᵀX, computed where H

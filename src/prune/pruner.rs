@@ -30,6 +30,21 @@ pub trait LayerPruner {
     fn finish(self: Box<Self>, pattern: &Pattern, group: Group) -> Result<Pruned>;
 }
 
+/// One input statistic of an update, accumulated over the calibration windows in order.
+pub trait InputStatistic {
+    /// Adds one window's input rows X (tokens × in).
+    fn observe(&mut self, x: &Tensor) -> Result<()>;
+    /// The sum so far (None: no tokens and no prior).
+    fn finish(self: Box<Self>) -> Result<Option<Tensor>>;
+}
+
+/// What an update did to one linear, for the run record.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// ‖XWᵀ − XŴᵀ‖²/‖XWᵀ‖² of the method's mask alone, where the update measures it.
+    pub mask_error: Option<f64>,
+}
+
 /// Selects the mask from `score` (same shape as `w`) and applies it to `w`.
 pub fn mask_by_score(
     w: &Tensor,

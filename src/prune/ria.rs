@@ -11,8 +11,8 @@
 //! update.
 
 use super::mask::{Group, Pattern};
-use super::obs::UpdateConfig;
 use super::pruner::{mask_by_score, LayerPruner, Pruned};
+use super::update::UpdateConfig;
 use super::wanda::WandaPruner;
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};

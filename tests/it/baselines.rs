@@ -861,11 +861,11 @@ fn update_obs_continues_through_the_state() {
     assert!(names.contains(&"model.layers.0.self_attn.q_proj.weight".to_string()));
     assert!(names.contains(&"model.layers.0.self_attn.q_proj.weight.xtx".to_string()));
     assert!(!names.contains(&"model.layers.0.self_attn.k_proj.weight.xtx".to_string()));
-    // A state made without the update holds no XᵀX.
+    // A state made without the update holds no input statistic (XᵀX) for the update.
     let plain = tmp.join("plain.state");
     assert_eq!(run(&a, "plain-a", &plain, &[]).0 .0, 0);
     let (r, _) = run(&b, "plain-b", &plain, &obs);
-    assert_user_error(&r, "holds no XᵀX for --update obs");
+    assert_user_error(&r, "holds no input statistic for --update obs");
     assert!(
         r.2.contains("start a new state file with --update obs"),
         "{}",
