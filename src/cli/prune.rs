@@ -9,6 +9,7 @@ use copal::prune::allocate::AllocationKind;
 use copal::prune::copal::{Aggregation, CopalConfig, PerturbationKind};
 use copal::prune::obs::ObsConfig;
 use copal::prune::ria::RiaConfig;
+use copal::prune::update::dsnot::{DsnotConfig, Skip};
 use copal::prune::update::Update;
 use copal::prune::{Group, Method, MethodConfig, Mode};
 use copal::{continual, report};
@@ -173,6 +174,9 @@ pub struct PruneArgs {
     pub update: UpdateArgs,
 
     #[command(flatten)]
+    pub dsnot: DsnotArgs,
+
+    #[command(flatten)]
     pub ria: RiaArgs,
 
     #[command(flatten)]
@@ -229,6 +233,27 @@ pub struct UpdateArgs {
     pub blocksize: usize,
 }
 
+/// DSnoT's flags (a mask-only method with --update dsnot).
+#[derive(Debug, Clone, Args, Serialize)]
+#[command(next_help_heading = "Mask refinement (copal, wanda, magnitude, ria with --update dsnot)")]
+pub struct DsnotArgs {
+    /// Most grow-and-prune cycles per matrix.
+    #[arg(long = "dsnot-cycles", default_value_t = DsnotConfig::default().dsnot_cycles, value_name = "N")]
+    pub dsnot_cycles: usize,
+
+    /// A row stops swapping once its expected output error |Σ_pruned W·x̄| is at most this.
+    #[arg(long = "dsnot-threshold", default_value_t = DsnotConfig::default().dsnot_threshold, value_name = "E", value_parser = finite)]
+    pub dsnot_threshold: f64,
+
+    /// Power of the input variance dividing the growing score.
+    #[arg(long = "dsnot-var-power", default_value_t = DsnotConfig::default().dsnot_var_power, value_name = "P", allow_negative_numbers = true, value_parser = finite)]
+    pub dsnot_var_power: f64,
+
+    /// Linears left as the method pruned them (the authors skip the MLP).
+    #[arg(long = "dsnot-skip", value_enum, default_value_t = DsnotConfig::default().dsnot_skip)]
+    pub dsnot_skip: Skip,
+}
+
 /// RIA's flags.
 #[derive(Debug, Clone, Args, Serialize)]
 #[command(next_help_heading = "RIA (--method ria)")]
@@ -250,6 +275,7 @@ fn method_groups(a: &PruneArgs) -> Vec<(&'static str, Value)> {
     vec![
         ("CopalArgs", to_json(&a.copal)),
         ("UpdateArgs", to_json(&a.update)),
+        ("DsnotArgs", to_json(&a.dsnot)),
         ("RiaArgs", to_json(&a.ria)),
     ]
 }
@@ -431,6 +457,12 @@ mod tests {
                 update: Update::None,
                 percdamp: 0.0,
                 blocksize: 1,
+            },
+            dsnot: DsnotArgs {
+                dsnot_cycles: 1,
+                dsnot_threshold: 0.0,
+                dsnot_var_power: 0.0,
+                dsnot_skip: Skip::None,
             },
             ria: RiaArgs { a: 0.5 },
             output: OutputArgs {

@@ -9,11 +9,14 @@
 //! line in each match below. The layer walk (`calib.rs`), the state layout and the settings
 //! checks read only this table.
 
+pub mod dsnot;
+
 use super::obs::{self, ObsConfig};
 use super::pruner::{Applied, InputStatistic, Pruned};
 use crate::model::{Linear, LlamaConfig};
 use anyhow::Result;
 use candle_core::Tensor;
+use dsnot::DsnotConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -26,12 +29,14 @@ pub enum Update {
     None,
     /// Then reconstruct the kept weights by the OBS update from XᵀX, the mask given.
     Obs,
+    /// Then refine the mask by DSnoT's grow-and-prune cycles (the weights stay dense).
+    Dsnot,
 }
 
 crate::display_as_value!(Update);
 
 impl Update {
-    pub const ALL: [Update; 2] = [Update::None, Update::Obs];
+    pub const ALL: [Update; 3] = [Update::None, Update::Obs, Update::Dsnot];
 
     pub fn is_none(&self) -> bool {
         *self == Update::None
@@ -46,6 +51,8 @@ pub struct UpdateConfig {
     pub update: Update,
     #[serde(flatten)]
     pub obs: ObsConfig,
+    #[serde(flatten)]
+    pub dsnot: DsnotConfig,
 }
 
 fn keys_of(v: impl Serialize) -> Vec<String> {
@@ -61,18 +68,20 @@ impl UpdateConfig {
         match update {
             Update::None => Vec::new(),
             Update::Obs => keys_of(ObsConfig::default()),
+            Update::Dsnot => keys_of(DsnotConfig::default()),
         }
     }
 
     pub fn validate(&self) -> Result<()> {
-        self.obs.validate()
+        self.obs.validate()?;
+        self.dsnot.validate()
     }
 
     /// Refuses a pattern the update cannot keep.
     pub fn check(&self, pattern: &super::Pattern) -> Result<()> {
-        let _ = pattern;
         match self.update {
             Update::None | Update::Obs => Ok(()),
+            Update::Dsnot => self.dsnot.check(pattern),
         }
     }
 
@@ -104,6 +113,7 @@ impl UpdateConfig {
         match self.update {
             Update::None => None,
             Update::Obs => Some(obs::gram_key(weight)),
+            Update::Dsnot => Some(dsnot::moments_key(weight)),
         }
     }
 
@@ -117,6 +127,7 @@ impl UpdateConfig {
         match self.update {
             Update::None => None,
             Update::Obs => Some(vec![i, i]),
+            Update::Dsnot => Some(vec![4, i]),
         }
     }
 
@@ -125,6 +136,7 @@ impl UpdateConfig {
         Ok(match self.update {
             Update::None => None,
             Update::Obs => Some(Box::new(obs::Gram::new(prior)?)),
+            Update::Dsnot => Some(dsnot::statistic(prior)?),
         })
     }
 
@@ -132,7 +144,7 @@ impl UpdateConfig {
     /// `dense`), from the statistic of its input.
     pub fn apply(
         &self,
-        _lin: Linear,
+        lin: Linear,
         dense: &Tensor,
         done: &mut Pruned,
         stat: &Tensor,
@@ -140,6 +152,7 @@ impl UpdateConfig {
         match self.update {
             Update::None => Ok(Applied::default()),
             Update::Obs => obs::apply_given(dense, done, stat, self.obs),
+            Update::Dsnot => dsnot::apply(&self.dsnot, lin, dense, done, stat),
         }
     }
 
@@ -150,6 +163,7 @@ impl UpdateConfig {
         match self.update {
             Update::None => 0.0,
             Update::Obs => self.obs.flops(o, i, windows, t, source),
+            Update::Dsnot => self.dsnot.flops(o, i, windows, t, source),
         }
     }
 }
