@@ -440,10 +440,13 @@ mod tests {
             let c = MethodConfig::defaults(m);
             assert_eq!(c.method(), m);
             let mut p = c.params();
-            if c.update().is_some() {
-                // The OBS settings are refused without `update obs`.
-                p.remove("percdamp");
-                p.remove("blocksize");
+            if let Some(u) = c.update() {
+                // An update's settings are refused unless it is chosen.
+                for other in update::Update::ALL.into_iter().filter(|x| *x != u.update) {
+                    for key in update::UpdateConfig::keys(other) {
+                        p.remove(&key);
+                    }
+                }
             }
             assert_eq!(MethodConfig::from_params(m, &p).unwrap(), c);
             assert_eq!(m.to_string().parse::<Method>().unwrap(), m);
