@@ -277,11 +277,9 @@ impl Observers {
             } else {
                 None
             });
-            inputs.push(match update.state_key(&name) {
-                Some(key) if update.state_shape(lin, &model.cfg).is_some() => {
-                    update.statistic(carried(&key)?)?
-                }
-                _ => None,
+            inputs.push(match update.state_entry(lin, l, &model.cfg) {
+                Some((key, _)) => update.statistic(carried(&key)?)?,
+                None => None,
             });
         }
         Ok(Self { pruners, inputs })
@@ -492,7 +490,9 @@ fn finish_layer(
             if let (Some(st), true) = (done.state.as_ref(), own) {
                 state.write_tensor(&name, st)?;
             }
-            if let (Some(st), Some(key)) = (inputs[k].as_ref(), update.state_key(&name)) {
+            if let (Some(st), Some((key, _))) =
+                (inputs[k].as_ref(), update.state_entry(*lin, l, &model.cfg))
+            {
                 state.write_tensor(&key, st)?;
             }
         }

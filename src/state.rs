@@ -311,12 +311,11 @@ pub fn state_layout(
         })
         .collect();
     let update = method.update_stage();
-    for lin in Linear::ALL {
-        let name = lin.tensor_name(layer);
-        if let (Some(key), Some(shape)) = (update.state_key(&name), update.state_shape(lin, cfg)) {
-            out.push((key, shape));
-        }
-    }
+    out.extend(
+        Linear::ALL
+            .into_iter()
+            .filter_map(|lin| update.state_entry(lin, layer, cfg)),
+    );
     out
 }
 

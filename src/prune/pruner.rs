@@ -1,4 +1,5 @@
-//! The one trait every pruning method implements, and the masking every mask-only method
+//! The one trait every pruning method implements ([`LayerPruner`]), the one every update's
+//! input statistic implements ([`InputStatistic`]), and the masking every mask-only method
 //! shares.
 //!
 //! A [`LayerPruner`] is built with the weight it prunes (and, for methods that carry

@@ -108,26 +108,23 @@ impl UpdateConfig {
         !self.update.is_none()
     }
 
-    /// The state's name for the statistic kept under `weight` (an input source's name).
-    pub fn state_key(&self, weight: &str) -> Option<String> {
-        match self.update {
-            Update::None => None,
-            Update::Obs => Some(obs::gram_key(weight)),
-            Update::Dsnot => Some(dsnot::moments_key(weight)),
-        }
-    }
-
-    /// The shape of the statistic kept under `lin` (None: it keeps none there; statistics are
-    /// kept under input sources only).
-    pub fn state_shape(&self, lin: Linear, cfg: &LlamaConfig) -> Option<Vec<usize>> {
+    /// The name and shape of the statistic the state keeps for `lin` of `layer` (None: none
+    /// there; statistics are kept under input sources only, q for q/k/v, o, gate for gate/up,
+    /// down).
+    pub fn state_entry(
+        &self,
+        lin: Linear,
+        layer: usize,
+        cfg: &LlamaConfig,
+    ) -> Option<(String, Vec<usize>)> {
         if lin.input_source() != lin {
             return None;
         }
-        let i = lin.shape(cfg).1;
+        let (name, i) = (lin.tensor_name(layer), lin.shape(cfg).1);
         match self.update {
             Update::None => None,
-            Update::Obs => Some(vec![i, i]),
-            Update::Dsnot => Some(vec![4, i]),
+            Update::Obs => Some((obs::gram_key(&name), vec![i, i])),
+            Update::Dsnot => Some((dsnot::moments_key(&name), vec![4, i])),
         }
     }
 

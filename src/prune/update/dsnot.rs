@@ -159,25 +159,34 @@ impl InputStatistic for Moments {
             "DSnoT's moments are {} wide, the input {n}",
             sums[0].len()
         );
-        // Per input column: Σx, Σx² and the two-pass population variance of this window.
-        let cols: Vec<(f64, f64, f64)> = (0..n)
+        // Per input column: Σx, Σx² and the two-pass population variance of this window,
+        // rows added in order. Tasks take blocks of columns and walk the rows, so that the
+        // (tokens × in) window is read along its rows.
+        const BLOCK: usize = 256;
+        let blocks: Vec<Vec<(f64, f64, f64)>> = (0..n.div_ceil(BLOCK))
             .into_par_iter()
-            .map(|j| {
-                let (mut s, mut q) = (0f64, 0f64);
-                for r in 0..t {
-                    let a = v[r * n + j] as f64;
-                    s += a;
-                    q += a * a;
+            .map(|b| {
+                let (c0, c1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
+                let (mut sum, mut sq) = (vec![0f64; c1 - c0], vec![0f64; c1 - c0]);
+                for row in v.chunks(n) {
+                    for (k, &a) in row[c0..c1].iter().enumerate() {
+                        sum[k] += a as f64;
+                        sq[k] += a as f64 * a as f64;
+                    }
                 }
-                let mean = s / t as f64;
-                let var = (0..t)
-                    .map(|r| (v[r * n + j] as f64 - mean).powi(2))
-                    .sum::<f64>()
-                    / t as f64;
-                (s, q, var)
+                let mean: Vec<f64> = sum.iter().map(|s| s / t as f64).collect();
+                let mut dev = vec![0f64; c1 - c0];
+                for row in v.chunks(n) {
+                    for (k, &a) in row[c0..c1].iter().enumerate() {
+                        dev[k] += (a as f64 - mean[k]).powi(2);
+                    }
+                }
+                (0..c1 - c0)
+                    .map(|k| (sum[k], sq[k], dev[k] / t as f64))
+                    .collect()
             })
             .collect();
-        for (j, (s, q, var)) in cols.into_iter().enumerate() {
+        for (j, (s, q, var)) in blocks.into_iter().flatten().enumerate() {
             sums[0][j] += s;
             sums[1][j] += q;
             sums[2][j] += var;
