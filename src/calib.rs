@@ -37,6 +37,12 @@ pub struct StepSettings {
 }
 
 impl StepSettings {
+    /// Whether the step reads calibration windows (the plan's
+    /// [`PrunePlan::reads_calibration`]).
+    pub fn reads_calibration(&self) -> bool {
+        self.method.needs_data() || self.allocate.reads_data()
+    }
+
     /// The settings a run's plan gives the step on `dataset`.
     pub fn of(plan: &PrunePlan, dataset: String) -> Self {
         Self {
@@ -93,22 +99,12 @@ pub fn step_flops(
     windows: usize,
     t: usize,
 ) -> f64 {
-    let owl = !s.allocate.is_uniform();
-    if !s.method.needs_data() && !owl {
+    if !s.reads_calibration() {
         return 0.0;
     }
     let (w, tf) = (windows as f64, t as f64);
     let fwd = layer_forward_flops(cfg, t);
-    // OWL's dense pass: one more forward and Wanda's Σx² per linear.
-    let allocation = if owl {
-        w * fwd
-            + Linear::ALL
-                .iter()
-                .map(|l| crate::prune::wanda::flops(l.shape(cfg).1, w, tf))
-                .sum::<f64>()
-    } else {
-        0.0
-    };
+    let allocation = s.allocate.flops(cfg, w, tf, fwd);
     let per_linear: f64 = Linear::ALL
         .iter()
         .map(|l| s.method.flops(*l, cfg, w, tf))
@@ -412,7 +408,7 @@ pub fn run_step(
         layer_sparsity: rec.layer_sparsity,
         sparsity: z as f64 / n.max(1) as f64,
         seconds: started.elapsed().as_secs_f64(),
-        calib_tokens: if uses_data || !s.allocate.is_uniform() {
+        calib_tokens: if s.reads_calibration() {
             windows.len() * seqlen
         } else {
             0

@@ -10,7 +10,7 @@
 use crate::data::{Dataset, Split};
 use crate::device::ComputeDtype;
 use crate::model::{Linear, LlamaConfig};
-use crate::prune::allocate::{Allocation, AllocationKind};
+use crate::prune::allocate::Allocation;
 use crate::prune::{Group, Method, MethodConfig, Mode, Pattern, DEFAULT_METHOD};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -58,10 +58,8 @@ pub struct Request {
     pub pattern: Option<String>,
     pub group: Option<Group>,
     pub propagate: Option<Propagate>,
-    /// How the sparsity is spread over the layers, with OWL's M and λ.
-    pub allocate: Option<AllocationKind>,
-    pub owl_m: Option<f64>,
-    pub owl_lambda: Option<f64>,
+    /// How the sparsity is spread over the layers (the allocation stage's settings).
+    pub allocate: Option<Allocation>,
     pub nsamples: Option<usize>,
     pub seqlen: Option<usize>,
     pub calib_batch: Option<usize>,
@@ -191,11 +189,7 @@ impl PrunePlan {
                 "applies to unstructured sparsity; {pattern} groups are fixed by the pattern"
             );
         }
-        let allocate = Allocation::new(
-            r.allocate.unwrap_or(AllocationKind::Uniform),
-            r.owl_m,
-            r.owl_lambda,
-        )?;
+        let allocate = r.allocate.unwrap_or_default();
         allocate.check(&pattern)?;
         method.update_stage().check(&pattern)?;
         crate::usage_ensure!(
@@ -272,6 +266,12 @@ impl PrunePlan {
             device,
             dtype: r.dtype,
         })
+    }
+
+    /// Whether a step of this plan reads calibration windows: for the method's statistic, its
+    /// update's, or the allocation's dense pass.
+    pub fn reads_calibration(&self) -> bool {
+        self.method.needs_data() || self.allocate.reads_data()
     }
 
     /// Completes the plan for a model: window length, calibration batch and compute dtype

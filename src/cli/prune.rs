@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use copal::plan::{Propagate, PrunePlan, Request};
-use copal::prune::allocate::AllocationKind;
+use copal::prune::allocate::{Allocation, AllocationKind};
 use copal::prune::copal::{Aggregation, CopalConfig, PerturbationKind};
 use copal::prune::obs::ObsConfig;
 use copal::prune::ria::RiaConfig;
@@ -80,23 +80,6 @@ pub struct PruneArgs {
     #[arg(long, value_enum)]
     pub group: Option<Group>,
 
-    /// How the sparsity is spread over the decoder layers: the same everywhere, or OWL's
-    /// outlier-weighted layer sparsities (Yin et al., ICML 2024; any method, unstructured).
-    ///
-    /// owl adds a dense pass over the calibration windows: each layer's share of Wanda scores
-    /// above --owl-m times their mean sets its density, spread over ±--owl-lambda around
-    /// 1 − sparsity, so the mean sparsity is unchanged.
-    #[arg(long, value_enum, default_value_t = AllocationKind::Uniform)]
-    pub allocate: AllocationKind,
-
-    /// OWL: outlier threshold M, a multiple of the layer's mean Wanda score [default: 5].
-    #[arg(long, value_name = "M", value_parser = finite)]
-    pub owl_m: Option<f64>,
-
-    /// OWL: half-width λ of the range of layer densities [default: 0.08].
-    #[arg(long, value_name = "LAMBDA", value_parser = finite)]
-    pub owl_lambda: Option<f64>,
-
     /// Which activations feed the next layer: those of the pruned layer, or the dense one.
     #[arg(long, value_enum, default_value_t = copal::plan::DEFAULT_PROPAGATE)]
     pub propagate: Propagate,
@@ -168,6 +151,9 @@ pub struct PruneArgs {
     pub dry_run: bool,
 
     #[command(flatten)]
+    pub allocate: AllocateArgs,
+
+    #[command(flatten)]
     pub copal: CopalArgs,
 
     #[command(flatten)]
@@ -181,6 +167,40 @@ pub struct PruneArgs {
 
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// The allocation stage's flags. The settings' ids are their names in the plan
+/// (`allocate.m`), so a usage error about one is rendered as its flag.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Sparsity over the layers (--allocate)")]
+pub struct AllocateArgs {
+    /// How the sparsity is spread over the decoder layers: the same everywhere, or OWL's
+    /// outlier-weighted layer sparsities (Yin et al., ICML 2024; any method, unstructured).
+    ///
+    /// owl adds a dense pass over the calibration windows: each layer's share of Wanda scores
+    /// above --owl-m times their mean sets its density, spread over ±--owl-lambda around
+    /// 1 − sparsity, so the mean sparsity is unchanged.
+    #[arg(long, value_enum, default_value_t = AllocationKind::Uniform)]
+    pub allocate: AllocationKind,
+
+    /// OWL: outlier threshold M, a multiple of the layer's mean Wanda score [default: 5].
+    #[arg(id = "allocate.m", long = "owl-m", value_name = "M", value_parser = finite)]
+    pub owl_m: Option<f64>,
+
+    /// OWL: half-width λ of the range of layer densities [default: 0.08].
+    #[arg(id = "allocate.lambda", long = "owl-lambda", value_name = "LAMBDA", value_parser = finite)]
+    pub owl_lambda: Option<f64>,
+}
+
+impl AllocateArgs {
+    /// The allocation the flags name, its settings checked by the library.
+    pub fn allocation(&self) -> Result<Allocation> {
+        let settings: Map<String, Value> = [("m", self.owl_m), ("lambda", self.owl_lambda)]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_string(), Value::from(v?))))
+            .collect();
+        Allocation::from_settings(self.allocate, &settings)
+    }
 }
 
 /// COPAL's flags; each is named by its setting (`agg` is `--copal-agg`).
@@ -337,9 +357,7 @@ pub fn request(a: &PruneArgs, m: &ArgMatches) -> Result<Request> {
         pattern: Some(a.pattern.clone()),
         group: a.group,
         propagate: Some(a.propagate),
-        allocate: Some(a.allocate),
-        owl_m: a.owl_m,
-        owl_lambda: a.owl_lambda,
+        allocate: Some(a.allocate.allocation()?),
         nsamples: Some(a.nsamples),
         seqlen: a.data.seqlen,
         calib_batch: a.calib_batch,
@@ -425,9 +443,11 @@ mod tests {
             pattern: String::new(),
             group: None,
             propagate: Propagate::Pruned,
-            allocate: AllocationKind::Uniform,
-            owl_m: None,
-            owl_lambda: None,
+            allocate: AllocateArgs {
+                allocate: AllocationKind::Uniform,
+                owl_m: None,
+                owl_lambda: None,
+            },
             nsamples: 1,
             calib_batch: None,
             seed: 0,

@@ -148,7 +148,7 @@ pub fn prepare_with(plan: PrunePlan, download: bool) -> Result<Prepared> {
                 .display()
         );
     }
-    let needs_windows = plan.method.needs_data() || !plan.allocate.is_uniform();
+    let needs_windows = plan.reads_calibration();
     let mut downloads = Vec::new();
     let mut remote = |ds: &Dataset, split| -> Result<bool> {
         if download {

@@ -10,7 +10,7 @@
 use crate::data::{Dataset, Split};
 use crate::device::ComputeDtype;
 use crate::plan::Propagate;
-use crate::prune::allocate::{Allocation, AllocationKind};
+use crate::prune::allocate::Allocation;
 use crate::prune::{Group, Method, MethodConfig, Mode};
 use crate::usage::{did_you_mean, UsageError};
 use anyhow::{Context as _, Result};
@@ -25,11 +25,9 @@ pub struct MethodEntry {
     pub method: Method,
     pub mode: Option<Mode>,
     pub group: Option<Group>,
-    /// How the sparsity is spread over the layers (`"allocate": "owl"`, `"owl_m"`,
-    /// `"owl_lambda"`).
-    pub allocate: Option<AllocationKind>,
-    pub owl_m: Option<f64>,
-    pub owl_lambda: Option<f64>,
+    /// How the sparsity is spread over the layers (`"allocate": "owl"` or `{"kind": "owl",
+    /// "m": 7}`): the allocation stage's settings value, as `copal prune` takes it.
+    pub allocate: Option<Allocation>,
     /// The entry's own settings of its method (they make its setting id distinct).
     pub own: Map<String, Value>,
     /// The method's settings for this entry: the experiment-wide block, then the entry's own.
@@ -94,7 +92,7 @@ const KEYS: &[&str] = &[
 ];
 
 /// An entry's keys besides its method's settings.
-const ENTRY_KEYS: &[&str] = &["method", "mode", "group", "allocate", "owl_m", "owl_lambda"];
+const ENTRY_KEYS: &[&str] = &["method", "mode", "group", "allocate"];
 
 /// How a setting of the prune plan is named in an experiment file.
 pub fn key_of(setting: &str) -> &str {
@@ -259,23 +257,16 @@ fn entry(v: &Value, blocks: &BTreeMap<String, Map<String, Value>>) -> Result<Met
     if let Some(m) = mode {
         config.check_mode(m)?;
     }
-    let (allocate, owl_m, owl_lambda) = (
-        optional(obj, "allocate")?,
-        optional(obj, "owl_m")?,
-        optional(obj, "owl_lambda")?,
-    );
-    Allocation::new(
-        allocate.unwrap_or(AllocationKind::Uniform),
-        owl_m,
-        owl_lambda,
-    )?;
+    let allocate = obj
+        .get("allocate")
+        .filter(|v| !v.is_null())
+        .map(Allocation::from_value)
+        .transpose()?;
     Ok(MethodEntry {
         method,
         mode,
         group: optional(obj, "group")?,
         allocate,
-        owl_m,
-        owl_lambda,
         own,
         params,
     })
@@ -385,6 +376,26 @@ mod tests {
             c.results_dir().display()
         );
         std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn an_entrys_allocation_is_one_value_named_by_its_path() {
+        let mut v = base();
+        v["methods"][1]["allocate"] = json!({"kind": "owl", "m": 7});
+        let c = ExperimentConfig::from_json(&v).unwrap();
+        assert_eq!(
+            c.methods[1].allocate,
+            Some(Allocation::Owl {
+                m: 7.0,
+                lambda: crate::prune::allocate::OWL_LAMBDA
+            })
+        );
+        v["methods"][1]["allocate"] = json!({"kind": "owl", "lambda": 0.7});
+        assert_eq!(err_of(v.clone()).setting, "methods[1].allocate.lambda");
+        // The flat keys of the command line are not an entry's.
+        v["methods"][1]["allocate"] = json!("owl");
+        v["methods"][1]["owl_m"] = json!(7);
+        assert_eq!(err_of(v).setting, "methods[1].owl_m");
     }
 
     #[test]

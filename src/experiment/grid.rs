@@ -3,7 +3,7 @@
 
 use super::config::{key_of, ExperimentConfig};
 use crate::plan::{PrunePlan, Request};
-use crate::prune::allocate::AllocationKind;
+use crate::prune::allocate::Allocation;
 use crate::prune::copal::{CopalConfig, CopalVariant, PerturbationKind};
 use crate::prune::{Group, Method, MethodConfig, Mode, Pattern};
 use anyhow::{bail, Result};
@@ -34,7 +34,7 @@ pub struct RunSpec {
     pub params: Map<String, Value>,
     /// The entry's allocation of sparsity over layers (not stored, likewise; it is in the id).
     #[serde(skip)]
-    pub allocate: (Option<AllocationKind>, Option<f64>, Option<f64>),
+    pub allocate: Option<Allocation>,
 }
 
 /// Every order of `items` (lexicographic in their positions).
@@ -114,11 +114,9 @@ fn override_tag(e: &super::config::MethodEntry) -> String {
     if let Some(g) = e.group {
         tag.push_str(&format!("-{g}"));
     }
-    if let Some(a) = e.allocate.filter(|a| *a != AllocationKind::Uniform) {
-        tag.push_str(&format!("-{a}"));
-    }
-    for (k, v) in [("owl_m", e.owl_m), ("owl_lambda", e.owl_lambda)] {
-        if let Some(v) = v {
+    if let Some(a) = e.allocate.filter(|a| !a.is_uniform()) {
+        tag.push_str(&format!("-{}", a.kind()));
+        for (k, v) in a.non_default_settings() {
             tag.push_str(&format!("-{k}{v}"));
         }
     }
@@ -193,7 +191,7 @@ pub fn expand(cfg: &ExperimentConfig) -> Result<Vec<RunSpec>> {
                     perturbation: copal.perturbation,
                     variant: copal.variant(),
                     params: mm.params.clone(),
-                    allocate: (mm.allocate, mm.owl_m, mm.owl_lambda),
+                    allocate: mm.allocate,
                 });
             }
         }
@@ -250,9 +248,7 @@ pub fn request(cfg: &ExperimentConfig, spec: &RunSpec, out: PathBuf) -> Request 
         pattern: Some(pattern),
         group: matches!(spec.pattern, Pattern::Unstructured { .. }).then_some(spec.group),
         propagate: cfg.propagate,
-        allocate: spec.allocate.0,
-        owl_m: spec.allocate.1,
-        owl_lambda: spec.allocate.2,
+        allocate: spec.allocate,
         nsamples: cfg.nsamples,
         seqlen: cfg.seqlen,
         seed: cfg.seed,
@@ -336,7 +332,7 @@ mod tests {
                 {"method": "copal", "group": "row", "decay": 0.5},
                 {"method": "copal", "perturbation": "gaussian"},
                 {"method": "sparsegpt", "mode": "global", "percdamp": 0.1},
-                {"method": "wanda", "allocate": "owl", "owl_lambda": 0.1},
+                {"method": "wanda", "allocate": {"kind": "owl", "lambda": 0.1}},
                 {"method": "copal", "update": "obs"}
             ]
         });
@@ -354,7 +350,7 @@ mod tests {
                 "copal-accumulate-row-decay0.5",
                 "copal-accumulate-gaussian",
                 "sparsegpt-global-percdamp0.1",
-                "wanda-accumulate-owl-owl_lambda0.1",
+                "wanda-accumulate-owl-lambda0.1",
                 "copal-accumulate-obs"
             ]
         );

@@ -12,13 +12,18 @@
 //! method then prunes layer ℓ at sparsity 1 − density_ℓ.
 
 use super::mask::Pattern;
+use crate::model::{Linear, LlamaConfig};
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-/// The allocation of sparsity over the decoder layers.
+/// The allocation of sparsity over the decoder layers: the allocation stage's one settings
+/// value. It travels by name (`{"kind": "owl", "m": 5}` in an experiment entry, `--allocate
+/// owl --owl-m 5` on the command line) into the plan and the state; its settings are named
+/// `allocate.KEY` in usage errors, which each front end renders in its own words.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Allocation {
     /// Every layer at the target sparsity.
     #[default]
@@ -26,8 +31,10 @@ pub enum Allocation {
     /// OWL: layer sparsities from the outlier ratio of their Wanda scores.
     Owl {
         /// Outlier threshold M, as a multiple of the mean score.
+        #[serde(default = "owl_m")]
         m: f64,
         /// Half-width λ of the range of layer densities.
+        #[serde(default = "owl_lambda")]
         lambda: f64,
     },
 }
@@ -36,6 +43,14 @@ pub enum Allocation {
 pub const OWL_M: f64 = 5.0;
 /// The paper's λ for unstructured sparsity.
 pub const OWL_LAMBDA: f64 = 0.08;
+
+fn owl_m() -> f64 {
+    OWL_M
+}
+
+fn owl_lambda() -> f64 {
+    OWL_LAMBDA
+}
 
 /// The kind of allocation, as `--allocate` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -60,28 +75,102 @@ impl std::fmt::Display for Allocation {
 }
 
 impl Allocation {
-    /// The allocation of a kind with its settings (defaults where not given), checked.
-    pub fn new(kind: AllocationKind, m: Option<f64>, lambda: Option<f64>) -> Result<Self> {
-        if kind == AllocationKind::Uniform {
-            crate::usage_ensure!(
-                m.is_none() && lambda.is_none(),
-                if m.is_some() { "owl_m" } else { "owl_lambda" },
-                "applies to allocate owl only"
-            );
-            return Ok(Allocation::Uniform);
+    /// The allocation of a kind with the given settings by name (`m`, `lambda`; the rest at
+    /// their defaults), checked: the one constructor every front end goes through.
+    pub fn from_settings(
+        kind: AllocationKind,
+        settings: &serde_json::Map<String, Value>,
+    ) -> Result<Self> {
+        let mut obj = settings.clone();
+        obj.insert("kind".into(), Value::String(kind.to_string()));
+        let a: Allocation = serde_json::from_value(Value::Object(obj)).map_err(|e| {
+            let text = e.to_string();
+            match settings.keys().find(|k| text.contains(&format!("`{k}`"))) {
+                Some(k) => {
+                    let known = text
+                        .split_once("expected ")
+                        .map(|(_, rest)| format!(" (its settings: {})", rest.replace('`', "")))
+                        .unwrap_or_else(|| " (it has none)".into());
+                    crate::usage::usage(
+                        &format!("allocate.{k}"),
+                        format!("is not a setting of allocate {kind}{known}"),
+                    )
+                }
+                None => crate::usage::usage("allocate", format!("has an unusable setting: {text}")),
+            }
+        })?;
+        // A unit variant (uniform) ignores the keys serde was given; a key it did not keep
+        // was not its setting.
+        if let Ok(Value::Object(kept)) = serde_json::to_value(a) {
+            if let Some(k) = settings.keys().find(|k| !kept.contains_key(*k)) {
+                crate::usage_bail!(
+                    &format!("allocate.{k}"),
+                    "is not a setting of allocate {kind} (it has none)"
+                );
+            }
         }
-        let (m, lambda) = (m.unwrap_or(OWL_M), lambda.unwrap_or(OWL_LAMBDA));
-        crate::usage_ensure!(
-            m.is_finite() && m > 0.0,
-            "owl_m",
-            "must be a positive number, got {m}"
-        );
-        crate::usage_ensure!(
-            lambda.is_finite() && (0.0..0.5).contains(&lambda),
-            "owl_lambda",
-            "must be in [0, 0.5), got {lambda}"
-        );
-        Ok(Allocation::Owl { m, lambda })
+        a.validate()?;
+        Ok(a)
+    }
+
+    /// The allocation an experiment entry's `allocate` names: a kind (`"owl"`, its settings
+    /// at their defaults) or an object with `kind` and settings (`{"kind": "owl", "m": 7}`).
+    pub fn from_value(v: &Value) -> Result<Self> {
+        let (kind, settings) = match v {
+            Value::String(s) => (s.as_str(), serde_json::Map::new()),
+            Value::Object(o) => match o.get("kind") {
+                Some(Value::String(k)) => {
+                    let mut rest = o.clone();
+                    rest.remove("kind");
+                    (k.as_str(), rest)
+                }
+                _ => crate::usage_bail!(
+                    "allocate.kind",
+                    "is missing: name the allocation ({{\"kind\": \"owl\"}})"
+                ),
+            },
+            other => crate::usage_bail!(
+                "allocate",
+                "must be a kind (\"owl\") or an object ({{\"kind\": \"owl\", \"m\": 5}}), \
+                 got {other}"
+            ),
+        };
+        let kind: AllocationKind = kind
+            .parse()
+            .map_err(|e: crate::usage::UsageError| crate::usage::usage("allocate", e.message))?;
+        Self::from_settings(kind, &settings)
+    }
+
+    /// The settings that differ from the kind's defaults, by name (for run ids).
+    pub fn non_default_settings(&self) -> Vec<(String, Value)> {
+        let defaults = Self::from_settings(self.kind(), &Default::default())
+            .ok()
+            .and_then(|d| serde_json::to_value(d).ok());
+        let mine = serde_json::to_value(self).ok();
+        match (mine, defaults) {
+            (Some(Value::Object(mine)), Some(Value::Object(d))) => mine
+                .into_iter()
+                .filter(|(k, v)| k != "kind" && d.get(k) != Some(v))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Checks the settings' values.
+    fn validate(&self) -> Result<()> {
+        if let Allocation::Owl { m, lambda } = *self {
+            crate::usage_ensure!(
+                m.is_finite() && m > 0.0,
+                "allocate.m",
+                "must be a positive number, got {m}"
+            );
+            crate::usage_ensure!(
+                lambda.is_finite() && (0.0..0.5).contains(&lambda),
+                "allocate.lambda",
+                "must be in [0, 0.5), got {lambda}"
+            );
+        }
+        Ok(())
     }
 
     pub fn kind(&self) -> AllocationKind {
@@ -93,6 +182,27 @@ impl Allocation {
 
     pub fn is_uniform(&self) -> bool {
         *self == Allocation::Uniform
+    }
+
+    /// Whether the allocation reads calibration data (OWL's dense pass).
+    pub fn reads_data(&self) -> bool {
+        matches!(self, Allocation::Owl { .. })
+    }
+
+    /// FLOPs of the allocation's own pass per decoder layer, over `windows` windows of `t`
+    /// tokens whose layer forward costs `forward` each: OWL's dense pass is one more forward
+    /// and Wanda's Σx² per linear.
+    pub fn flops(&self, cfg: &LlamaConfig, windows: f64, t: f64, forward: f64) -> f64 {
+        match self {
+            Allocation::Uniform => 0.0,
+            Allocation::Owl { .. } => {
+                windows * forward
+                    + Linear::ALL
+                        .iter()
+                        .map(|l| super::wanda::flops(l.shape(cfg).1, windows, t))
+                        .sum::<f64>()
+            }
+        }
     }
 
     /// Checks the allocation against a pattern: OWL spreads unstructured sparsity only.
@@ -152,7 +262,7 @@ pub fn owl_sparsities(ratios: &[f64], sparsity: f64, lambda: f64) -> Result<Vec<
         .collect();
     if let Some(bad) = out.iter().find(|s| !(**s > 0.0 && **s < 1.0)) {
         crate::usage_bail!(
-            "owl_lambda",
+            "allocate.lambda",
             "{lambda} spreads the layer sparsities around {:.0}% to {:.1}%, outside (0, 100%); \
              lower it",
             sparsity * 100.0,
@@ -226,7 +336,7 @@ mod tests {
 
     #[test]
     fn owl_is_for_unstructured_sparsity_only() {
-        let owl = Allocation::new(AllocationKind::Owl, None, None).unwrap();
+        let owl = Allocation::from_value(&serde_json::json!("owl")).unwrap();
         assert_eq!(
             owl,
             Allocation::Owl {
@@ -236,7 +346,46 @@ mod tests {
         );
         assert!(owl.check(&Pattern::NM { n: 2, m: 4 }).is_err());
         assert!(owl.check(&Pattern::Unstructured { percent: 70.0 }).is_ok());
-        assert!(Allocation::new(AllocationKind::Uniform, Some(5.0), None).is_err());
-        assert!(Allocation::new(AllocationKind::Owl, None, Some(0.6)).is_err());
+    }
+
+    #[test]
+    fn an_allocation_is_one_settings_value() {
+        use serde_json::json;
+        let err = |v: Value| {
+            Allocation::from_value(&v)
+                .unwrap_err()
+                .downcast::<crate::usage::UsageError>()
+                .expect("a usage error")
+        };
+        assert_eq!(
+            Allocation::from_value(&json!({"kind": "owl", "m": 7})).unwrap(),
+            Allocation::Owl {
+                m: 7.0,
+                lambda: OWL_LAMBDA
+            }
+        );
+        assert_eq!(
+            err(json!({"kind": "uniform", "m": 5})).setting,
+            "allocate.m"
+        );
+        assert_eq!(err(json!({"kind": "owl", "mm": 5})).setting, "allocate.mm");
+        assert_eq!(
+            err(json!({"kind": "owl", "lambda": 0.6})).setting,
+            "allocate.lambda"
+        );
+        assert_eq!(err(json!({"kind": "owl", "m": "x"})).setting, "allocate");
+        assert_eq!(err(json!({"m": 5})).setting, "allocate.kind");
+        assert_eq!(err(json!("owls")).setting, "allocate");
+        assert_eq!(err(json!(5)).setting, "allocate");
+        // The stored form reads back, and a run id sees only what differs from the defaults.
+        let a = Allocation::from_value(&json!({"kind": "owl", "lambda": 0.1})).unwrap();
+        let stored = serde_json::to_value(a).unwrap();
+        assert_eq!(stored, json!({"kind": "owl", "m": 5.0, "lambda": 0.1}));
+        assert_eq!(Allocation::from_value(&stored).unwrap(), a);
+        assert_eq!(
+            a.non_default_settings(),
+            vec![("lambda".to_string(), json!(0.1))]
+        );
+        assert!(Allocation::Uniform.non_default_settings().is_empty());
     }
 }

@@ -645,7 +645,10 @@ fn owl_allocation_keeps_the_mean_sparsity() {
         &run("dense", &["--allocate", "owl"]).0,
         "does not apply to dense",
     );
-    assert_usage_error(&run("wanda", &["--owl-m", "3"]).0, "--owl-m applies to");
+    assert_usage_error(
+        &run("wanda", &["--owl-m", "3"]).0,
+        "--owl-m is not a setting of allocate uniform",
+    );
 }
 
 /// `--update obs` keeps a mask-only method's mask bit for bit, reconstructs the kept weights
