@@ -15,7 +15,29 @@ use crate::prune::{Group, Method, MethodConfig, Mode, Pattern, DEFAULT_METHOD};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+/// The settings that shape a state's sums, by name: the run's pattern, group, propagation and
+/// allocation, then what the method and its update stage declare.
+pub fn shaping_settings(
+    method: &MethodConfig,
+    pattern: &Pattern,
+    group: Group,
+    propagate: Propagate,
+    allocate: &Allocation,
+) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    let mut put = |k: &str, v: Result<Value, serde_json::Error>| {
+        out.insert(k.to_string(), v.unwrap_or(Value::Null));
+    };
+    put("pattern", Ok(Value::String(pattern.to_string())));
+    put("group", serde_json::to_value(group));
+    put("propagate", serde_json::to_value(propagate));
+    put("allocate", serde_json::to_value(allocate));
+    out.extend(method.state_settings());
+    out
+}
 
 /// Calibration windows per dataset (the anchors' 128 × 2048).
 pub const DEFAULT_NSAMPLES: usize = 128;
@@ -272,6 +294,18 @@ impl PrunePlan {
     /// update's, or the allocation's dense pass.
     pub fn reads_calibration(&self) -> bool {
         self.method.needs_data() || self.allocate.reads_data()
+    }
+
+    /// The settings that shape the sums a state of this plan stores, by name (the state keeps
+    /// them; see `state::StateSettings`).
+    pub fn state_settings(&self) -> BTreeMap<String, Value> {
+        shaping_settings(
+            &self.method,
+            &self.pattern,
+            self.group,
+            self.propagate,
+            &self.allocate,
+        )
     }
 
     /// Completes the plan for a model: window length, calibration batch and compute dtype

@@ -15,13 +15,14 @@ use crate::data::Split;
 use crate::model::{Linear, LlamaConfig};
 use crate::plan::{Propagate, PrunePlan};
 use crate::prune::allocate::Allocation;
-use crate::prune::copal::{CopalConfig, CopalVariant, Perturbation};
+use crate::prune::copal::{CopalVariant, Perturbation};
 use crate::prune::update::Update;
 use crate::prune::{Group, Method, MethodConfig, Pattern};
 use anyhow::{bail, ensure, Context as _, Result};
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::Dtype;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -29,15 +30,45 @@ pub const META_KEY: &str = "copal.state";
 /// The metadata entry with the SHA-256 of the provenance and of every tensor (states written
 /// since copal 0.1 of 2026-12; older ones have none and are read unchecked).
 pub const DIGEST_KEY: &str = "copal.state.sha256";
-pub const FORMAT: &str = "copal-state/1";
+pub const FORMAT: &str = "copal-state/2";
+/// The first format: the settings field by field (still read, see [`SettingsV1`]).
+pub const FORMAT_1: &str = "copal-state/1";
 
 /// Settings that change the accumulated sums or the activations they were measured on; a
 /// state can only be continued with the same ones.
 ///
-/// The layout is format 1's: `perturbation` and `variant` are COPAL's settings, written for
-/// every method (COPAL's defaults for the others) and compared only for COPAL.
+/// Format 2 keeps them generically: the method, and every setting that shapes the stored sums
+/// by name, as each part of the run declares them ([`PrunePlan::state_settings`]: the plan's
+/// pattern, group, propagation and allocation, the method's own such settings and the update
+/// stage's). A continuation that differs names the setting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StateSettings {
+    pub method: Method,
+    pub shaping: BTreeMap<String, Value>,
+}
+
+impl StateSettings {
+    /// The settings of a plan's state.
+    pub fn of(plan: &PrunePlan) -> Self {
+        Self {
+            method: plan.method.method(),
+            shaping: plan.state_settings(),
+        }
+    }
+
+    fn update(&self) -> Update {
+        self.shaping
+            .get("update")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Format 1's settings, field by field: `perturbation` and `variant` are COPAL's settings,
+/// written for every method (COPAL's defaults for the others) and meaningful only for COPAL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingsV1 {
     pub method: Method,
     pub perturbation: Perturbation,
     #[serde(default)]
@@ -45,32 +76,46 @@ pub struct StateSettings {
     pub pattern: Pattern,
     pub group: Group,
     pub propagate: Propagate,
-    /// Written only when not uniform (format 1 had none).
-    #[serde(default, skip_serializing_if = "Allocation::is_uniform")]
+    /// Written only when not uniform.
+    #[serde(default)]
     pub allocate: Allocation,
-    /// A mask-only method's update keeps its input statistic beside the method's (written
-    /// only when there is an update).
-    #[serde(default, skip_serializing_if = "Update::is_none")]
+    /// Written only when there was an update.
+    #[serde(default)]
     pub update: Update,
 }
 
-impl StateSettings {
-    /// The settings of a plan's state.
-    pub fn of(plan: &PrunePlan) -> Self {
-        let copal = match plan.method {
-            MethodConfig::Copal(c) => c,
-            _ => CopalConfig::default(),
-        };
-        Self {
-            method: plan.method.method(),
-            perturbation: copal.perturbation(),
-            variant: copal.variant(),
-            pattern: plan.pattern,
-            group: plan.group,
-            propagate: plan.propagate,
-            allocate: plan.allocate,
-            update: plan.method.update().map(|u| u.update).unwrap_or_default(),
+impl SettingsV1 {
+    /// The same settings as format 2 names them: what a plan with these values declares.
+    pub fn upgrade(&self) -> Result<StateSettings> {
+        let mut params = serde_json::Map::new();
+        if self.method == Method::Copal {
+            let copal = serde_json::json!({
+                "perturbation": self.perturbation.kind,
+                "eps_w": self.perturbation.eps_w,
+                "eps_x": self.perturbation.eps_x,
+                "agg": self.variant.agg,
+                "normalize": self.variant.normalize,
+                "decay": self.variant.decay,
+            });
+            if let Value::Object(m) = copal {
+                params.extend(m);
+            }
         }
+        if !self.update.is_none() {
+            params.insert("update".into(), serde_json::to_value(self.update)?);
+        }
+        let method = MethodConfig::from_params(self.method, &params)
+            .context("a format-1 state's settings do not form a valid plan")?;
+        Ok(StateSettings {
+            method: self.method,
+            shaping: crate::plan::shaping_settings(
+                &method,
+                &self.pattern,
+                self.group,
+                self.propagate,
+                &self.allocate,
+            ),
+        })
     }
 }
 
@@ -100,6 +145,25 @@ pub struct StateMeta {
 }
 
 impl StateMeta {
+    /// Reads the provenance of either format; a format-1 state's settings are upgraded to
+    /// format 2's names (and it is written as format 2 once continued).
+    pub fn from_json(text: &str) -> Result<Self> {
+        let mut v: Value = serde_json::from_str(text)?;
+        let format = v["format"].as_str().unwrap_or_default().to_string();
+        if format == FORMAT_1 {
+            let old: SettingsV1 =
+                serde_json::from_value(v["settings"].take()).context("format-1 settings")?;
+            v["settings"] = serde_json::to_value(old.upgrade()?)?;
+            v["format"] = Value::String(FORMAT.into());
+        } else {
+            ensure!(
+                format == FORMAT,
+                "it has format {format:?}; this copal reads {FORMAT} and {FORMAT_1}"
+            );
+        }
+        Ok(serde_json::from_value(v)?)
+    }
+
     /// Refuses to continue a state made for another model or with other settings.
     pub fn check_continues(
         &self,
@@ -107,12 +171,6 @@ impl StateMeta {
         settings: &StateSettings,
         path: &Path,
     ) -> Result<()> {
-        ensure!(
-            self.format == FORMAT,
-            "{} has format {:?}; this copal reads {FORMAT}",
-            path.display(),
-            self.format
-        );
         if self.model_fingerprint != fingerprint {
             // Where they differ, so that two fingerprints with a common start are told apart.
             let at = self
@@ -130,75 +188,34 @@ impl StateMeta {
                 at + 1
             );
         }
-        let mut diffs = Vec::new();
         let a = &self.settings;
-        if a.method != settings.method {
-            diffs.push(format!(
-                "--method {} (state: {})",
-                settings.method.name(),
-                a.method.name()
-            ));
-        }
-        // COPAL's settings shape COPAL's sums only.
-        let copal = settings.method == Method::Copal && a.method == Method::Copal;
-        if copal && a.perturbation != settings.perturbation {
-            diffs.push(format!(
-                "--perturbation {} --eps-w {} --eps-x {} (state: {} --eps-w {} --eps-x {})",
-                settings.perturbation.kind,
-                settings.perturbation.eps_w,
-                settings.perturbation.eps_x,
-                a.perturbation.kind,
-                a.perturbation.eps_w,
-                a.perturbation.eps_x
-            ));
-        }
-        if copal && a.variant != settings.variant {
-            diffs.push(format!(
-                "{} (state: {})",
-                variant_flags(&settings.variant),
-                variant_flags(&a.variant)
-            ));
-        }
-        if a.pattern != settings.pattern {
-            diffs.push(format!(
-                "pattern {} (state: {})",
-                settings.pattern, a.pattern
-            ));
-        }
-        if a.group != settings.group {
-            diffs.push(format!("--group {} (state: {})", settings.group, a.group));
-        }
-        if a.propagate != settings.propagate {
-            diffs.push(format!(
-                "--propagate {} (state: {})",
-                settings.propagate, a.propagate
-            ));
-        }
-        if a.method == settings.method && a.update != settings.update && !settings.update.is_none()
-        {
+        let (had, wants) = (a.update(), settings.update());
+        if a.method == settings.method && had != wants && !wants.is_none() {
             bail!(
-                "{} holds no input statistic for --update {}: it was accumulated with --update \
-                 {}. Continue it with --update {}, or start a new state file with --update {} \
-                 (--state NEW.state) and calibrate on its datasets again ({})",
+                "{} holds no input statistic for update {wants}: it was accumulated with update \
+                 {had}. Continue it with update {had}, or start a new state file with update \
+                 {wants} and calibrate on its datasets again ({})",
                 path.display(),
-                settings.update,
-                a.update,
-                a.update,
-                settings.update,
                 self.datasets().join(", ")
             );
         }
-        if a.update != settings.update {
+        let mut diffs = Vec::new();
+        if a.method != settings.method {
             diffs.push(format!(
-                "--update {} (state: {})",
-                settings.update, a.update
+                "method {} (state: {})",
+                settings.method.name(),
+                a.method.name()
             ));
-        }
-        if a.allocate != settings.allocate {
-            diffs.push(format!(
-                "allocation {} (state: {})",
-                settings.allocate, a.allocate
-            ));
+        } else {
+            // Every setting either side declares; one only the other has is a difference too.
+            let keys: std::collections::BTreeSet<&String> =
+                a.shaping.keys().chain(settings.shaping.keys()).collect();
+            for k in keys {
+                let (was, now) = (a.shaping.get(k), settings.shaping.get(k));
+                if was != now {
+                    diffs.push(format!("{k} {} (state: {})", shown(now), shown(was)));
+                }
+            }
         }
         if !diffs.is_empty() {
             bail!(
@@ -246,7 +263,7 @@ impl StateReader {
                 )
             })?;
         verify_digests(&shard, path)?;
-        let meta: StateMeta = serde_json::from_str(text)
+        let meta = StateMeta::from_json(text)
             .with_context(|| format!("{}: unreadable {META_KEY} metadata", path.display()))?;
         Ok(Self { shard, meta })
     }
@@ -385,22 +402,32 @@ pub fn create_writer(
     ShardWriter::create_with_digests(path, &layout, &md, DIGEST_KEY)
 }
 
-fn variant_flags(v: &crate::prune::copal::CopalVariant) -> String {
-    format!(
-        "--copal-agg {}{} --decay {}",
-        v.agg,
-        if v.normalize {
-            " --copal-normalize"
-        } else {
-            ""
-        },
-        v.decay
-    )
+/// A setting's value as a user reads it: a string bare, a stage's settings value as `kind
+/// (key value, …)`, anything else as JSON.
+fn shown(v: Option<&Value>) -> String {
+    match v {
+        None => "unset".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Object(o)) if o.get("kind").is_some_and(Value::is_string) => {
+            let rest: Vec<String> = o
+                .iter()
+                .filter(|(k, _)| *k != "kind")
+                .map(|(k, v)| format!("{k} {}", shown(Some(v))))
+                .collect();
+            let kind = shown(o.get("kind"));
+            match rest.is_empty() {
+                true => kind,
+                false => format!("{kind} ({})", rest.join(", ")),
+            }
+        }
+        Some(other) => other.to_string(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prune::copal::CopalConfig;
 
     fn meta(settings: StateSettings) -> StateMeta {
         StateMeta {
@@ -412,8 +439,8 @@ mod tests {
         }
     }
 
-    fn settings(method: Method, copal: CopalConfig) -> StateSettings {
-        StateSettings {
+    fn v1(method: Method, copal: CopalConfig) -> SettingsV1 {
+        SettingsV1 {
             method,
             perturbation: copal.perturbation(),
             variant: copal.variant(),
@@ -423,6 +450,56 @@ mod tests {
             allocate: Allocation::Uniform,
             update: Update::None,
         }
+    }
+
+    /// The settings a plan of `method` with COPAL's `copal` values gives the state.
+    fn of_plan(method: Method, copal: CopalConfig) -> StateSettings {
+        let params = match method {
+            Method::Copal => MethodConfig::Copal(copal)
+                .params()
+                .into_iter()
+                .filter(|(k, _)| crate::prune::copal::SHAPES_STATE.contains(&k.as_str()))
+                .collect(),
+            _ => Default::default(),
+        };
+        let m = MethodConfig::from_params(method, &params).unwrap();
+        StateSettings {
+            method,
+            shaping: crate::plan::shaping_settings(
+                &m,
+                &Pattern::Unstructured { percent: 50.0 },
+                Group::Matrix,
+                Propagate::Pruned,
+                &Allocation::Uniform,
+            ),
+        }
+    }
+
+    #[test]
+    fn a_format_1_state_reads_as_the_plan_that_made_it() {
+        let other = CopalConfig {
+            eps_w: 0.05,
+            agg: crate::prune::copal::Aggregation::L2,
+            ..Default::default()
+        };
+        for method in [Method::Copal, Method::Wanda, Method::SparseGpt] {
+            assert_eq!(
+                v1(method, other).upgrade().unwrap(),
+                of_plan(method, other),
+                "{method}"
+            );
+        }
+        // The whole provenance, as copal 0.1 wrote it.
+        let text = serde_json::json!({
+            "format": FORMAT_1, "copal_version": "0.1.0", "model_fingerprint": "f",
+            "settings": v1(Method::Copal, other), "steps": [],
+        })
+        .to_string();
+        let m = StateMeta::from_json(&text).unwrap();
+        assert_eq!(m.format, FORMAT);
+        assert_eq!(m.settings, of_plan(Method::Copal, other));
+        let future = text.replace(FORMAT_1, "copal-state/9");
+        assert!(StateMeta::from_json(&future).is_err());
     }
 
     #[test]
@@ -435,18 +512,28 @@ mod tests {
         let p = Path::new("s.state");
         // A SparseGPT state written with other COPAL values (format 1 wrote them for every
         // method) continues: Σ x xᵀ does not depend on them.
-        let m = meta(settings(Method::SparseGpt, other));
-        m.check_continues("f", &settings(Method::SparseGpt, CopalConfig::default()), p)
+        let m = meta(v1(Method::SparseGpt, other).upgrade().unwrap());
+        m.check_continues("f", &of_plan(Method::SparseGpt, CopalConfig::default()), p)
             .unwrap();
-        // A COPAL state does not.
-        let m = meta(settings(Method::Copal, other));
+        // A COPAL state does not, and the continuation names each setting that differs.
+        let m = meta(v1(Method::Copal, other).upgrade().unwrap());
         let e = m
-            .check_continues("f", &settings(Method::Copal, CopalConfig::default()), p)
+            .check_continues("f", &of_plan(Method::Copal, CopalConfig::default()), p)
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("--eps-w 0.01") && e.contains("--copal-agg l1"),
+            e.contains("agg l1 (state: l2)") && e.contains("eps_w 0.01 (state: 0.05)"),
             "{e}"
         );
+        assert!(
+            !e.contains("--"),
+            "library messages name settings, not flags: {e}"
+        );
+        // Another method is named as such.
+        let e = m
+            .check_continues("f", &of_plan(Method::Wanda, CopalConfig::default()), p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("method wanda (state: copal)"), "{e}");
     }
 }

@@ -77,6 +77,17 @@ pub struct Perturbation {
 
 crate::display_as_value!(PerturbationKind, Aggregation);
 
+/// COPAL's settings that shape its accumulated importance (all of its own: the perturbation
+/// and ε set dy, the aggregation, normalisation and decay how the increments add up).
+pub const SHAPES_STATE: &[&str] = &[
+    "perturbation",
+    "eps_w",
+    "eps_x",
+    "agg",
+    "normalize",
+    "decay",
+];
+
 /// COPAL's settings (`--method copal`), named as in an experiment file (the flags are
 /// `--perturbation`, `--eps-w`, `--eps-x`, `--copal-agg`, `--copal-normalize`, `--decay`, and
 /// `--update`, `--percdamp`, `--blocksize` for the reconstruction of the kept weights).

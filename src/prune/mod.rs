@@ -88,6 +88,8 @@ pub struct Facts {
     /// Comparison group of the unstructured threshold unless told otherwise.
     pub default_group: Group,
     pub statistic: Statistic,
+    /// The settings that shape the statistic a state stores (a continuation must keep them).
+    pub shapes_state: &'static [&'static str],
 }
 
 impl Method {
@@ -105,17 +107,20 @@ impl Method {
     /// matrix (results/perturbation/, docs/method.md, "Choosing COPAL's defaults").
     pub fn facts(self) -> Facts {
         use Statistic::*;
-        let (default_group, statistic) = match self {
-            Method::Copal => (Group::Row, PerWeight),
-            Method::Wanda => (Group::Row, PerInput),
-            Method::SparseGpt => (Group::Matrix, InputGram),
-            Method::Magnitude => (Group::Matrix, None),
-            Method::Ria => (Group::Row, PerInput),
-            Method::Dense => (Group::Matrix, None),
+        let (default_group, statistic, shapes_state) = match self {
+            Method::Copal => (Group::Row, PerWeight, copal::SHAPES_STATE),
+            Method::Wanda => (Group::Row, PerInput, &[][..]),
+            // SparseGPT's damping and blocks act on Σ x xᵀ when it is solved, not on the sum.
+            Method::SparseGpt => (Group::Matrix, InputGram, &[][..]),
+            Method::Magnitude => (Group::Matrix, None, &[][..]),
+            // RIA's exponent acts on ‖X_j‖₂ when the score is formed, not on Σx².
+            Method::Ria => (Group::Row, PerInput, &[][..]),
+            Method::Dense => (Group::Matrix, None, &[][..]),
         };
         Facts {
             default_group,
             statistic,
+            shapes_state,
         }
     }
 
@@ -312,6 +317,21 @@ impl MethodConfig {
             self.method()
         );
         Ok(())
+    }
+
+    /// The settings that shape the statistics a state of this method stores, by name: the
+    /// method's own ([`Facts::shapes_state`]) and its update stage's.
+    pub fn state_settings(&self) -> Map<String, Value> {
+        let own = self.method().facts().shapes_state;
+        let mut out: Map<String, Value> = self
+            .params()
+            .into_iter()
+            .filter(|(k, _)| own.contains(&k.as_str()))
+            .collect();
+        if let Some(u) = self.update() {
+            out.extend(u.state_settings());
+        }
+        out
     }
 
     /// Whether a step reads calibration data: for the method's statistic, or for its update's

@@ -103,6 +103,14 @@ impl UpdateConfig {
         Ok(())
     }
 
+    /// The settings that shape the statistic the state keeps for the update: which update it
+    /// is (OBS's damping and blocks, DSnoT's cycles and thresholds act when it is applied).
+    pub fn state_settings(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("update".into(), Value::String(self.update.to_string()));
+        m
+    }
+
     /// Whether the update reads calibration data.
     pub fn reads_data(&self) -> bool {
         !self.update.is_none()

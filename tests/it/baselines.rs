@@ -368,9 +368,9 @@ fn accumulate_modes_continue_bit_identically_through_the_state() {
         run_cli(&args, &[])
     };
     let r = continue_wanda_state("x", &["--method", "sparsegpt", "--mode", "accumulate"]);
-    assert_user_error(&r, "--method sparsegpt (state: wanda)");
+    assert_user_error(&r, "method sparsegpt (state: wanda)");
     let r = continue_wanda_state("y", &["--method", "wanda", "--allocate", "owl"]);
-    assert_user_error(&r, "allocation owl (m 5, lambda 0.08) (state: uniform)");
+    assert_user_error(&r, "allocate owl (lambda 0.08, m 5.0) (state: uniform)");
 }
 
 /// `copal prune` without --method runs COPAL in accumulate mode (its sensitivity summed over
@@ -868,9 +868,9 @@ fn update_obs_continues_through_the_state() {
     let plain = tmp.join("plain.state");
     assert_eq!(run(&a, "plain-a", &plain, &[]).0 .0, 0);
     let (r, _) = run(&b, "plain-b", &plain, &obs);
-    assert_user_error(&r, "holds no input statistic for --update obs");
+    assert_user_error(&r, "holds no input statistic for update obs");
     assert!(
-        r.2.contains("start a new state file with --update obs"),
+        r.2.contains("start a new state file with update obs"),
         "{}",
         r.2
     );

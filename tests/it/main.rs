@@ -19,4 +19,5 @@ mod plan_checks;
 mod prune;
 mod real_model;
 mod reliability;
+mod state;
 mod untrusted;
