@@ -21,3 +21,4 @@ mod real_model;
 mod reliability;
 mod state;
 mod untrusted;
+mod update;
