@@ -215,8 +215,9 @@ fn pruner_for(
     s.method.pruner(w, prior, noise)
 }
 
-/// Each layer's pattern: the plan's, or its share of the allocation (OWL's dense pass), with
-/// the per-layer targets for the report.
+/// Each layer's patterns, one per linear: the plan's, or the layer's share of the allocation
+/// (OWL's dense pass) rounded to the asked mean ([`allocate::linear_patterns`]), with the
+/// per-layer targets for the report.
 fn layer_patterns(
     model: &Llama,
     base: &dyn TensorSource,
@@ -224,8 +225,7 @@ fn layer_patterns(
     s: &StepSettings,
     batch: usize,
     label: &str,
-) -> Result<(Vec<Pattern>, Option<Vec<f64>>)> {
-    let layers = model.cfg.num_hidden_layers;
+) -> Result<(Vec<Vec<Pattern>>, Option<Vec<f64>>)> {
     let targets = match s.allocate {
         Allocation::Uniform => None,
         Allocation::Owl { m, lambda } => {
@@ -237,7 +237,7 @@ fn layer_patterns(
             )?)
         }
     };
-    let patterns = allocate::layer_patterns(&s.pattern, targets.as_deref(), layers);
+    let patterns = allocate::linear_patterns(&s.pattern, targets.as_deref(), &model.cfg);
     Ok((patterns, targets))
 }
 
@@ -359,7 +359,7 @@ pub fn run_step(
     let pb = crate::ui::bar(cfg.num_hidden_layers as u64, sinks.label.to_string());
     pb.set_message("layers");
     let mut rec = Record::default();
-    for (l, pattern) in patterns.iter().enumerate() {
+    for (l, patterns) in patterns.iter().enumerate() {
         crate::ui::check_interrupt()?;
         let layer_started = Instant::now();
         let mut layer = model.layer(base, l)?;
@@ -376,7 +376,7 @@ pub fn run_step(
             }
             rec.phases.observe += lap(&mut t);
         }
-        let sparsity = finish_layer(model, &mut layer, l, s, obs, pattern, sinks, &mut rec)?;
+        let sparsity = finish_layer(model, &mut layer, l, s, obs, patterns, sinks, &mut rec)?;
         rec.layer_sparsity.push(sparsity);
         if uses_data && s.propagate == Propagate::Pruned {
             let mut t = Instant::now();
@@ -431,7 +431,7 @@ fn finish_layer(
     l: usize,
     s: &StepSettings,
     obs: Observers,
-    pattern: &Pattern,
+    patterns: &[Pattern],
     sinks: &mut Sinks,
     rec: &mut Record,
 ) -> Result<f64> {
@@ -460,7 +460,7 @@ fn finish_layer(
             }
         };
         let mut done = p
-            .finish(pattern, s.group)
+            .finish(&patterns[k], s.group)
             .with_context(|| format!("pruning {name}"))?;
         let src = Linear::ALL
             .iter()

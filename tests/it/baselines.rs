@@ -635,7 +635,13 @@ fn owl_allocation_keeps_the_mean_sparsity() {
                 "{method}: layer at {m}, target {t}"
             );
         }
-        assert!((rec["sparsity"].as_f64().unwrap() - 0.6).abs() < 1.0 / 64.0);
+        // The rounding is distributed: the model is at 60% to within half the rows of one
+        // linear (128 of the 73,728 pruned weights), where flooring each layer gives 59.4%.
+        let total = rec["sparsity"].as_f64().unwrap();
+        assert!(
+            (total - 0.6).abs() <= 64.0 / 73728.0,
+            "{method}: the model is at {total}"
+        );
     }
     assert_usage_error(
         &run("wanda", &["--allocate", "owl", "--pattern", "2:4"]).0,
