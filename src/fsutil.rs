@@ -272,6 +272,21 @@ pub fn install_file(src: &Path, dst: &Path) -> Result<()> {
 
 /// SHA-256 of the concatenation of `parts`, lower-case hex: the one digest helper (files
 /// through [`sha256_file`], downloads through their stream).
+/// `s` as one part of a file name, the one rule for every name copal derives from user text
+/// (a dataset's name in a run id or a step directory): ASCII letters, digits, `-` and `.`
+/// kept, anything else (`/`, `:`, spaces, `_` too) written `_`, and a leading `.` too, so the
+/// part is never hidden, never a path and never `..`.
+pub fn name_part(s: &str) -> String {
+    s.chars()
+        .enumerate()
+        .map(|(i, c)| match c {
+            '.' if i == 0 => '_',
+            c if c.is_ascii_alphanumeric() || c == '.' || c == '-' => c,
+            _ => '_',
+        })
+        .collect()
+}
+
 pub fn sha256_hex<I>(parts: I) -> String
 where
     I: IntoIterator,
@@ -399,3 +414,19 @@ pub fn read_small(path: &Path, what: &str, cap: u64) -> Result<String> {
 pub const CAP_CONFIG: u64 = 16 << 20;
 /// tokenizer.json (Llama-3's is 9 MB; the largest vocabularies stay well under this).
 pub const CAP_TOKENIZER: u64 = 256 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_part_is_never_a_path_or_hidden() {
+        assert_eq!(name_part("text:/tmp/a b.txt"), "text__tmp_a_b.txt");
+        assert_eq!(name_part("wikitext2"), "wikitext2");
+        assert_eq!(name_part(".."), "_.");
+        assert_eq!(
+            name_part("jsonl:x.jsonl:text_field"),
+            "jsonl_x.jsonl_text_field"
+        );
+    }
+}

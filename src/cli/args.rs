@@ -28,8 +28,8 @@ pub struct ModelArgs {
 /// Where the datasets live and how they are cut.
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
-    /// Directory with the dataset files (docs/data.md lists the file names) [env: COPAL_DATA_DIR] [default: ./data]
-    #[arg(long, value_name = "DIR")]
+    /// Directory with the dataset files (docs/data.md lists the file names) [default: ./data]
+    #[arg(long, value_name = "DIR", env = "COPAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
     /// Tokens per window [default: 2048, or the model's max_position_embeddings if smaller].

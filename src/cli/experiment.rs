@@ -44,8 +44,8 @@ pub struct ExperimentArgs {
     #[arg(long)]
     pub report: bool,
 
-    /// Directory with the dataset files [env: COPAL_DATA_DIR] [default: ./data]
-    #[arg(long, value_name = "DIR")]
+    /// Directory with the dataset files, over the file's data_dir [default: the file's, else ./data]
+    #[arg(long, value_name = "DIR", env = "COPAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
     #[command(flatten)]

@@ -29,8 +29,8 @@ pub struct FetchArgs {
     #[arg(long, short = 'm', value_name = "ALIAS|OWNER/NAME")]
     pub model: Option<String>,
 
-    /// Directory with the dataset files [env: COPAL_DATA_DIR] [default: ./data]
-    #[arg(long, value_name = "DIR")]
+    /// Directory with the dataset files [default: ./data]
+    #[arg(long, value_name = "DIR", env = "COPAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
     /// Only say what is where and what would be downloaded (with its size), download nothing.

@@ -32,7 +32,7 @@ use resume::{DoneStep, Manifest, Workdir};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 pub use step::CalibData;
-use step::{evaluate_checkpoint, prune_step, sanitize, RunCtx};
+use step::{evaluate_checkpoint, prune_step, RunCtx};
 
 /// A plan completed against its model and checked against every file it needs, before any
 /// work: what [`run`] takes.
@@ -537,7 +537,7 @@ fn run_steps(
         let keep = final_dir.join("steps");
         std::fs::create_dir_all(&keep)?;
         for (k, s) in steps.iter_mut().enumerate().take(k_total - 1) {
-            let name = format!("{}-{}", k + 1, sanitize(&s.dataset));
+            let name = format!("{}-{}", k + 1, crate::fsutil::name_part(&s.dataset));
             std::fs::rename(c.work.step_dir(k + 1), keep.join(&name))?;
             s.dir = PathBuf::from("steps").join(name);
         }

@@ -302,18 +302,6 @@ pub fn evaluate_checkpoint(
     }
 }
 
-pub fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// masks.safetensors: per linear, U8 (out, ceil(in/8)) packed keep-bits.
 pub fn mask_writer(dense: &Checkpoint, dir: &Path) -> Result<ShardWriter> {
     let cfg = &dense.config;

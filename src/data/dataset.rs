@@ -203,10 +203,10 @@ pub fn parse_split_overrides(s: &str) -> Result<Vec<(Dataset, Split)>> {
         .collect()
 }
 
-/// The data directory: the flag, else `$COPAL_DATA_DIR`, else `./data`.
-pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("COPAL_DATA_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("data"))
+/// The data directory: the one given (a front end's flag or `COPAL_DATA_DIR`, which clap
+/// reads), else `./data`.
+pub fn data_dir(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| PathBuf::from("data"))
 }
 
 #[cfg(test)]

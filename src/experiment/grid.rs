@@ -78,18 +78,6 @@ pub fn pattern_tag(p: &Pattern) -> String {
     }
 }
 
-fn safe(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// The dataset orders of the grid.
 pub fn orders(cfg: &ExperimentConfig) -> Result<Vec<Vec<String>>> {
     if !cfg.permutations {
@@ -178,7 +166,11 @@ pub fn expand(cfg: &ExperimentConfig) -> Result<Vec<RunSpec>> {
                 let id = format!(
                     "{setting}-{}-{}",
                     pattern_tag(pattern),
-                    order.iter().map(|d| safe(d)).collect::<Vec<_>>().join("+")
+                    order
+                        .iter()
+                        .map(|d| crate::fsutil::name_part(d))
+                        .collect::<Vec<_>>()
+                        .join("+")
                 );
                 runs.push(RunSpec {
                     id,
