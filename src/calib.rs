@@ -226,17 +226,11 @@ fn layer_patterns(
     batch: usize,
     label: &str,
 ) -> Result<(Vec<Vec<Pattern>>, Option<Vec<f64>>)> {
-    let targets = match s.allocate {
-        Allocation::Uniform => None,
-        Allocation::Owl { m, lambda } => {
-            let ratios = owl_ratios(model, base, windows, batch, m, label)?;
-            Some(allocate::owl_sparsities(
-                &ratios,
-                s.pattern.fraction(),
-                lambda,
-            )?)
-        }
-    };
+    let targets =
+        s.allocate
+            .layer_targets(s.pattern.fraction(), model.cfg.num_hidden_layers, |m| {
+                owl_ratios(model, base, windows, batch, m, label)
+            })?;
     let patterns = allocate::linear_patterns(&s.pattern, targets.as_deref(), &model.cfg);
     Ok((patterns, targets))
 }

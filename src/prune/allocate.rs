@@ -189,6 +189,25 @@ impl Allocation {
         matches!(self, Allocation::Owl { .. })
     }
 
+    /// Each layer's target sparsity (fractions, mean `sparsity`) for `layers` layers, or None
+    /// for the same everywhere. `outlier_ratios(m)` runs OWL's dense pass: each layer's
+    /// fraction of Wanda scores above m times their mean (only an allocation that reads data
+    /// calls it).
+    pub fn layer_targets(
+        &self,
+        sparsity: f64,
+        layers: usize,
+        outlier_ratios: impl FnOnce(f64) -> Result<Vec<f64>>,
+    ) -> Result<Option<Vec<f64>>> {
+        let _ = layers;
+        Ok(match *self {
+            Allocation::Uniform => None,
+            Allocation::Owl { m, lambda } => {
+                Some(owl_sparsities(&outlier_ratios(m)?, sparsity, lambda)?)
+            }
+        })
+    }
+
     /// FLOPs of the allocation's own pass per decoder layer, over `windows` windows of `t`
     /// tokens whose layer forward costs `forward` each: OWL's dense pass is one more forward
     /// and Wanda's Σx² per linear.
