@@ -179,7 +179,9 @@ pub struct AllocateArgs {
     ///
     /// owl adds a dense pass over the calibration windows: each layer's share of Wanda scores
     /// above --owl-m times their mean sets its density, spread over ±--owl-lambda around
-    /// 1 − sparsity, so the mean sparsity is unchanged.
+    /// 1 − sparsity, so the mean sparsity is unchanged. depth reads no data: layer sparsities
+    /// rise linearly from s − --depth-spread at the first layer to s + --depth-spread at the
+    /// last.
     #[arg(long, value_enum, default_value_t = AllocationKind::Uniform)]
     pub allocate: AllocationKind,
 
@@ -190,15 +192,24 @@ pub struct AllocateArgs {
     /// OWL: half-width λ of the range of layer densities [default: 0.08].
     #[arg(id = "allocate.lambda", long = "owl-lambda", value_name = "LAMBDA", value_parser = finite)]
     pub owl_lambda: Option<f64>,
+
+    /// depth: half-width δ of the layer sparsities, s − δ at the first layer to s + δ at the
+    /// last [default: 0.08].
+    #[arg(id = "allocate.spread", long = "depth-spread", value_name = "DELTA", value_parser = finite)]
+    pub depth_spread: Option<f64>,
 }
 
 impl AllocateArgs {
     /// The allocation the flags name, its settings checked by the library.
     pub fn allocation(&self) -> Result<Allocation> {
-        let settings: Map<String, Value> = [("m", self.owl_m), ("lambda", self.owl_lambda)]
-            .into_iter()
-            .filter_map(|(k, v)| Some((k.to_string(), Value::from(v?))))
-            .collect();
+        let settings: Map<String, Value> = [
+            ("m", self.owl_m),
+            ("lambda", self.owl_lambda),
+            ("spread", self.depth_spread),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), Value::from(v?))))
+        .collect();
         Allocation::from_settings(self.allocate, &settings)
     }
 }
@@ -447,6 +458,7 @@ mod tests {
                 allocate: AllocationKind::Uniform,
                 owl_m: None,
                 owl_lambda: None,
+                depth_spread: None,
             },
             nsamples: 1,
             calib_batch: None,

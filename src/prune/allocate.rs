@@ -1,5 +1,6 @@
-//! How the sparsity is spread over the decoder layers: the same in every layer (`uniform`), or
-//! OWL's outlier-weighted allocation (Yin et al., ICML 2024).
+//! How the sparsity is spread over the decoder layers: the same in every layer (`uniform`),
+//! OWL's outlier-weighted allocation (Yin et al., ICML 2024), or a sparsity rising linearly
+//! with depth (`depth`, which reads no data).
 //!
 //! OWL: a dense pass over the calibration windows gives each decoder layer ℓ its Wanda scores
 //! S = |W_ij| · ‖X_j‖₂ over all seven linears, and its outlier ratio
@@ -10,6 +11,10 @@
 //! layers of a LLaMA model have equal sizes, so the model's sparsity is s too). M = 5 and
 //! λ = 0.08 are the paper's settings for unstructured sparsity. It applies to every method: the
 //! method then prunes layer ℓ at sparsity 1 − density_ℓ.
+//!
+//! Depth: layer ℓ of L at s_ℓ = s + δ · (2ℓ/(L − 1) − 1), from s − δ at the first layer to
+//! s + δ at the last, mean s; the common observation that later layers tolerate more pruning
+//! (and the baseline OWL's outlier ratios are measured against), without a dense pass.
 
 use super::mask::Pattern;
 use crate::model::{Linear, LlamaConfig};
@@ -37,6 +42,12 @@ pub enum Allocation {
         #[serde(default = "owl_lambda")]
         lambda: f64,
     },
+    /// Sparsity rising linearly with depth, mean unchanged.
+    Depth {
+        /// Half-width δ of the range of layer sparsities (s − δ first, s + δ last).
+        #[serde(default = "owl_lambda")]
+        spread: f64,
+    },
 }
 
 /// The paper's M for unstructured sparsity.
@@ -60,6 +71,8 @@ pub enum AllocationKind {
     Uniform,
     /// OWL's outlier-weighted layer sparsities (Yin et al., ICML 2024).
     Owl,
+    /// Sparsity rising linearly with depth, mean unchanged (no data read).
+    Depth,
 }
 
 crate::display_as_value!(AllocationKind);
@@ -70,6 +83,7 @@ impl std::fmt::Display for Allocation {
         match self {
             Allocation::Uniform => write!(f, "uniform"),
             Allocation::Owl { m, lambda } => write!(f, "owl (m {m}, lambda {lambda})"),
+            Allocation::Depth { spread } => write!(f, "depth (spread {spread})"),
         }
     }
 }
@@ -170,6 +184,13 @@ impl Allocation {
                 "must be in [0, 0.5), got {lambda}"
             );
         }
+        if let Allocation::Depth { spread } = *self {
+            crate::usage_ensure!(
+                spread.is_finite() && (0.0..0.5).contains(&spread),
+                "allocate.spread",
+                "must be in [0, 0.5), got {spread}"
+            );
+        }
         Ok(())
     }
 
@@ -177,6 +198,7 @@ impl Allocation {
         match self {
             Allocation::Uniform => AllocationKind::Uniform,
             Allocation::Owl { .. } => AllocationKind::Owl,
+            Allocation::Depth { .. } => AllocationKind::Depth,
         }
     }
 
@@ -199,12 +221,12 @@ impl Allocation {
         layers: usize,
         outlier_ratios: impl FnOnce(f64) -> Result<Vec<f64>>,
     ) -> Result<Option<Vec<f64>>> {
-        let _ = layers;
         Ok(match *self {
             Allocation::Uniform => None,
             Allocation::Owl { m, lambda } => {
                 Some(owl_sparsities(&outlier_ratios(m)?, sparsity, lambda)?)
             }
+            Allocation::Depth { spread } => Some(depth_sparsities(layers, sparsity, spread)?),
         })
     }
 
@@ -213,7 +235,7 @@ impl Allocation {
     /// and Wanda's Σx² per linear.
     pub fn flops(&self, cfg: &LlamaConfig, windows: f64, t: f64, forward: f64) -> f64 {
         match self {
-            Allocation::Uniform => 0.0,
+            Allocation::Uniform | Allocation::Depth { .. } => 0.0,
             Allocation::Owl { .. } => {
                 windows * forward
                     + Linear::ALL
@@ -224,13 +246,15 @@ impl Allocation {
         }
     }
 
-    /// Checks the allocation against a pattern: OWL spreads unstructured sparsity only.
+    /// Checks the allocation against a pattern: a non-uniform allocation spreads unstructured
+    /// sparsity only.
     pub fn check(&self, pattern: &Pattern) -> Result<()> {
-        if let (Allocation::Owl { .. }, Pattern::NM { .. }) = (self, pattern) {
+        if let (false, Pattern::NM { .. }) = (self.is_uniform(), pattern) {
             crate::usage_bail!(
                 "allocate",
-                "owl spreads unstructured sparsity over the layers; {pattern} fixes every \
-                 layer's sparsity"
+                "{} spreads unstructured sparsity over the layers; {pattern} fixes every \
+                 layer's sparsity",
+                self.kind()
             );
         }
         Ok(())
@@ -283,6 +307,27 @@ pub fn owl_sparsities(ratios: &[f64], sparsity: f64, lambda: f64) -> Result<Vec<
         crate::usage_bail!(
             "allocate.lambda",
             "{lambda} spreads the layer sparsities around {:.0}% to {:.1}%, outside (0, 100%); \
+             lower it",
+            sparsity * 100.0,
+            bad * 100.0
+        );
+    }
+    Ok(out)
+}
+
+/// Layer sparsities rising linearly with depth: s − δ at the first of `layers`, s + δ at the
+/// last, mean s (one layer: s).
+pub fn depth_sparsities(layers: usize, sparsity: f64, spread: f64) -> Result<Vec<f64>> {
+    if layers <= 1 {
+        return Ok(vec![sparsity; layers]);
+    }
+    let out: Vec<f64> = (0..layers)
+        .map(|l| sparsity + spread * (2.0 * l as f64 / (layers - 1) as f64 - 1.0))
+        .collect();
+    if let Some(bad) = out.iter().find(|s| !(**s > 0.0 && **s < 1.0)) {
+        crate::usage_bail!(
+            "allocate.spread",
+            "{spread} spreads the layer sparsities around {:.0}% to {:.1}%, outside (0, 100%); \
              lower it",
             sparsity * 100.0,
             bad * 100.0
@@ -457,6 +502,26 @@ mod tests {
             .iter()
             .flatten()
             .all(|p| *p == nm));
+    }
+
+    #[test]
+    fn depth_rises_linearly_and_keeps_the_mean() {
+        let s = depth_sparsities(5, 0.6, 0.1).unwrap();
+        let want = [0.5, 0.55, 0.6, 0.65, 0.7];
+        for (a, b) in s.iter().zip(want) {
+            assert!((a - b).abs() < 1e-12, "{s:?}");
+        }
+        assert!((s.iter().sum::<f64>() / 5.0 - 0.6).abs() < 1e-12);
+        assert_eq!(depth_sparsities(1, 0.6, 0.1).unwrap(), vec![0.6]);
+        assert!(depth_sparsities(4, 0.95, 0.1).is_err());
+        let d =
+            Allocation::from_value(&serde_json::json!({"kind": "depth", "spread": 0.1})).unwrap();
+        assert!(!d.reads_data());
+        let t = d
+            .layer_targets(0.6, 5, |_| panic!("depth reads no data"))
+            .unwrap();
+        assert_eq!(t.unwrap().len(), 5);
+        assert!(d.check(&Pattern::NM { n: 2, m: 4 }).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 #![allow(clippy::needless_range_loop)]
 
+mod allocation;
 mod baselines;
 mod checkpoint;
 mod common;

@@ -1,0 +1,44 @@
+//! How the sparsity is spread over the layers (`--allocate`): the data-free `depth`
+//! allocation here; OWL is tested beside the baselines.
+
+use crate::common::*;
+
+/// `depth` rises linearly over the layers, keeps the mean, reads no calibration data (even
+/// for magnitude), and is refused with N:M.
+#[test]
+fn depth_spreads_the_sparsity_without_data() {
+    let t = tiny_model(false, 1);
+    let tmp = t.tmp.path();
+    let a = format!("text:{}", small_text(tmp, "a.txt", 0, 150).display());
+    let model = t.dir.to_str().unwrap();
+    let out = tmp.join("out");
+    let run = |extra: &[&str]| {
+        let sparsity = if extra.contains(&"--pattern") { "50" } else { "60" };
+        let mut v = vec![
+            "prune", "--model", model, "--datasets", &a, "--method", "magnitude", "--sparsity",
+            sparsity, "--allocate", "depth", "--quiet", "--force", "--out", out.to_str().unwrap(),
+        ];
+        v.extend_from_slice(extra);
+        run_cli(&v, &[])
+    };
+    let r = run(&["--depth-spread", "0.1"]);
+    assert_eq!(r.0, 0, "{}", r.2);
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("copal.json")).unwrap()).unwrap();
+    let report = &rec["steps"][0]["report"];
+    let floats = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let targets = floats(&report["layer_targets"]);
+    assert_eq!(targets.len(), 2);
+    assert!((targets[0] - 0.5).abs() < 1e-12 && (targets[1] - 0.7).abs() < 1e-12, "{targets:?}");
+    for (m, t) in floats(&report["layer_sparsity"]).iter().zip(&targets) {
+        assert!((m - t).abs() < 1.0 / 64.0, "layer at {m}, target {t}");
+    }
+    let total = rec["sparsity"].as_f64().unwrap();
+    assert!((total - 0.6).abs() <= 64.0 / 73728.0, "the model is at {total}");
+    assert_eq!(report["calib_tokens"].as_u64(), Some(0), "depth read calibration data");
+    assert_usage_error(&run(&["--pattern", "2:4"]), "--allocate depth spreads unstructured sparsity");
+    assert_usage_error(&run(&["--depth-spread", "0.7"]), "--depth-spread must be in [0, 0.5)");
+    assert_usage_error(&run(&["--owl-m", "3"]), "--owl-m is not a setting of allocate depth");
+}
