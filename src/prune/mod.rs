@@ -3,7 +3,10 @@
 //!
 //! Adding a method means a new file with its pruner and settings, and one line in each match
 //! below ([`Method::facts`] and the three [`MethodConfig`] matches); the compiler finds every
-//! one of them, and nothing outside `prune/` matches on methods.
+//! one of them. Outside `prune/`, code names a method only for a fixed format: `dense` as "no
+//! pruning" (no step report, the setting id `dense`), COPAL's fields of format-1 states
+//! (`state.rs`), the run-id tags and table labels the first grids used (`experiment/`: COPAL's
+//! `-gaussian`/`-norm`, SparseGPT's "column block"). None of those is needed for a new method.
 
 pub mod allocate;
 pub mod copal;
