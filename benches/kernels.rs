@@ -8,9 +8,9 @@
 use candle_core::{Device, Tensor};
 use copal::prune::copal::{CopalPruner, Perturbation, PerturbationKind};
 use copal::prune::mask::{select, Group, Pattern};
-use copal::prune::noise::gaussian;
 use copal::prune::sparsegpt::{SparseGptConfig, SparseGptPruner};
 use copal::prune::LayerPruner;
+use copal::rng::gaussian;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn randn(seed: u64, r: usize, c: usize) -> Tensor {

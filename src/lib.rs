@@ -29,6 +29,7 @@ pub mod plan;
 pub mod plot;
 pub mod prune;
 pub mod report;
+pub mod rng;
 pub mod state;
 pub mod tokenizer;
 pub mod ui;

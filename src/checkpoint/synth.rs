@@ -8,7 +8,7 @@
 
 use super::writer::{tensor_bytes, write_json, ShardWriter};
 use crate::model::{block::norm_names, Linear, LlamaConfig, EMBED, FINAL_NORM, LM_HEAD};
-use crate::prune::noise::gaussian;
+use crate::rng::gaussian;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::Dtype;

@@ -15,4 +15,4 @@ pub mod text;
 pub use corpus::{Corpus, Files};
 pub use dataset::{data_dir, parse_split_overrides, Dataset, Split, BUILTIN};
 pub use eval_set::{load_sets, EvalSet};
-pub use sampler::{calibration_windows, eval_windows, CalibSet, SplitMix64};
+pub use sampler::{calibration_windows, eval_windows, CalibSet};

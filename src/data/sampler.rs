@@ -10,45 +10,10 @@
 //! Evaluation cuts the tokenised text into non-overlapping windows and drops the remainder.
 
 use super::corpus::Corpus;
+use crate::rng::SplitMix64;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Result};
 use std::collections::HashMap;
-
-/// SplitMix64 (Steele, Lea, Flood 2014), wrapping u64 arithmetic.
-#[derive(Debug, Clone)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self { state: seed }
-    }
-
-    /// The generator for one dataset: seeded with `seed ^ fnv1a64(name)`.
-    pub fn for_dataset(seed: u64, name: &str) -> Self {
-        Self::new(seed ^ fnv1a64(name.as_bytes()))
-    }
-
-    #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-/// FNV-1a, 64-bit.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    h
-}
 
 /// Calibration windows of one dataset, with what the run record needs to know about them.
 #[derive(Debug, Clone)]
@@ -169,22 +134,6 @@ pub fn eval_windows(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splitmix64_reference_values() {
-        // Reference outputs of SplitMix64 seeded with 0 (as in Vigna's splitmix64.c).
-        let mut r = SplitMix64::new(0);
-        assert_eq!(r.next(), 0xE220_A839_7B1D_CDAF);
-        assert_eq!(r.next(), 0x6E78_9E6A_A1B9_65F4);
-        assert_eq!(r.next(), 0x06C4_5D18_8009_454F);
-    }
-
-    #[test]
-    fn fnv1a64_reference_values() {
-        assert_eq!(fnv1a64(b""), 0xCBF2_9CE4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xAF63_DC4C_8601_EC8C);
-        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_F739_67E8);
-    }
 
     #[test]
     fn eval_windows_drop_remainder_and_cap() {

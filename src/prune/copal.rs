@@ -18,10 +18,10 @@
 //!   Z, Z′ standard normal from a generator seeded by seed, dataset, tensor and window).
 
 use super::mask::{Group, Pattern};
-use super::noise::{derive_seed, gaussian};
 use super::pruner::{f32_rows, mask_by_score, LayerPruner, Pruned};
 use super::rows;
 use super::update::UpdateConfig;
+use crate::rng::{derive_seed, gaussian};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};

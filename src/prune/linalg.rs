@@ -199,7 +199,7 @@ pub fn upper_cholesky_of_inverse(h: Mat) -> Result<Mat> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prune::noise::gaussian;
+    use crate::rng::gaussian;
 
     fn spd(n: usize, seed: u64) -> Mat {
         // A = XᵀX/t + 0.1 I with X random: symmetric positive definite.

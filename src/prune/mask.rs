@@ -288,7 +288,7 @@ fn prune_lowest_small(scores: &[f32], k: usize, out: &mut [bool]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::SplitMix64;
+    use crate::rng::SplitMix64;
 
     fn random(n: usize, seed: u64, levels: u64) -> Vec<f32> {
         let mut r = SplitMix64::new(seed);

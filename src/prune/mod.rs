@@ -13,7 +13,6 @@ pub mod copal;
 pub mod linalg;
 pub mod magnitude;
 pub mod mask;
-pub mod noise;
 pub mod obs;
 pub mod pruner;
 pub mod ria;

@@ -393,7 +393,7 @@ pub fn relative_output_error(w0: &Tensor, w: &Tensor, h: &Tensor) -> Result<f64>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prune::noise::gaussian;
+    use crate::rng::gaussian;
 
     fn correlated(t: usize, n: usize, seed: u64) -> Tensor {
         let z = Tensor::from_vec(gaussian(seed, t * n), (t, n), &Device::Cpu).unwrap();

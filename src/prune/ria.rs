@@ -108,7 +108,7 @@ pub fn flops(inp: usize, windows: f64, t: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prune::noise::gaussian;
+    use crate::rng::gaussian;
     use candle_core::Device;
 
     #[test]

@@ -126,7 +126,7 @@ mod tests {
     use candle_core::Device;
 
     fn randn(seed: u64, r: usize, c: usize) -> Tensor {
-        let v = crate::prune::noise::gaussian(seed, r * c);
+        let v = crate::rng::gaussian(seed, r * c);
         Tensor::from_vec(v, (r, c), &Device::Cpu).unwrap()
     }
 

@@ -83,7 +83,7 @@ impl LayerPruner for SparseGptPruner {
 mod tests {
     use super::*;
     use crate::model::block::max_abs;
-    use crate::prune::noise::gaussian;
+    use crate::rng::gaussian;
     use candle_core::Device;
 
     /// Inputs with strongly correlated columns: x = z A with A random mixing.

@@ -81,7 +81,7 @@ impl LayerPruner for WandaPruner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prune::noise::gaussian;
+    use crate::rng::gaussian;
     use candle_core::Device;
 
     #[test]

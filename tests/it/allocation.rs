@@ -13,10 +13,27 @@ fn depth_spreads_the_sparsity_without_data() {
     let model = t.dir.to_str().unwrap();
     let out = tmp.join("out");
     let run = |extra: &[&str]| {
-        let sparsity = if extra.contains(&"--pattern") { "50" } else { "60" };
+        let sparsity = if extra.contains(&"--pattern") {
+            "50"
+        } else {
+            "60"
+        };
         let mut v = vec![
-            "prune", "--model", model, "--datasets", &a, "--method", "magnitude", "--sparsity",
-            sparsity, "--allocate", "depth", "--quiet", "--force", "--out", out.to_str().unwrap(),
+            "prune",
+            "--model",
+            model,
+            "--datasets",
+            &a,
+            "--method",
+            "magnitude",
+            "--sparsity",
+            sparsity,
+            "--allocate",
+            "depth",
+            "--quiet",
+            "--force",
+            "--out",
+            out.to_str().unwrap(),
         ];
         v.extend_from_slice(extra);
         run_cli(&v, &[])
@@ -27,18 +44,41 @@ fn depth_spreads_the_sparsity_without_data() {
         serde_json::from_str(&std::fs::read_to_string(out.join("copal.json")).unwrap()).unwrap();
     let report = &rec["steps"][0]["report"];
     let floats = |v: &serde_json::Value| -> Vec<f64> {
-        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
     };
     let targets = floats(&report["layer_targets"]);
     assert_eq!(targets.len(), 2);
-    assert!((targets[0] - 0.5).abs() < 1e-12 && (targets[1] - 0.7).abs() < 1e-12, "{targets:?}");
+    assert!(
+        (targets[0] - 0.5).abs() < 1e-12 && (targets[1] - 0.7).abs() < 1e-12,
+        "{targets:?}"
+    );
     for (m, t) in floats(&report["layer_sparsity"]).iter().zip(&targets) {
         assert!((m - t).abs() < 1.0 / 64.0, "layer at {m}, target {t}");
     }
     let total = rec["sparsity"].as_f64().unwrap();
-    assert!((total - 0.6).abs() <= 64.0 / 73728.0, "the model is at {total}");
-    assert_eq!(report["calib_tokens"].as_u64(), Some(0), "depth read calibration data");
-    assert_usage_error(&run(&["--pattern", "2:4"]), "--allocate depth spreads unstructured sparsity");
-    assert_usage_error(&run(&["--depth-spread", "0.7"]), "--depth-spread must be in [0, 0.5)");
-    assert_usage_error(&run(&["--owl-m", "3"]), "--owl-m is not a setting of allocate depth");
+    assert!(
+        (total - 0.6).abs() <= 64.0 / 73728.0,
+        "the model is at {total}"
+    );
+    assert_eq!(
+        report["calib_tokens"].as_u64(),
+        Some(0),
+        "depth read calibration data"
+    );
+    assert_usage_error(
+        &run(&["--pattern", "2:4"]),
+        "--allocate depth spreads unstructured sparsity",
+    );
+    assert_usage_error(
+        &run(&["--depth-spread", "0.7"]),
+        "--depth-spread must be in [0, 0.5)",
+    );
+    assert_usage_error(
+        &run(&["--owl-m", "3"]),
+        "--owl-m is not a setting of allocate depth",
+    );
 }

@@ -7,7 +7,7 @@ use copal::model::{Linear, Llama, LlamaConfig};
 use std::collections::HashMap;
 
 fn ids(n: usize, seed: u64) -> Vec<u32> {
-    let mut r = copal::data::SplitMix64::new(seed);
+    let mut r = copal::rng::SplitMix64::new(seed);
     (0..n).map(|_| (r.next() % 256) as u32).collect()
 }
 

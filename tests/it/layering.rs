@@ -1,10 +1,47 @@
-//! The layering the compiler does not check: the library never names the CLI, and the
-//! file-level import graph of `src/` has no cycle (a file that needs another's item and is
-//! needed by it is two jobs in the wrong places). An edge is any `crate::a::b` or `super::a`
+//! The layering the compiler does not check: the library never names the CLI, every
+//! top-level module sits in a declared layer and imports only from its own layer or those
+//! below ([`LAYERS`]), and the file-level import graph of `src/` has no cycle (a file that
+//! needs another's item and is needed by it is two jobs in the wrong places). An edge is any `crate::a::b` or `super::a`
 //! path in a file, test modules included, resolved to the longest module prefix that is a file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+/// The library's layers, bottom first: a module may import from its own layer (no cycle) and
+/// from any layer below, never from above. The binary (`main.rs`, `cli/`) sits on top of all.
+/// A new top-level module must be placed here.
+const LAYERS: &[(&str, &[&str])] = &[
+    (
+        "foundations",
+        &["usage", "env", "ui", "fsutil", "guard", "rng"],
+    ),
+    ("devices and files", &["device", "hub", "tokenizer", "plot"]),
+    ("model and data", &["model", "data"]),
+    ("checkpoints and evaluation", &["checkpoint", "eval"]),
+    ("methods and stages", &["prune"]),
+    ("the plan and its record", &["plan", "report"]),
+    ("the layer walk and its state", &["calib", "state"]),
+    ("continual runs", &["continual"]),
+    ("experiment grids", &["experiment"]),
+];
+
+/// The layer of a file's top-level module (None: the binary or the crate root).
+fn layer_of(file: &str) -> Option<Result<usize, String>> {
+    let top = file
+        .split('/')
+        .next()
+        .unwrap_or(file)
+        .trim_end_matches(".rs");
+    if matches!(top, "main" | "cli" | "lib") {
+        return None;
+    }
+    Some(
+        LAYERS
+            .iter()
+            .position(|(_, mods)| mods.contains(&top))
+            .ok_or_else(|| top.to_string()),
+    )
+}
 
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
@@ -99,7 +136,7 @@ fn paths_in(src: &str, module: &[String]) -> Vec<Vec<String>> {
 }
 
 #[test]
-fn the_library_never_names_the_cli_and_its_files_import_no_cycle() {
+fn the_library_never_names_the_cli_imports_down_its_layers_and_has_no_cycle() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rs_files(&src, &mut files);
@@ -141,6 +178,32 @@ fn the_library_never_names_the_cli_and_its_files_import_no_cycle() {
         graph.len() > 30 && graph.values().map(BTreeSet::len).sum::<usize>() > 60,
         "the import graph looks empty: the parser no longer reads src/ ({} files)",
         graph.len()
+    );
+
+    // Edges point down the declared layers (or stay in one).
+    let (mut unplaced, mut upward) = (BTreeSet::new(), Vec::new());
+    for (from, tos) in &graph {
+        for to in tos {
+            match (layer_of(from), layer_of(to)) {
+                (Some(Err(m)), _) | (_, Some(Err(m))) => {
+                    unplaced.insert(m);
+                }
+                (Some(Ok(a)), Some(Ok(b))) if b > a => upward.push(format!(
+                    "{from} ({}) imports {to} ({})",
+                    LAYERS[a].0, LAYERS[b].0
+                )),
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        unplaced.is_empty(),
+        "modules not in LAYERS (tests/it/layering.rs): {unplaced:?}"
+    );
+    assert!(
+        upward.is_empty(),
+        "imports that point up the layers:\n{}",
+        upward.join("\n")
     );
 
     // A cycle is an edge back to a file still on the depth-first stack.

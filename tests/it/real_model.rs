@@ -174,7 +174,7 @@ fn calibration_sampler_is_deterministic_and_seeded() {
             _ => unreachable!(),
         })
         .unwrap();
-    let mut rng = data::SplitMix64::for_dataset(0, "ptb");
+    let mut rng = copal::rng::SplitMix64::for_dataset(0, "ptb");
     let start = (rng.next() % (ids.len() - 256) as u64) as usize;
     assert_eq!(a.windows[0], ids[start..start + 256].to_vec());
     // C4: documents longer than seqlen only.

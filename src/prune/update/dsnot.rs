@@ -364,8 +364,8 @@ pub fn statistic(prior: Option<Tensor>) -> Result<Box<dyn InputStatistic>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prune::noise::gaussian;
     use crate::prune::{mask, Group, Pattern};
+    use crate::rng::gaussian;
 
     /// The authors' loop as they write it: whole matrix, one shared cycle counter, pointers per
     /// row into full sorts, the error updated where the row still swaps.

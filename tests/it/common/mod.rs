@@ -31,7 +31,7 @@ pub fn tiny_config(tied: bool) -> serde_json::Value {
 /// Deterministic pseudo-random normal values.
 pub fn randn(seed: u64, shape: &[usize], scale: f32) -> Tensor {
     let n: usize = shape.iter().product();
-    let v: Vec<f32> = copal::prune::noise::gaussian(seed, n)
+    let v: Vec<f32> = copal::rng::gaussian(seed, n)
         .into_iter()
         .map(|x| x * scale)
         .collect();
@@ -362,7 +362,7 @@ const WORDS: &[&str] = &[
 /// A deterministic pseudo-English text of `lines` sentences (its own fixture: no dataset is
 /// needed for tiny-model runs). Different seeds give different word statistics.
 pub fn fixture_text(seed: u64, lines: usize) -> Vec<String> {
-    let mut r = copal::data::SplitMix64::new(seed);
+    let mut r = copal::rng::SplitMix64::new(seed);
     // Each seed favours its own part of the vocabulary, so texts differ as domains do.
     let bias = (seed as usize * 37) % WORDS.len();
     (0..lines)
