@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, Tests): fetches and converts the test model if needed, then runs
-# every unit and integration test in release mode (the model is ~130x slower in debug).
+# every unit and integration test in release mode (the model is ~130x slower in debug),
+# the full tier included: the tests marked #[ignore = "full tier ..."] (the real model, the
+# Python reference clients, the end-to-end scripts) that a plain `cargo test` leaves out.
 #
 #   COPAL_DATA_DIR  the datasets (default: ../shared/data beside the repository, else ./data)
 set -euo pipefail
@@ -21,4 +23,9 @@ then
 fi
 COPAL_TEST_MODEL=$(./scripts/fetch-test-model.sh)
 export COPAL_TEST_MODEL
-cargo test --release --locked "$@"
+# Arguments pass through (`./scripts/test.sh --test it -- hub::`); the full tier is added
+# after the test binary's own arguments.
+case " $* " in
+  *" -- "*) cargo test --release --locked "$@" --include-ignored ;;
+  *) cargo test --release --locked "$@" -- --include-ignored ;;
+esac

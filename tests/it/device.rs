@@ -7,6 +7,7 @@
 use crate::common::*;
 
 #[test]
+#[ignore = "full tier, ./scripts/test.sh: runs scripts/gpu-check.sh's rehearsal (40 s)"]
 fn the_gpu_check_rehearses_on_the_cpu_with_the_generic_kernels() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("gpu");

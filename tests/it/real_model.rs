@@ -31,6 +31,7 @@ fn ptb_set(tok: &Tokenizer, windows: usize) -> EvalSet {
 }
 
 #[test]
+#[ignore = "full tier, ./scripts/test.sh: the converted test model and the real datasets"]
 fn ptb_perplexity_is_in_the_tens_and_needs_the_unpermute() {
     let (ck, m, tok) = open();
     let set = ptb_set(&tok, 4);
@@ -66,6 +67,7 @@ fn ptb_perplexity_is_in_the_tens_and_needs_the_unpermute() {
 }
 
 #[test]
+#[ignore = "full tier, ./scripts/test.sh: the converted test model and the real datasets"]
 fn greedy_continuation_knows_paris() {
     let (ck, m, tok) = open();
     let mut ids = tok.encode("The capital of France is").unwrap();
@@ -81,6 +83,7 @@ fn greedy_continuation_knows_paris() {
 }
 
 #[test]
+#[ignore = "full tier, ./scripts/test.sh: the converted test model and the real datasets"]
 fn known_token_ids() {
     let (_, _, tok) = open();
     // SmolLM: no BOS, no prefix space, digits split one by one.
@@ -96,6 +99,7 @@ fn known_token_ids() {
 }
 
 #[test]
+#[ignore = "full tier, ./scripts/test.sh: the converted test model and the real datasets"]
 fn the_three_datasets_load_with_the_protocol() {
     let (_, _, tok) = open();
     let dir = data_dir();
@@ -147,6 +151,7 @@ fn the_three_datasets_load_with_the_protocol() {
 }
 
 #[test]
+#[ignore = "full tier, ./scripts/test.sh: the converted test model and the real datasets"]
 fn calibration_sampler_is_deterministic_and_seeded() {
     let (_, _, tok) = open();
     let dir = data_dir();
@@ -192,6 +197,7 @@ fn calibration_sampler_is_deterministic_and_seeded() {
 }
 
 #[test]
+#[ignore = "full tier, ./scripts/test.sh: the converted test model and the real datasets"]
 fn prune_end_to_end_at_half_sparsity() {
     let model = test_model();
     let tmp = tempfile::tempdir().unwrap();
@@ -274,6 +280,7 @@ fn copal_inspect(ck: &Checkpoint) -> f64 {
 /// Ctrl-C stops a run at the next layer, says where its finished steps are kept and how to
 /// resume, and the same command then resumes from them.
 #[test]
+#[ignore = "full tier, ./scripts/test.sh: the converted test model and the real datasets"]
 fn ctrl_c_keeps_the_finished_steps_and_says_how_to_resume() {
     use std::io::{BufRead, BufReader};
     let model = test_model();
@@ -340,6 +347,7 @@ fn ctrl_c_keeps_the_finished_steps_and_says_how_to_resume() {
 /// Long texts are encoded in stitched segments; the ids are those of the whole text, on every
 /// real dataset text the protocol tokenises whole (segments of 64 KB make hundreds of seams).
 #[test]
+#[ignore = "full tier, ./scripts/test.sh: the converted test model and the real datasets"]
 fn stitched_encoding_equals_whole_encoding() {
     let (_, _, tok) = open();
     let whole = Tokenizer::open(&test_model())

@@ -169,6 +169,7 @@ fn run_script(name: &str, args: &[&str], env: &[(&str, &str)]) -> (String, Strin
 }
 
 #[test]
+#[ignore = "full tier, ./scripts/test.sh: runs a script end to end"]
 fn random_sigkills_through_the_script() {
     let c = reference();
     let model = c.t.dir.to_str().unwrap();
@@ -201,6 +202,7 @@ fn random_sigkills_through_the_script() {
 /// for a usage error) with an `error:` line and no panic (the script checks each and fails
 /// otherwise).
 #[test]
+#[ignore = "full tier, ./scripts/test.sh: runs a script end to end"]
 fn bad_input_table_script_passes_every_case() {
     // Under a 4 GiB address-space limit where prlimit exists: an allocation sized by a
     // hostile input aborts there instead of failing, so this is the stricter run.
@@ -441,6 +443,7 @@ fn fuzz_regressions_fail_cleanly() {
 /// scripts/permutations.sh (one `copal prune --json` per order, one CSV) gives the same
 /// average perplexities and BWT as `copal experiment` for the same settings and orders.
 #[test]
+#[ignore = "full tier, ./scripts/test.sh: runs a script end to end"]
 fn permutations_script_equals_the_experiment() {
     let t = tiny_model(true, 1);
     let tmp = t.tmp.path();

@@ -106,6 +106,8 @@ pub struct Hub {
     pub log: Vec<Seen>,
     /// CDN answers given per blob, for DropAfter.
     served: HashMap<String, usize>,
+    /// Requests answered but not yet logged (a client may exit before its answer is logged).
+    in_flight: usize,
 }
 
 /// The token the gated repositories grant.
@@ -185,8 +187,18 @@ impl Server {
         ]
     }
 
+    /// Every request answered so far, once each is logged (its thread logs after sending, so a
+    /// client that has exited may have answers still being logged).
     pub fn log(&self) -> Vec<Seen> {
-        self.hub.lock().unwrap().log.clone()
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let h = self.hub.lock().unwrap();
+            if h.in_flight == 0 || std::time::Instant::now() > until {
+                return h.log.clone();
+            }
+            drop(h);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 
@@ -370,10 +382,13 @@ fn serve(mut stream: TcpStream, hub: &Mutex<Hub>, cdn: bool, cdn_addr: &str) {
             answer_hub(&mut h, &req, cdn_addr)
         };
         let s = a.status;
+        h.in_flight += 1;
         (a, s)
     };
     let n = send(&mut stream, &req, &answer);
-    hub.lock().unwrap().log.push(Seen {
+    let mut h = hub.lock().unwrap();
+    h.in_flight -= 1;
+    h.log.push(Seen {
         cdn,
         method: req.method.clone(),
         path: req.path.clone(),
