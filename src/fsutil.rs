@@ -80,7 +80,7 @@ pub fn check_replace(
     crate::usage_ensure!(
         force,
         setting,
-        "{} already exists; pass --force to replace it (copal replaces only a directory it \
+        "{} already exists; pass ⟨force⟩ to replace it (copal replaces only a directory it \
          wrote, or an empty one)",
         out.display()
     );
@@ -96,7 +96,7 @@ pub fn check_replace(
     shown.sort();
     crate::usage_bail!(
         setting,
-        "{} holds files copal did not write ({}…): --force replaces only copal's own \
+        "{} holds files copal did not write ({}…): ⟨force⟩ replaces only copal's own \
          outputs; choose another directory, or move those files away",
         out.display(),
         shown.join(", ")

@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    let sub = matches.subcommand_name().map(str::to_string);
     let result = copal::env::check().and_then(|()| cli::run(parsed, &matches));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,7 +77,7 @@ fn main() -> ExitCode {
             if broken_pipe {
                 return ExitCode::SUCCESS;
             }
-            ExitCode::from(cli::report_error(&err))
+            ExitCode::from(cli::report_error(&err, sub.as_deref()))
         }
     }
 }

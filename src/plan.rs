@@ -249,8 +249,7 @@ impl PrunePlan {
             overlap.is_empty() || r.allow_calib_on_eval,
             "eval",
             "would measure perplexity on the text {} calibrates on ({}); calibrate on another \
-             split (--calib-split), evaluate without --eval, or pass --allow-calib-on-eval \
-             (allow_calib_on_eval in an experiment file) to do it knowingly (the results are \
+             split (⟨calib_split⟩), evaluate without ⟨eval⟩, or pass ⟨allow_calib_on_eval⟩ to do it knowingly (the results are \
              then marked)",
             if overlap.len() == 1 {
                 "that dataset"

@@ -40,6 +40,39 @@ pub fn usage(setting: &str, message: impl Into<String>) -> anyhow::Error {
     .into()
 }
 
+/// A setting named inside a message (`lower ⟨seqlen⟩ or use a larger file`): the library
+/// writes the setting's name between ⟨ ⟩, and each front end renders it in its own words
+/// ([`render_settings`]: `--seqlen` on the command line, the key in an experiment file).
+pub fn setting(name: &str) -> String {
+    format!("⟨{name}⟩")
+}
+
+/// `text` with every `⟨name⟩` written as `name_of(name)`.
+pub fn render_settings(text: &str, name_of: impl Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('⟨') {
+        let after = &rest[i + '⟨'.len_utf8()..];
+        match after.find('⟩') {
+            Some(j)
+                if after[..j]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
+                out.push_str(&rest[..i]);
+                out.push_str(&name_of(&after[..j]));
+                rest = &after[j + '⟩'.len_utf8()..];
+            }
+            _ => {
+                out.push_str(&rest[..i + '⟨'.len_utf8()]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Returns early with a usage error about a setting: `usage_bail!("sparsity", "must be …")`.
 #[macro_export]
 macro_rules! usage_bail {
@@ -135,6 +168,20 @@ mod tests {
         assert_eq!(did_you_mean("nsample", keys), Some("nsamples"));
         assert_eq!(did_you_mean("sparsity", keys), Some("sparsities"));
         assert_eq!(did_you_mean("zzz", keys), None);
+    }
+
+    #[test]
+    fn settings_inside_a_message_are_rendered_by_the_front_end() {
+        let flag = |s: &str| format!("--{}", s.replace('_', "-"));
+        assert_eq!(
+            render_settings("lower ⟨seqlen⟩ or pass ⟨calib_split⟩ x", flag),
+            "lower --seqlen or pass --calib-split x"
+        );
+        assert_eq!(
+            render_settings("⟨not a setting⟩ ⟨", flag),
+            "⟨not a setting⟩ ⟨"
+        );
+        assert_eq!(render_settings(&setting("force"), flag), "--force");
     }
 
     #[test]

@@ -240,7 +240,7 @@ pub fn import(path: &Path, out: &Path, dtype: DType) -> Result<Imported> {
         DType::F32 => Dtype::F32,
         DType::BF16 => Dtype::BF16,
         DType::F16 => Dtype::F16,
-        other => bail!("--dtype {other:?} is not a storage dtype copal writes"),
+        other => bail!("⟨dtype⟩ {other:?} is not a storage dtype copal writes"),
     };
     let mut names: Vec<(String, String)> = content
         .tensor_infos

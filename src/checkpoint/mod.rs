@@ -147,7 +147,7 @@ impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Self> {
         ensure!(
             dir.is_dir(),
-            "{} is not a directory; --model takes a checkpoint directory, an alias or a hub id",
+            "{} is not a directory; ⟨model⟩ takes a checkpoint directory, an alias or a hub id",
             dir.display()
         );
         let cfg_path = dir.join("config.json");

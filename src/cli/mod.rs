@@ -63,26 +63,38 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
 }
 
 /// The flag of a setting (`eps_w` → `--eps-w`, `agg` → `--copal-agg`), from the command's own
-/// definition; a setting no flag sets keeps its name.
-fn flag_of(setting: &str) -> String {
+/// definition: `sub`'s own flags first, then any command's; in `copal experiment` a setting
+/// that is not one of its flags is a key of the experiment file (`allow_calib_on_eval`,
+/// `sparsities`). A setting nothing names keeps its name.
+fn flag_of(setting: &str, sub: Option<&str>) -> String {
     let cmd = Cli::command();
-    for sub in cmd.get_subcommands() {
-        for arg in sub.get_arguments() {
-            if arg.get_id() == setting {
-                if let Some(long) = arg.get_long() {
-                    return format!("--{long}");
-                }
-            }
-        }
+    let long = |c: &clap::Command| {
+        c.get_arguments()
+            .find(|a| a.get_id() == setting)
+            .and_then(|a| a.get_long())
+            .map(|l| format!("--{l}"))
+    };
+    if let Some(own) = sub.and_then(|s| cmd.find_subcommand(s)).and_then(long) {
+        return own;
     }
-    setting.to_string()
+    if sub == Some("experiment") {
+        return copal::experiment::config::key_of(setting).to_string();
+    }
+    let any = cmd.get_subcommands().find_map(long);
+    any.unwrap_or_else(|| setting.to_string())
+}
+
+/// A message with the settings it names (`⟨seqlen⟩`, see [`copal::usage::setting`]) in the
+/// front end's words.
+fn render(text: &str, sub: Option<&str>) -> String {
+    copal::usage::render_settings(text, |s| flag_of(s, sub))
 }
 
 /// Prints `error:` and one `caused by:` line per cause; a usage error names its flag. Returns
 /// the exit code: 2 for usage errors, 130 after Ctrl-C, 1 otherwise. Each cause is printed
 /// by its first line: some libraries (candle) append a backtrace when RUST_BACKTRACE is set,
 /// which helps nobody who mistyped a path.
-pub fn report_error(err: &anyhow::Error) -> u8 {
+pub fn report_error(err: &anyhow::Error, sub: Option<&str>) -> u8 {
     let mut usage = false;
     let interrupted = err
         .chain()
@@ -92,9 +104,9 @@ pub fn report_error(err: &anyhow::Error) -> u8 {
         .map(|cause| match cause.downcast_ref::<UsageError>() {
             Some(u) => {
                 usage = true;
-                u.render(&flag_of(&u.setting))
+                render(&u.render(&flag_of(&u.setting, sub)), sub)
             }
-            None => cause.to_string().lines().next().unwrap_or("").to_string(),
+            None => render(cause.to_string().lines().next().unwrap_or(""), sub),
         })
         .collect();
     eprintln!("error: {}", lines[0]);
@@ -121,9 +133,20 @@ mod tests {
 
     #[test]
     fn settings_are_named_by_their_flags() {
-        assert_eq!(flag_of("eps_w"), "--eps-w");
-        assert_eq!(flag_of("agg"), "--copal-agg");
-        assert_eq!(flag_of("sparsity"), "--sparsity");
-        assert_eq!(flag_of("no_such_setting"), "no_such_setting");
+        let prune = Some("prune");
+        assert_eq!(flag_of("eps_w", prune), "--eps-w");
+        assert_eq!(flag_of("agg", prune), "--copal-agg");
+        assert_eq!(flag_of("sparsity", prune), "--sparsity");
+        assert_eq!(flag_of("allocate.m", prune), "--owl-m");
+        assert_eq!(flag_of("no_such_setting", prune), "no_such_setting");
+        // In an experiment: its own flags, else the file's keys.
+        let exp = Some("experiment");
+        assert_eq!(flag_of("run_index", exp), "--run-index");
+        assert_eq!(flag_of("sparsity", exp), "sparsities");
+        assert_eq!(flag_of("allow_calib_on_eval", exp), "allow_calib_on_eval");
+        assert_eq!(
+            render("split (⟨calib_split⟩), pass ⟨force⟩", prune),
+            "split (--calib-split), pass --force"
+        );
     }
 }

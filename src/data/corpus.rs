@@ -145,12 +145,12 @@ fn not_here(ds: &Dataset, split: Split, data_dir: &Path) -> anyhow::Error {
     let hint = match (ds, split) {
         (Dataset::WikiText2, Split::Train) => {
             "; WikiText-2 train is in wikitext-2-raw-v1.zip (see docs/data.md), or calibrate on \
-             another split with --calib-split wikitext2=valid"
+             another split with ⟨calib_split⟩ wikitext2=valid"
         }
         _ => "; see docs/data.md for where to download it and where it goes",
     };
     anyhow::anyhow!(
-        "{ds} {split} split not found: looked for {names}[.gz] in {} (set --data-dir or \
+        "{ds} {split} split not found: looked for {names}[.gz] in {} (set ⟨data_dir⟩ or \
          COPAL_DATA_DIR){hint}",
         data_dir.display()
     )
@@ -250,7 +250,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("wiki.train.raw") && e.contains("--calib-split wikitext2=valid"),
+            e.contains("wiki.train.raw") && e.contains("⟨calib_split⟩ wikitext2=valid"),
             "{e}"
         );
     }

@@ -86,7 +86,7 @@ impl EvalSet {
         ensure!(
             n > 0,
             "the {ds} {split} text ({}) has {} tokens, fewer than one window of seqlen = {seqlen}; \
-             lower --seqlen",
+             lower ⟨seqlen⟩",
             path.display(),
             ids.len()
         );

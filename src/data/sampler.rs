@@ -43,7 +43,7 @@ pub fn calibration_windows(
             ensure!(
                 ids.len() > seqlen,
                 "the {name} calibration text has {} tokens, fewer than seqlen + 1 = {}; lower \
-                 --seqlen or use a larger file",
+                 ⟨seqlen⟩ or use a larger file",
                 ids.len(),
                 seqlen + 1
             );
@@ -75,7 +75,7 @@ pub fn calibration_windows(
                     if too_short.len() == docs.len() {
                         bail!(
                             "no {name} calibration document has more than seqlen = {seqlen} \
-                             tokens; lower --seqlen or use a larger file"
+                             tokens; lower ⟨seqlen⟩ or use a larger file"
                         );
                     }
                     continue;
@@ -93,7 +93,7 @@ pub fn calibration_windows(
                     if too_short.len() == docs.len() {
                         bail!(
                             "no {name} calibration document has more than seqlen = {seqlen} \
-                             tokens; lower --seqlen or use a larger file"
+                             tokens; lower ⟨seqlen⟩ or use a larger file"
                         );
                     }
                     continue;

@@ -268,7 +268,7 @@ pub fn select<'a>(
         match runs.get(i) {
             Some(r) => out.push(r),
             None => bail!(
-                "--run-index {i} is out of range: the grid has {} runs (0..{})",
+                "⟨run_index⟩ {i} is out of range: the grid has {} runs (0..{})",
                 runs.len(),
                 runs.len()
             ),
@@ -277,7 +277,7 @@ pub fn select<'a>(
     for id in ids {
         match runs.iter().find(|r| &r.id == id) {
             Some(r) => out.push(r),
-            None => bail!("no run {id:?} in this grid; list them with --list"),
+            None => bail!("no run {id:?} in this grid; list them with ⟨list⟩"),
         }
     }
     Ok(out)

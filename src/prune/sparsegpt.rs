@@ -30,7 +30,7 @@ impl SparseGptPruner {
         ensure!(cfg.blocksize > 0, "SparseGPT block size must be positive");
         ensure!(
             cfg.percdamp >= 0.0 && cfg.percdamp.is_finite(),
-            "--percdamp must be ≥ 0"
+            "⟨percdamp⟩ must be ≥ 0"
         );
         Ok(Self {
             w: w.to_dtype(DType::F32)?,

@@ -568,7 +568,10 @@ fn method_flags_belong_to_their_method() {
 fn owl_allocation_keeps_the_mean_sparsity() {
     let t = tiny_model(false, 1);
     let tmp = t.tmp.path();
-    let data = format!("text:{}", small_text(tmp, "a.txt", 0, 150).display());
+    // A fixed relative path: a text dataset's name seeds its windows, and under a random temp
+    // directory the two layers' outlier ratios tied for some draws (both layers then at the
+    // target, which the spread check below refuses).
+    let data = "text:tests/fixtures/state-v1/a.txt".to_string();
     let model = t.dir.to_str().unwrap();
     let run = |method: &str, extra: &[&str]| {
         let out = tmp.join(format!("owl-{method}-{}", extra.len()));
