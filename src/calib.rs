@@ -215,6 +215,9 @@ fn pruner_for(
     s.method.pruner(w, prior, noise)
 }
 
+/// The pattern of every linear of every layer (`[layer][k]`, `k` indexing [`Linear::ALL`]).
+type LinearPatterns = Vec<Vec<Pattern>>;
+
 /// Each layer's patterns, one per linear: the plan's, or the layer's share of the allocation
 /// (OWL's dense pass) rounded to the asked mean ([`allocate::linear_patterns`]), with the
 /// per-layer targets for the report.
@@ -225,7 +228,7 @@ fn layer_patterns(
     s: &StepSettings,
     batch: usize,
     label: &str,
-) -> Result<(Vec<Vec<Pattern>>, Option<Vec<f64>>)> {
+) -> Result<(LinearPatterns, Option<Vec<f64>>)> {
     let targets =
         s.allocate
             .layer_targets(s.pattern.fraction(), model.cfg.num_hidden_layers, |m| {
