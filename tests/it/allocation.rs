@@ -10,36 +10,14 @@ fn depth_spreads_the_sparsity_without_data() {
     let t = tiny_model(false, 1);
     let tmp = t.tmp.path();
     let a = format!("text:{}", small_text(tmp, "a.txt", 0, 150).display());
-    let model = t.dir.to_str().unwrap();
     let out = tmp.join("out");
-    let run = |extra: &[&str]| {
-        let sparsity = if extra.contains(&"--pattern") {
-            "50"
-        } else {
-            "60"
-        };
-        let mut v = vec![
-            "prune",
-            "--model",
-            model,
-            "--datasets",
-            &a,
-            "--method",
-            "magnitude",
-            "--sparsity",
-            sparsity,
-            "--allocate",
-            "depth",
-            "--quiet",
-            "--force",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        v.extend_from_slice(extra);
-        run_cli(&v, &[])
+    let run = |sparsity: u32| {
+        tiny_prune(&t.dir, &a)
+            .args(["--method", "magnitude", "--allocate", "depth", "--force"])
+            .flag("--sparsity", sparsity)
+            .flag("--out", out.display())
     };
-    let r = run(&["--depth-spread", "0.1"]);
-    assert_eq!(r.0, 0, "{}", r.2);
+    run(60).flag("--depth-spread", 0.1).ok();
     let rec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("copal.json")).unwrap()).unwrap();
     let report = &rec["steps"][0]["report"];
@@ -70,15 +48,15 @@ fn depth_spreads_the_sparsity_without_data() {
         "depth read calibration data"
     );
     assert_usage_error(
-        &run(&["--pattern", "2:4"]),
+        &run(50).flag("--pattern", "2:4").run(),
         "--allocate depth spreads unstructured sparsity",
     );
     assert_usage_error(
-        &run(&["--depth-spread", "0.7"]),
+        &run(60).flag("--depth-spread", 0.7).run(),
         "--depth-spread must be in [0, 0.5)",
     );
     assert_usage_error(
-        &run(&["--owl-m", "3"]),
+        &run(60).flag("--owl-m", 3).run(),
         "--owl-m is not a setting of allocate depth",
     );
 }

@@ -37,7 +37,6 @@ fn state_format(path: &Path) -> String {
 fn a_format_1_state_still_continues() {
     let t = tiny_model(false, 1);
     let tmp = t.tmp.path();
-    let model = t.dir.to_str().unwrap();
     // Relative to the package root (the tests' cwd): a text dataset's name, which seeds its
     // windows, is its path as given.
     let (a, b) = (
@@ -46,25 +45,12 @@ fn a_format_1_state_still_continues() {
     );
     let fixture = PathBuf::from(FIXTURE).join("copal.state");
     let run = |datasets: &str, state: &Path, out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "prune",
-            "--model",
-            model,
-            "--datasets",
-            datasets,
-            "--method",
-            "copal",
-            "--nsamples",
-            "4",
-            "--seqlen",
-            "32",
-            "--quiet",
-            "--force",
-        ];
-        args.extend_from_slice(&["--state", state.to_str().unwrap()]);
-        args.extend_from_slice(&["--out", out.to_str().unwrap()]);
-        args.extend_from_slice(extra);
-        run_cli(&args, &[])
+        tiny_prune(&t.dir, datasets)
+            .args(["--method", "copal", "--force"])
+            .flag("--state", state.display())
+            .flag("--out", out.display())
+            .args(extra.iter())
+            .run()
     };
     let eps = ["--eps-w", "0.02"];
     if std::env::var_os("COPAL_WRITE_STATE_FIXTURE").is_some() {

@@ -4,37 +4,16 @@
 use crate::common::*;
 use std::path::Path;
 
-/// One `copal prune` of the tiny model with `--update dsnot`, Wanda's mask, 4 × 32 tokens.
-fn dsnot_run(
-    model: &str,
-    datasets: &str,
-    out: &Path,
-    state: Option<&Path>,
-    extra: &[&str],
-) -> (i32, String, String) {
-    let mut v = vec![
-        "prune",
-        "--model",
-        model,
-        "--datasets",
-        datasets,
-        "--method",
-        "wanda",
-        "--nsamples",
-        "4",
-        "--seqlen",
-        "32",
-        "--quiet",
-        "--save-masks",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    if let Some(s) = state {
-        v.extend_from_slice(&["--state", s.to_str().unwrap()]);
-    }
-    v.extend_from_slice(extra);
-    run_cli(&v, &[])
+/// `copal prune` of the tiny model with Wanda's mask, writing masks to `out`.
+fn wanda(model: &Path, datasets: &str, out: &Path, state: &Path) -> CopalCmd {
+    tiny_prune(model, datasets)
+        .flag("--method", "wanda")
+        .arg("--save-masks")
+        .flag("--out", out.display())
+        .flag("--state", state.display())
 }
+
+const DSNOT: [&str; 4] = ["--update", "dsnot", "--dsnot-skip", "none"];
 
 /// DSnoT's moments (Σx, Σx², window variance, windows) travel in the state: a run over a then
 /// b equals a state continued with b, byte for byte (state and model), and the refined mask
@@ -45,68 +24,47 @@ fn dsnot_continues_through_the_state_and_moves_the_mask() {
     let tmp = t.tmp.path();
     let a = format!("text:{}", small_text(tmp, "a.txt", 0, 150).display());
     let b = format!("text:{}", small_text(tmp, "b.txt", 9000, 150).display());
-    let model = t.dir.to_str().unwrap();
-    let dsnot = ["--update", "dsnot", "--dsnot-skip", "none"];
-    let (s1, s2) = (tmp.join("one.state"), tmp.join("two.state"));
-    let r = dsnot_run(
-        model,
-        &format!("{a},{b}"),
-        &tmp.join("one"),
-        Some(&s1),
-        &dsnot,
-    );
-    assert_eq!(r.0, 0, "{}", r.2);
-    let r = dsnot_run(model, &a, &tmp.join("two-a"), Some(&s2), &dsnot);
-    assert_eq!(r.0, 0, "{}", r.2);
-    let r = dsnot_run(model, &b, &tmp.join("two"), Some(&s2), &dsnot);
-    assert_eq!(r.0, 0, "{}", r.2);
+    let both = format!("{a},{b}");
+    let dir = |d: &str| tmp.join(d);
+    let (s1, s2) = (dir("one.state"), dir("two.state"));
+    wanda(&t.dir, &both, &dir("one"), &s1).args(DSNOT).ok();
+    wanda(&t.dir, &a, &dir("two-a"), &s2).args(DSNOT).ok();
+    wanda(&t.dir, &b, &dir("two"), &s2).args(DSNOT).ok();
     assert!(
         std::fs::read(&s1).unwrap() == std::fs::read(&s2).unwrap(),
         "states differ"
     );
     assert!(
-        std::fs::read(tmp.join("one/model.safetensors")).unwrap()
-            == std::fs::read(tmp.join("two/model.safetensors")).unwrap(),
+        std::fs::read(dir("one/model.safetensors")).unwrap()
+            == std::fs::read(dir("two/model.safetensors")).unwrap(),
         "continuing through the state differs from one pass"
     );
     let names = copal::checkpoint::Shard::open(&s1).unwrap().names();
     assert!(names.contains(&"model.layers.0.self_attn.q_proj.weight.moments".to_string()));
     assert!(!names.contains(&"model.layers.0.self_attn.k_proj.weight.moments".to_string()));
     // Against Wanda's own mask on the same data: moved, same sparsity.
-    let plain = tmp.join("plain.state");
-    let r = dsnot_run(
-        model,
-        &format!("{a},{b}"),
-        &tmp.join("plain"),
-        Some(&plain),
-        &[],
-    );
-    assert_eq!(r.0, 0, "{}", r.2);
-    let masks = |d: &str| std::fs::read(tmp.join(d).join("masks.safetensors")).unwrap();
+    let plain = dir("plain.state");
+    wanda(&t.dir, &both, &dir("plain"), &plain).ok();
+    let masks = |d: &str| std::fs::read(dir(d).join("masks.safetensors")).unwrap();
     assert!(
         masks("one") != masks("plain"),
         "DSnoT left every mask as Wanda chose it"
     );
     let sparsity = |d: &str| {
         let rec: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(tmp.join(d).join("copal.json")).unwrap())
+            serde_json::from_str(&std::fs::read_to_string(dir(d).join("copal.json")).unwrap())
                 .unwrap();
         rec["sparsity"].as_f64().unwrap()
     };
     assert_eq!(sparsity("one"), sparsity("plain"));
     // A state without the moments cannot feed DSnoT, nor one with OBS's XᵀX instead.
-    let r = dsnot_run(model, &b, &tmp.join("x"), Some(&plain), &dsnot);
+    let r = wanda(&t.dir, &b, &dir("x"), &plain).args(DSNOT).run();
     assert_user_error(&r, "holds no input statistic for update dsnot");
-    let obs = tmp.join("obs.state");
-    let r = dsnot_run(
-        model,
-        &a,
-        &tmp.join("obs"),
-        Some(&obs),
-        &["--update", "obs"],
-    );
-    assert_eq!(r.0, 0, "{}", r.2);
-    let r = dsnot_run(model, &b, &tmp.join("y"), Some(&obs), &dsnot);
+    let obs = dir("obs.state");
+    wanda(&t.dir, &a, &dir("obs"), &obs)
+        .args(["--update", "obs"])
+        .ok();
+    let r = wanda(&t.dir, &b, &dir("y"), &obs).args(DSNOT).run();
     assert_user_error(&r, "it was accumulated with update obs");
 }
 
@@ -117,32 +75,16 @@ fn dsnot_refuses_what_it_cannot_refine() {
     let t = tiny_model(false, 1);
     let tmp = t.tmp.path();
     let a = format!("text:{}", small_text(tmp, "a.txt", 0, 150).display());
-    let model = t.dir.to_str().unwrap();
-    let r = dsnot_run(
-        model,
-        &a,
-        &tmp.join("nm"),
-        None,
-        &["--update", "dsnot", "--pattern", "2:4"],
-    );
+    let nm = tmp.join("nm");
+    let r = tiny_prune(&t.dir, &a)
+        .args(["--method", "wanda", "--update", "dsnot", "--pattern", "2:4"])
+        .flag("--out", nm.display())
+        .run();
     assert_usage_error(&r, "dsnot");
-    assert!(!tmp.join("nm").exists());
-    let r = run_cli(
-        &[
-            "prune",
-            "--model",
-            model,
-            "--datasets",
-            &a,
-            "--method",
-            "sparsegpt",
-            "--update",
-            "dsnot",
-            "--out",
-            tmp.join("sg").to_str().unwrap(),
-            "--quiet",
-        ],
-        &[],
-    );
+    assert!(!nm.exists());
+    let r = tiny_prune(&t.dir, &a)
+        .args(["--method", "sparsegpt", "--update", "dsnot"])
+        .flag("--out", tmp.join("sg").display())
+        .run();
     assert_usage_error(&r, "--update");
 }
