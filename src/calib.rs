@@ -387,8 +387,8 @@ pub fn run_step(
         }
         rec.costs.push(LayerCost {
             seconds: layer_started.elapsed().as_secs_f64(),
-            rss_bytes: crate::report::rss_bytes(),
-            peak_rss_bytes: crate::report::peak_rss_bytes(),
+            rss_bytes: crate::probe::rss_bytes(),
+            peak_rss_bytes: crate::probe::peak_rss_bytes(),
         });
         pb.inc(1);
         if let Some(o) = sinks.overall {

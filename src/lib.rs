@@ -27,6 +27,7 @@ pub mod hub;
 pub mod model;
 pub mod plan;
 pub mod plot;
+pub mod probe;
 pub mod prune;
 pub mod report;
 pub mod rng;

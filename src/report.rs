@@ -1,4 +1,6 @@
-//! The run record (`copal.json`), checksums, peak memory, and the human-readable tables.
+//! The run record (`copal.json`): what each step did and cost, the model's checksums and
+//! fingerprint, and the human-readable tables. The process probes it records (resident
+//! memory) are [`crate::probe`]'s.
 
 use crate::checkpoint::Checkpoint;
 use crate::data::Split;
@@ -176,22 +178,6 @@ pub fn fingerprint(files: &[FileSum]) -> String {
             .filter(|f| f.name.ends_with(".safetensors"))
             .map(|f| f.sha256.as_bytes()),
     )
-}
-
-/// Peak resident set size of this process (Linux: VmHWM).
-pub fn peak_rss_bytes() -> Option<u64> {
-    status_kb("VmHWM:").map(|kb| kb * 1024)
-}
-
-/// Current resident set size of this process (Linux: VmRSS).
-pub fn rss_bytes() -> Option<u64> {
-    status_kb("VmRSS:").map(|kb| kb * 1024)
-}
-
-fn status_kb(key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The R matrix as a text table (rows: dense and each step; columns: datasets).

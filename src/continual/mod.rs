@@ -452,7 +452,7 @@ fn run_in(
         bwt,
         resumed_steps: done.len(),
         seconds: started.elapsed().as_secs_f64(),
-        peak_rss_bytes: report::peak_rss_bytes(),
+        peak_rss_bytes: crate::probe::peak_rss_bytes(),
     };
     crate::checkpoint::writer::write_json(
         &final_dir.join("copal.json"),

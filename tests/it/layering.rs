@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "foundations",
-        &["usage", "env", "ui", "fsutil", "guard", "rng"],
+        &["usage", "env", "ui", "fsutil", "guard", "rng", "probe"],
     ),
     ("devices and files", &["device", "hub", "tokenizer", "plot"]),
     ("model and data", &["model", "data"]),
