@@ -126,7 +126,8 @@ fn the_three_datasets_load_with_the_protocol() {
     // C4 evaluation is capped at 256 × seqlen tokens.
     let c4 = EvalSet::load(&Dataset::C4, Split::Valid, &dir, &tok, 512, None).unwrap();
     assert_eq!(c4.windows, 256);
-    // Calibration splits: WikiText-2 train is not shipped here, so its error names the flag.
+    // Calibration splits: WikiText-2 train is not shipped here, so its error names the
+    // setting (⟨calib_split⟩, which the CLI renders as its flag).
     let e = corpus::load(
         &Dataset::WikiText2,
         Split::Train,
@@ -135,7 +136,7 @@ fn the_three_datasets_load_with_the_protocol() {
     )
     .unwrap_err();
     assert!(
-        e.to_string().contains("--calib-split wikitext2=valid"),
+        e.to_string().contains("⟨calib_split⟩ wikitext2=valid"),
         "{e}"
     );
     for (ds, split) in [
