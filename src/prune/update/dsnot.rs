@@ -18,8 +18,8 @@
 //! sign test between e before and after a swap is off, the MLP linears are left as the method
 //! pruned them unless told otherwise (`dsnot_skip`), and the loop over cycles is shared by the
 //! rows of a matrix (it ends when no row swaps any more): a row that stopped still receives
-//! the mask writes of the later cycles, which only re-mark weights already pruned (see
-//! [`refine_row`]). Unstructured sparsity only; the paper's N:M variant is not implemented.
+//! the mask writes of the later cycles, which only re-mark weights as they are, so each row
+//! is refined on its own here (see [`refine_row`]). Unstructured sparsity only; the paper's N:M variant is not implemented.
 
 use crate::prune::mask::Mask;
 use crate::prune::pruner::{f32_rows, Pruned};
@@ -233,25 +233,13 @@ pub fn apply(
         norm: &norm,
         var: &var,
     };
-    let rows_out: Vec<RowRun> = wv
-        .par_chunks(cols)
-        .zip(done.mask.pruned.par_chunks(cols))
-        .map(|(w, p)| refine_row(w, p, &stats, cfg))
-        .collect();
-    // The cycles the shared loop runs: until every row has stopped, at most dsnot_cycles.
-    let cycles = rows_out
-        .iter()
-        .map(|r| r.stopped_at.unwrap_or(cfg.dsnot_cycles))
-        .max()
-        .unwrap_or(0);
     let mut pruned = done.mask.pruned.clone();
-    for (r, run) in rows_out.iter().enumerate() {
-        for &(cycle, j, value) in &run.writes {
-            if cycle <= cycles {
-                pruned[r * cols + j as usize] = value;
-            }
-        }
-    }
+    pruned
+        .par_chunks_mut(cols)
+        .zip(wv.par_chunks(cols))
+        .for_each(|(p, w)| {
+            refine_row(w, p, &stats, cfg);
+        });
     let mask = Mask { rows, cols, pruned };
     let mut v = wv;
     mask.zero_pruned(&mut v);
@@ -267,13 +255,6 @@ struct Stats<'a> {
     var: &'a [f32],
 }
 
-/// One row's run: the mask writes (cycle, column, pruned) in order, and the cycle in which the
-/// row stopped swapping (None: it swapped in every cycle).
-struct RowRun {
-    writes: Vec<(usize, u32, bool)>,
-    stopped_at: Option<usize>,
-}
-
 /// Ascending order of `v`, ties by index, NaN last (torch's stable sort).
 fn ascending(idx: &mut [u32], v: impl Fn(u32) -> f32) {
     idx.sort_by(|&a, &b| {
@@ -282,7 +263,8 @@ fn ascending(idx: &mut [u32], v: impl Fn(u32) -> f32) {
     });
 }
 
-/// One row of the refinement, written as the authors' loop runs on it. The grow order covers
+/// One row of the refinement, written as the authors' loop runs on it: `mask` (the row's
+/// pruned flags, the method's on entry) is refined in place; returns the swaps made. The grow order covers
 /// every column (kept ones score 0, as in their code); the prune order is the kept columns by
 /// Wanda score, negatives of M first in that order, then positives in reverse (their
 /// `return_reorder_indice`, whose zeros map to the first kept column). A side whose list is
@@ -295,8 +277,10 @@ fn ascending(idx: &mut [u32], v: impl Fn(u32) -> f32) {
 /// the reverse), which changes the row's count: on the tiny test model's 64-wide rows with 50
 /// cycles it took Wanda's 50% to 53.3%. Rows as wide as SmolLM2's (576) or LLaMA's never get
 /// there within 50 cycles, and there the two agree.
-fn refine_row(w: &[f32], pruned: &[bool], s: &Stats, cfg: &DsnotConfig) -> RowRun {
+fn refine_row(w: &[f32], mask: &mut [bool], s: &Stats, cfg: &DsnotConfig) -> usize {
     let cols = w.len();
+    // The scores and orders come from the method's mask; `mask` is what the swaps make of it.
+    let pruned = mask.to_vec();
     let metric: Vec<f32> = (0..cols).map(|j| w[j] * s.mean[j]).collect();
     let mut e = (0..cols)
         .filter(|&j| pruned[j])
@@ -322,36 +306,28 @@ fn refine_row(w: &[f32], pruned: &[bool], s: &Stats, cfg: &DsnotConfig) -> RowRu
     // Pointers into each order: [from the start, from the end].
     let mut g = [0i64, grow.len() as i64 - 1];
     let mut p = [0i64, prune_order.len() as i64 - 1];
-    let mut run = RowRun {
-        writes: Vec::with_capacity(2 * cfg.dsnot_cycles),
-        stopped_at: None,
-    };
-    // The row's mask as the swaps leave it. Once a row stops, the authors' loop still writes
-    // its next pair each cycle, which for a kept q and a pruned r changes nothing, so a
-    // stopped row ends here.
-    let mut now = pruned.to_vec();
-    for cycle in 1..=cfg.dsnot_cycles {
+    // Once a row stops, the authors' loop still writes its next pair each cycle, which for a
+    // kept q and a pruned r changes nothing, so a stopped row ends here.
+    let mut swaps = 0;
+    for _ in 0..cfg.dsnot_cycles {
         let gs = usize::from(e > 0.0);
         let ps = usize::from(e < 0.0);
         let (gi, pi) = (g[gs], p[ps]);
         if gi < 0 || gi >= grow.len() as i64 || pi < 0 || pi >= prune_order.len() as i64 {
-            run.stopped_at = Some(cycle);
             break;
         }
         let (r, q) = (grow[gi as usize], prune_order[pi as usize]);
         g[gs] += if gs == 0 { 1 } else { -1 };
         p[ps] += if ps == 0 { 1 } else { -1 };
-        let a_swap = now[r as usize] && !now[q as usize];
+        let a_swap = mask[r as usize] && !mask[q as usize];
         if !(e.abs() > cfg.dsnot_threshold as f32 && a_swap) {
-            run.stopped_at = Some(cycle);
             break;
         }
-        run.writes.push((cycle, q, true));
-        run.writes.push((cycle, r, false));
-        (now[q as usize], now[r as usize]) = (true, false);
+        (mask[q as usize], mask[r as usize]) = (true, false);
+        swaps += 1;
         e = (e + m_of(q)) - m_of(r);
     }
-    run
+    swaps
 }
 
 /// A fresh moments statistic, starting from the state's.
@@ -556,13 +532,10 @@ mod tests {
         let mut moved = 0;
         for r in 0..rows {
             let row = r * cols..(r + 1) * cols;
-            let run = refine_row(&w[row.clone()], &start.pruned[row.clone()], &s, &cfg);
-            let mut m = start.pruned[row].to_vec();
-            for (_, j, v) in run.writes {
-                m[j as usize] = v;
-            }
+            let mut m = start.pruned[row.clone()].to_vec();
+            let swaps = refine_row(&w[row], &mut m, &s, &cfg);
             assert_eq!(m.iter().filter(|p| **p).count(), cols / 2, "row {r}");
-            moved += usize::from(run.stopped_at.is_some_and(|c| c > 1));
+            moved += usize::from(swaps > 0);
         }
         assert!(moved > 0, "no row swapped at all");
     }
