@@ -40,7 +40,7 @@ impl StepSettings {
     /// Whether the step reads calibration windows (the plan's
     /// [`PrunePlan::reads_calibration`]).
     pub fn reads_calibration(&self) -> bool {
-        self.method.needs_data() || self.allocate.reads_data()
+        allocate::reads_calibration(&self.method, &self.allocate)
     }
 
     /// The settings a run's plan gives the step on `dataset`.

@@ -249,8 +249,8 @@ impl PrunePlan {
             overlap.is_empty() || r.allow_calib_on_eval,
             "eval",
             "would measure perplexity on the text {} calibrates on ({}); calibrate on another \
-             split (⟨calib_split⟩), evaluate without ⟨eval⟩, or pass ⟨allow_calib_on_eval⟩ to do it knowingly (the results are \
-             then marked)",
+             split (⟨calib_split⟩), evaluate without ⟨eval⟩, or pass ⟨allow_calib_on_eval⟩ \
+             to do it knowingly (the results are then marked)",
             if overlap.len() == 1 {
                 "that dataset"
             } else {
@@ -289,10 +289,10 @@ impl PrunePlan {
         })
     }
 
-    /// Whether a step of this plan reads calibration windows: for the method's statistic, its
-    /// update's, or the allocation's dense pass.
+    /// Whether a step of this plan reads calibration windows
+    /// ([`crate::prune::allocate::reads_calibration`]).
     pub fn reads_calibration(&self) -> bool {
-        self.method.needs_data() || self.allocate.reads_data()
+        crate::prune::allocate::reads_calibration(&self.method, &self.allocate)
     }
 
     /// The settings that shape the sums a state of this plan stores, by name (the state keeps

@@ -45,7 +45,7 @@ pub enum Allocation {
     /// Sparsity rising linearly with depth, mean unchanged.
     Depth {
         /// Half-width δ of the range of layer sparsities (s − δ first, s + δ last).
-        #[serde(default = "owl_lambda")]
+        #[serde(default = "depth_spread")]
         spread: f64,
     },
 }
@@ -55,12 +55,19 @@ pub const OWL_M: f64 = 5.0;
 /// The paper's λ for unstructured sparsity.
 pub const OWL_LAMBDA: f64 = 0.08;
 
+/// depth's δ unless told otherwise: OWL's λ, so the two spread the layers equally far.
+pub const DEPTH_SPREAD: f64 = OWL_LAMBDA;
+
 fn owl_m() -> f64 {
     OWL_M
 }
 
 fn owl_lambda() -> f64 {
     OWL_LAMBDA
+}
+
+fn depth_spread() -> f64 {
+    DEPTH_SPREAD
 }
 
 /// The kind of allocation, as `--allocate` names it.
@@ -172,26 +179,27 @@ impl Allocation {
 
     /// Checks the settings' values.
     fn validate(&self) -> Result<()> {
-        if let Allocation::Owl { m, lambda } = *self {
+        // A half-width of the layer range: within [0, 0.5).
+        let half_width = |setting: &str, v: f64| -> Result<()> {
             crate::usage_ensure!(
-                m.is_finite() && m > 0.0,
-                "allocate.m",
-                "must be a positive number, got {m}"
+                v.is_finite() && (0.0..0.5).contains(&v),
+                setting,
+                "must be in [0, 0.5), got {v}"
             );
-            crate::usage_ensure!(
-                lambda.is_finite() && (0.0..0.5).contains(&lambda),
-                "allocate.lambda",
-                "must be in [0, 0.5), got {lambda}"
-            );
+            Ok(())
+        };
+        match *self {
+            Allocation::Uniform => Ok(()),
+            Allocation::Owl { m, lambda } => {
+                crate::usage_ensure!(
+                    m.is_finite() && m > 0.0,
+                    "allocate.m",
+                    "must be a positive number, got {m}"
+                );
+                half_width("allocate.lambda", lambda)
+            }
+            Allocation::Depth { spread } => half_width("allocate.spread", spread),
         }
-        if let Allocation::Depth { spread } = *self {
-            crate::usage_ensure!(
-                spread.is_finite() && (0.0..0.5).contains(&spread),
-                "allocate.spread",
-                "must be in [0, 0.5), got {spread}"
-            );
-        }
-        Ok(())
     }
 
     pub fn kind(&self) -> AllocationKind {
@@ -261,6 +269,12 @@ impl Allocation {
     }
 }
 
+/// Whether a step of `method` with `allocate` reads calibration windows: for the method's
+/// statistic, its update's, or the allocation's dense pass (the plan and the step ask this).
+pub fn reads_calibration(method: &super::MethodConfig, allocate: &Allocation) -> bool {
+    method.needs_data() || allocate.reads_data()
+}
+
 /// Wanda's score |W| · ‖X_j‖₂ of one linear (W out × in, Σx² per input).
 pub fn wanda_score(w: &Tensor, sumsq: &Tensor) -> Result<Tensor> {
     Ok(w.to_dtype(DType::F32)?
@@ -303,16 +317,22 @@ pub fn owl_sparsities(ratios: &[f64], sparsity: f64, lambda: f64) -> Result<Vec<
         .iter()
         .map(|d| 1.0 - (d - mean + (1.0 - sparsity)))
         .collect();
-    if let Some(bad) = out.iter().find(|s| !(**s > 0.0 && **s < 1.0)) {
+    within_bounds(out, sparsity, "allocate.lambda", lambda)
+}
+
+/// `layers` if every sparsity lies in (0, 1); else a usage error about `setting` (the
+/// half-width `width` that spread them too far around `sparsity`).
+fn within_bounds(layers: Vec<f64>, sparsity: f64, setting: &str, width: f64) -> Result<Vec<f64>> {
+    if let Some(bad) = layers.iter().find(|s| !(**s > 0.0 && **s < 1.0)) {
         crate::usage_bail!(
-            "allocate.lambda",
-            "{lambda} spreads the layer sparsities around {:.0}% to {:.1}%, outside (0, 100%); \
+            setting,
+            "{width} spreads the layer sparsities around {:.0}% to {:.1}%, outside (0, 100%); \
              lower it",
             sparsity * 100.0,
             bad * 100.0
         );
     }
-    Ok(out)
+    Ok(layers)
 }
 
 /// Layer sparsities rising linearly with depth: s − δ at the first of `layers`, s + δ at the
@@ -324,16 +344,7 @@ pub fn depth_sparsities(layers: usize, sparsity: f64, spread: f64) -> Result<Vec
     let out: Vec<f64> = (0..layers)
         .map(|l| sparsity + spread * (2.0 * l as f64 / (layers - 1) as f64 - 1.0))
         .collect();
-    if let Some(bad) = out.iter().find(|s| !(**s > 0.0 && **s < 1.0)) {
-        crate::usage_bail!(
-            "allocate.spread",
-            "{spread} spreads the layer sparsities around {:.0}% to {:.1}%, outside (0, 100%); \
-             lower it",
-            sparsity * 100.0,
-            bad * 100.0
-        );
-    }
-    Ok(out)
+    within_bounds(out, sparsity, "allocate.spread", spread)
 }
 
 /// The pattern of every linear of every layer (`[layer][k]`, `k` indexing
