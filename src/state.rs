@@ -15,7 +15,7 @@ use crate::data::Split;
 use crate::model::{Linear, LlamaConfig};
 use crate::plan::{Propagate, PrunePlan};
 use crate::prune::allocate::Allocation;
-use crate::prune::copal::{CopalVariant, Perturbation};
+use crate::prune::copal::{CopalConfig, CopalVariant, Perturbation};
 use crate::prune::update::Update;
 use crate::prune::{Group, Method, MethodConfig, Pattern};
 use anyhow::{bail, ensure, Context as _, Result};
@@ -87,20 +87,22 @@ pub struct SettingsV1 {
 impl SettingsV1 {
     /// The same settings as format 2 names them: what a plan with these values declares.
     pub fn upgrade(&self) -> Result<StateSettings> {
-        let mut params = serde_json::Map::new();
-        if self.method == Method::Copal {
-            let copal = serde_json::json!({
-                "perturbation": self.perturbation.kind,
-                "eps_w": self.perturbation.eps_w,
-                "eps_x": self.perturbation.eps_x,
-                "agg": self.variant.agg,
-                "normalize": self.variant.normalize,
-                "decay": self.variant.decay,
-            });
-            if let Value::Object(m) = copal {
-                params.extend(m);
-            }
-        }
+        // COPAL's fields as its settings; the settings that shape its state are then named by
+        // the method table, as a plan's are.
+        let copal = CopalConfig {
+            perturbation: self.perturbation.kind,
+            eps_w: self.perturbation.eps_w,
+            eps_x: self.perturbation.eps_x,
+            agg: self.variant.agg,
+            normalize: self.variant.normalize,
+            decay: self.variant.decay,
+            ..Default::default()
+        };
+        let mut params = match self.method {
+            Method::Copal => MethodConfig::Copal(copal).state_settings(),
+            _ => serde_json::Map::new(),
+        };
+        params.remove("update");
         if !self.update.is_none() {
             params.insert("update".into(), serde_json::to_value(self.update)?);
         }
@@ -427,7 +429,6 @@ fn shown(v: Option<&Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prune::copal::CopalConfig;
 
     fn meta(settings: StateSettings) -> StateMeta {
         StateMeta {
@@ -454,15 +455,10 @@ mod tests {
 
     /// The settings a plan of `method` with COPAL's `copal` values gives the state.
     fn of_plan(method: Method, copal: CopalConfig) -> StateSettings {
-        let params = match method {
-            Method::Copal => MethodConfig::Copal(copal)
-                .params()
-                .into_iter()
-                .filter(|(k, _)| crate::prune::copal::SHAPES_STATE.contains(&k.as_str()))
-                .collect(),
-            _ => Default::default(),
+        let m = match method {
+            Method::Copal => MethodConfig::Copal(copal),
+            _ => MethodConfig::defaults(method),
         };
-        let m = MethodConfig::from_params(method, &params).unwrap();
         StateSettings {
             method,
             shaping: crate::plan::shaping_settings(
@@ -475,13 +471,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_format_1_state_reads_as_the_plan_that_made_it() {
-        let other = CopalConfig {
+    /// COPAL settings other than the defaults, in two of the six that shape its state.
+    fn other_copal() -> CopalConfig {
+        CopalConfig {
             eps_w: 0.05,
             agg: crate::prune::copal::Aggregation::L2,
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_format_1_state_reads_as_the_plan_that_made_it() {
+        let other = other_copal();
         for method in [Method::Copal, Method::Wanda, Method::SparseGpt] {
             assert_eq!(
                 v1(method, other).upgrade().unwrap(),
@@ -504,11 +505,7 @@ mod tests {
 
     #[test]
     fn copal_settings_matter_only_to_copal_states() {
-        let other = CopalConfig {
-            eps_w: 0.05,
-            agg: crate::prune::copal::Aggregation::L2,
-            ..Default::default()
-        };
+        let other = other_copal();
         let p = Path::new("s.state");
         // A SparseGPT state written with other COPAL values (format 1 wrote them for every
         // method) continues: Σ x xᵀ does not depend on them.
