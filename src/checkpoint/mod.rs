@@ -201,11 +201,27 @@ impl Checkpoint {
     /// and written, and fail only later inside the forward pass, naming neither tensor nor
     /// file.
     fn check_shapes(&self) -> Result<()> {
-        for (name, &i) in &self.route {
+        // In name order, so that the first error is the same on every run.
+        let mut names: Vec<(&String, usize)> = self.route.iter().map(|(n, &i)| (n, i)).collect();
+        names.sort();
+        for (name, i) in names {
+            let shard = &self.shards[i];
             let Some(want) = expected_shape(name, &self.config) else {
+                // The rotary frequencies some LLaMA-1 conversions stored are recomputed from
+                // config.json (transformers drops them too). Anything else is a tensor this
+                // architecture has no place for: a bias its config says is absent, a q_norm in
+                // a model that is not Qwen3. Computing without it would run another model.
+                ensure!(
+                    name.ends_with(".rotary_emb.inv_freq"),
+                    "tensor {name} in {} is not part of a {} model as config.json describes it; \
+                     config.json and the weights disagree about the architecture (copal \
+                     implements {})",
+                    shard.path.display(),
+                    self.config.model_type.as_deref().unwrap_or("?"),
+                    crate::model::config::Family::supported()
+                );
                 continue;
             };
-            let shard = &self.shards[i];
             let got = shard
                 .info(name)
                 .map(|t| t.shape.clone())
@@ -492,13 +508,16 @@ pub(crate) fn expected_shape(hf: &str, cfg: &crate::model::LlamaConfig) -> Optio
         return Some(vec![cfg.hidden_size]);
     }
     let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, module) = rest.split_once('.')?;
+    let (layer, _) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     if layer >= cfg.num_hidden_layers {
         return None;
     }
-    if module == "input_layernorm.weight" || module == "post_attention_layernorm.weight" {
-        return Some(vec![cfg.hidden_size]);
+    if let Some((_, n)) = crate::model::block::other_tensors(cfg, layer)
+        .into_iter()
+        .find(|(name, _)| name == hf)
+    {
+        return Some(vec![n]);
     }
     Linear::ALL
         .iter()
@@ -511,14 +530,14 @@ pub(crate) fn expected_shape(hf: &str, cfg: &crate::model::LlamaConfig) -> Optio
 
 /// Every tensor a LLaMA checkpoint needs (the LM head only when untied).
 pub(crate) fn required_names(cfg: &crate::model::LlamaConfig) -> Vec<String> {
-    use crate::model::{block::norm_names, Linear, EMBED, FINAL_NORM, LM_HEAD};
+    use crate::model::{block::other_tensors, Linear, EMBED, FINAL_NORM, LM_HEAD};
     let mut v = vec![EMBED.to_string(), FINAL_NORM.to_string()];
     if !cfg.tie_word_embeddings {
         v.push(LM_HEAD.to_string());
     }
     for l in 0..cfg.num_hidden_layers {
         v.extend(Linear::ALL.iter().map(|lin| lin.tensor_name(l)));
-        v.extend(norm_names(l));
+        v.extend(other_tensors(cfg, l).into_iter().map(|(n, _)| n));
     }
     v
 }

@@ -3,6 +3,10 @@
 //! h   = x + o_proj(attn(rope(q_proj(n₁)), rope(k_proj(n₁)), v_proj(n₁))),  n₁ = rms₁(x)
 //! out = h + down_proj(silu(gate_proj(n₂)) ⊙ up_proj(n₂)),                  n₂ = rms₂(h)
 //!
+//! The families' differences ([`super::config::Family`]) each enter at one line below: a
+//! linear's bias is added after its product (Qwen2's q, k, v), q and k heads are RMS-normed
+//! before RoPE (Qwen3), and the attention mask is a sliding window (Mistral, [`Positions`]).
+//!
 //! Instead of forward hooks (the research code's approach), [`DecoderLayer::forward_tapped`]
 //! returns the input and output of each of the seven linears as [`Taps`]; pruners read them
 //! directly. Weights keep their Hugging Face names ([`Linear::tensor_name`]) everywhere.
@@ -64,6 +68,25 @@ impl Linear {
         format!("model.layers.{layer}.{}.weight", self.module())
     }
 
+    /// Whether this linear adds a bias after its product under `cfg`'s family.
+    pub fn has_bias(self, cfg: &LlamaConfig) -> bool {
+        match self {
+            Linear::Q | Linear::K | Linear::V => cfg.qkv_bias(),
+            Linear::O => cfg.o_bias(),
+            _ => false,
+        }
+    }
+
+    /// The checkpoint name of this linear's bias (where [`Linear::has_bias`]).
+    pub fn bias_name(self, layer: usize) -> String {
+        format!("model.layers.{layer}.{}.bias", self.module())
+    }
+
+    /// (out,) of the bias.
+    pub fn bias_shape(self, cfg: &LlamaConfig) -> usize {
+        self.shape(cfg).0
+    }
+
     fn index(self) -> usize {
         self as usize
     }
@@ -91,9 +114,42 @@ pub fn norm_names(layer: usize) -> [String; 2] {
     ]
 }
 
+/// Names of Qwen3's per-head q and k RMSNorm weights (each of shape (head_dim,)).
+pub fn qk_norm_names(layer: usize) -> [String; 2] {
+    [
+        format!("model.layers.{layer}.self_attn.q_norm.weight"),
+        format!("model.layers.{layer}.self_attn.k_norm.weight"),
+    ]
+}
+
+/// Every tensor of layer `layer` that is not a prunable weight, with its shape: the two norms,
+/// the biases and Qwen3's q/k norms, as `cfg`'s family has them. They are read, never pruned,
+/// and written back unchanged.
+pub fn other_tensors(cfg: &LlamaConfig, layer: usize) -> Vec<(String, usize)> {
+    let mut v: Vec<(String, usize)> = norm_names(layer)
+        .into_iter()
+        .map(|n| (n, cfg.hidden_size))
+        .collect();
+    for l in Linear::ALL {
+        if l.has_bias(cfg) {
+            v.push((l.bias_name(layer), l.bias_shape(cfg)));
+        }
+    }
+    if cfg.qk_norm() {
+        v.extend(
+            qk_norm_names(layer)
+                .into_iter()
+                .map(|n| (n, cfg.head_dim())),
+        );
+    }
+    v
+}
+
 /// Everything one forward call of a layer saw, flattened to (tokens, features).
 ///
-/// q/k/v are taken before rotary embedding, exactly what the linears produced.
+/// q/k/v are taken before rotary embedding, and every output is the linear's product X Wᵀ
+/// before its bias (if any): what the methods' statistics are defined on (a bias cancels in
+/// COPAL's dY and does not enter Wanda's or SparseGPT's input statistics).
 #[derive(Debug, Clone)]
 pub struct Taps {
     pub attn_in: Tensor,
@@ -138,15 +194,20 @@ impl Taps {
 #[derive(Debug, Clone)]
 pub struct Positions {
     pub rope: Rope,
-    /// Additive causal mask (seqlen, seqlen): 0 on and below the diagonal, −∞ above.
+    /// Additive causal mask (seqlen, seqlen): 0 where query i sees key j, −∞ elsewhere.
     pub mask: Tensor,
+    /// Mistral's sliding window ([`LlamaConfig::attention_window`]), `None` for full causal
+    /// attention; the mask above already holds it.
+    pub window: Option<usize>,
 }
 
 impl Positions {
     pub fn new(cfg: &LlamaConfig, seqlen: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let window = cfg.attention_window().filter(|&w| w < seqlen);
         Ok(Self {
             rope: Rope::new(cfg, seqlen, dtype, device)?,
-            mask: super::softmax::causal_mask(seqlen, device)?,
+            mask: super::softmax::causal_mask(seqlen, window, device)?,
+            window,
         })
     }
 }
@@ -156,8 +217,11 @@ impl Positions {
 pub struct DecoderLayer {
     pub index: usize,
     linears: [Tensor; 7],
+    biases: [Option<Tensor>; 7],
     input_norm: Tensor,
     post_norm: Tensor,
+    /// Qwen3's per-head RMSNorm weights of q and k.
+    qk_norm: Option<(Tensor, Tensor)>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -191,24 +255,39 @@ impl DecoderLayer {
             linears.push(w);
         }
         let [n1, n2] = norm_names(index);
-        let load_norm = |name: &str| -> Result<Tensor> {
+        let load_vector = |name: &str, n: usize| -> Result<Tensor> {
             let w = src.load(name, dtype, device)?;
             ensure!(
-                w.dims() == [cfg.hidden_size],
-                "{name} has shape {:?}, expected [{}]",
-                w.dims(),
-                cfg.hidden_size
+                w.dims() == [n],
+                "{name} has shape {:?}, expected [{n}]",
+                w.dims()
             );
             Ok(w)
         };
         let linears: [Tensor; 7] = linears
             .try_into()
             .map_err(|_| anyhow::anyhow!("internal: seven linears expected"))?;
+        let biases = Linear::ALL.map(|l| {
+            l.has_bias(cfg)
+                .then(|| load_vector(&l.bias_name(index), l.bias_shape(cfg)))
+                .transpose()
+        });
+        let [qn, kn] = qk_norm_names(index);
+        let qk_norm = match cfg.qk_norm() {
+            true => Some((
+                load_vector(&qn, cfg.head_dim())?,
+                load_vector(&kn, cfg.head_dim())?,
+            )),
+            false => None,
+        };
+        let [b0, b1, b2, b3, b4, b5, b6] = biases;
         Ok(Self {
             index,
             linears,
-            input_norm: load_norm(&n1)?,
-            post_norm: load_norm(&n2)?,
+            biases: [b0?, b1?, b2?, b3?, b4?, b5?, b6?],
+            qk_norm,
+            input_norm: load_vector(&n1, cfg.hidden_size)?,
+            post_norm: load_vector(&n2, cfg.hidden_size)?,
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_kv_heads(),
             head_dim: cfg.head_dim(),
@@ -218,6 +297,14 @@ impl DecoderLayer {
 
     pub fn weight(&self, l: Linear) -> &Tensor {
         &self.linears[l.index()]
+    }
+
+    /// y + b for a linear with a bias (rows of y broadcast), y itself otherwise.
+    fn add_bias(&self, y: &Tensor, l: Linear) -> Result<Tensor> {
+        Ok(match &self.biases[l.index()] {
+            Some(b) => y.broadcast_add(b)?,
+            None => y.clone(),
+        })
     }
 
     /// Replaces a linear's weight (e.g. by its pruned version); the shape must not change.
@@ -249,12 +336,23 @@ impl DecoderLayer {
         let q = linear(&attn_in, self.weight(Linear::Q))?;
         let k = linear(&attn_in, self.weight(Linear::K))?;
         let v = linear(&attn_in, self.weight(Linear::V))?;
-        let heads = |y: &Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
+        // (b·t, n·d) → (b, n, t, d), the bias added first (Qwen2), each head RMS-normed over
+        // its d features when `norm` is given (Qwen3's q_norm / k_norm).
+        let heads = |y: &Tensor, l: Linear, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
+            let y = self.add_bias(y, l)?.reshape((b, t, n, d))?;
+            let y = match norm {
+                Some(w) => candle_nn::ops::rms_norm(&y.contiguous()?, w, self.eps)?,
+                None => y,
+            };
+            Ok(y.transpose(1, 2)?.contiguous()?)
         };
-        let qh = pos.rope.apply(&heads(&q, h)?)?;
-        let kh = pos.rope.apply(&heads(&k, kvh)?)?;
-        let vh = heads(&v, kvh)?;
+        let (qn, kn) = match &self.qk_norm {
+            Some((qn, kn)) => (Some(qn), Some(kn)),
+            None => (None, None),
+        };
+        let qh = pos.rope.apply(&heads(&q, Linear::Q, h, qn)?)?;
+        let kh = pos.rope.apply(&heads(&k, Linear::K, kvh, kn)?)?;
+        let vh = heads(&v, Linear::V, kvh, None)?;
 
         // softmax(q kᵀ / √d + mask) v, with the softmax in f32 as transformers does. Grouped-
         // query attention without copying keys and values: query head j uses kv head j / rep,
@@ -274,7 +372,7 @@ impl DecoderLayer {
                     .matmul(&kh.narrow(0, w, 1)?.t()?)?
                     .to_dtype(DType::F32)?
                     .reshape((1, kvh, rep, t, t))?;
-                let probs = super::softmax::causal_softmax(&scores, scale, &mask)?
+                let probs = super::softmax::causal_softmax(&scores, scale, &mask, pos.window)?
                     .to_dtype(x.dtype())?
                     .reshape((1, kvh, rep * t, t))?;
                 Ok(probs.matmul(&vh.narrow(0, w, 1)?)?)
@@ -285,7 +383,7 @@ impl DecoderLayer {
             .transpose(1, 2)?
             .reshape((b * t, h * d))?;
         let o = linear(&o_in, self.weight(Linear::O))?;
-        let hmid = (x2 + &o)?;
+        let hmid = (x2 + self.add_bias(&o, Linear::O)?)?;
 
         let mlp_in = candle_nn::ops::rms_norm(&hmid, &self.post_norm, self.eps)?;
         let gate = linear(&mlp_in, self.weight(Linear::Gate))?;

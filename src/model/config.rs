@@ -1,6 +1,16 @@
 //! `config.json` of a LLaMA-family checkpoint, as Hugging Face transformers writes it (4.x and
 //! 5.x spellings).
 //!
+//! The families ([`Family`]) are LLaMA's decoder block with small, named differences, each
+//! decided here and applied in one place of `model::block`:
+//!
+//! | family  | `model_type` | difference on the LLaMA block                                  |
+//! |---------|--------------|----------------------------------------------------------------|
+//! | Llama   | `llama`      | none (`attention_bias` puts a bias on q, k, v and o)           |
+//! | Mistral | `mistral`    | sliding-window attention ([`LlamaConfig::attention_window`])   |
+//! | Qwen2   | `qwen2`      | a bias on q, k and v ([`LlamaConfig::qkv_bias`])               |
+//! | Qwen3   | `qwen3`      | RMSNorm of each q and k head before RoPE ([`LlamaConfig::qk_norm`]) |
+//!
 //! Read strictly: every key is either one the forward pass reads ([`READ`]), one known not to
 //! change it ([`HARMLESS`]), one accepted only at the value that leaves the model LLaMA's
 //! ([`conditional`]), or a reason to stop: a key copal does not understand may change the
@@ -11,10 +21,57 @@
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 
-/// The hyper-parameters of a LLaMA decoder (LLaMA-1/2/3, SmolLM, TinyLlama, …).
+/// The architectures copal's forward pass implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+impl Family {
+    pub const ALL: [Family; 4] = [Family::Llama, Family::Mistral, Family::Qwen2, Family::Qwen3];
+
+    /// config.json's `model_type`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+        }
+    }
+
+    /// transformers' class for the causal LM, as config.json's `architectures` names it.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Family::Llama => "LlamaForCausalLM",
+            Family::Mistral => "MistralForCausalLM",
+            Family::Qwen2 => "Qwen2ForCausalLM",
+            Family::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+
+    fn from_model_type(t: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.model_type() == t)
+    }
+
+    /// "llama (LlamaForCausalLM), mistral (…), …" for error messages.
+    pub fn supported() -> String {
+        Self::ALL
+            .iter()
+            .map(|f| format!("{} ({})", f.model_type(), f.architecture()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The hyper-parameters of a LLaMA-family decoder (LLaMA-1/2/3, SmolLM, TinyLlama, Mistral,
+/// Qwen2/2.5, Qwen3).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LlamaConfig {
-    /// Must be `"llama"`: copal's forward pass is LLaMA's.
+    /// One of [`Family`]'s model types.
     #[serde(default)]
     pub model_type: Option<String>,
     pub hidden_size: usize,
@@ -44,7 +101,27 @@ pub struct LlamaConfig {
     pub mlp_bias: Option<bool>,
     #[serde(default)]
     pub torch_dtype: Option<String>,
+    /// Mistral's attention window (transformers' default 4096 when the key is absent, see
+    /// [`LlamaConfig::attention_window`]); Qwen's, used only with `use_sliding_window`.
+    #[serde(default, deserialize_with = "present")]
+    pub sliding_window: Option<Option<usize>>,
+    /// Qwen2/Qwen3: sliding-window attention on the layers from `max_window_layers` on.
+    #[serde(default)]
+    pub use_sliding_window: Option<bool>,
+    #[serde(default)]
+    pub max_window_layers: Option<usize>,
 }
+
+/// Tells a key given as `null` (`Some(None)`) from an absent one (`None`, the serde default).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<usize>>, D::Error> {
+    Option::<usize>::deserialize(d).map(Some)
+}
+
+/// Mistral's window when config.json has no `sliding_window` key (transformers'
+/// `MistralConfig` default).
+const MISTRAL_DEFAULT_WINDOW: usize = 4096;
+/// Qwen3's head size when config.json has no `head_dim` key (`Qwen3Config`'s default).
+const QWEN3_DEFAULT_HEAD_DIM: usize = 128;
 
 fn default_rope_theta() -> f64 {
     10_000.0
@@ -84,6 +161,9 @@ pub const READ: &[&str] = &[
     "hidden_act",
     "attention_bias",
     "mlp_bias",
+    "sliding_window",
+    "use_sliding_window",
+    "max_window_layers",
 ];
 
 /// Keys that do not change a LLaMA decoder's logits: provenance and storage dtype (weights
@@ -172,8 +252,7 @@ fn conditional(key: &str, v: &serde_json::Value) -> Option<Result<()>> {
         }
     };
     Some(match key {
-        "sliding_window" => ok(v.is_null(), "sliding-window attention"),
-        "use_sliding_window" => ok(v == &Value::Bool(false), "sliding-window attention"),
+        "use_mrope" => ok(v == &Value::Bool(false), "multimodal rotary embeddings"),
         "rope_interleaved" => ok(v == &Value::Bool(false), "interleaved rotary embeddings"),
         "partial_rotary_factor" => ok(
             v.as_f64() == Some(1.0),
@@ -384,20 +463,112 @@ impl LlamaConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        match (self.head_dim, self.family()) {
+            (Some(d), _) => d,
+            (None, Some(Family::Qwen3)) => QWEN3_DEFAULT_HEAD_DIM,
+            (None, _) => self.hidden_size / self.num_attention_heads.max(1),
+        }
+    }
+
+    /// The family `model_type` names (`None` for any other; [`LlamaConfig::validate`] refuses
+    /// those).
+    pub fn family(&self) -> Option<Family> {
+        self.model_type.as_deref().and_then(Family::from_model_type)
+    }
+
+    /// Whether q, k and v add a bias after their product: Qwen2's always (its attention is
+    /// built with `bias=True`), Llama's and Qwen3's when `attention_bias` is set.
+    pub fn qkv_bias(&self) -> bool {
+        match self.family() {
+            Some(Family::Qwen2) => true,
+            Some(Family::Llama | Family::Qwen3) => self.attention_bias == Some(true),
+            _ => false,
+        }
+    }
+
+    /// Whether o_proj adds a bias: Llama's and Qwen3's with `attention_bias`, never Qwen2's.
+    /// No MLP linear has one (`mlp_bias` is refused).
+    pub fn o_bias(&self) -> bool {
+        matches!(self.family(), Some(Family::Llama | Family::Qwen3))
+            && self.attention_bias == Some(true)
+    }
+
+    /// Qwen3: q and k are RMS-normalised per head (over `head_dim`, with their own weights)
+    /// before the rotary embedding.
+    pub fn qk_norm(&self) -> bool {
+        self.family() == Some(Family::Qwen3)
+    }
+
+    /// Mistral's sliding window W: query i attends to keys j with i − W < j ≤ i (transformers'
+    /// `sliding_window_overlay`, `kv_idx > q_idx - sliding_window`). `None` is full causal
+    /// attention; a window no shorter than the sequence changes nothing.
+    pub fn attention_window(&self) -> Option<usize> {
+        match self.family() {
+            Some(Family::Mistral) => match self.sliding_window {
+                None => Some(MISTRAL_DEFAULT_WINDOW),
+                Some(w) => w,
+            },
+            _ => None,
+        }
+    }
+
+    /// The keys whose meaning depends on the family: each is either what the family's
+    /// transformers class reads (and copal implements) or refused.
+    fn validate_family(&self, family: Family) -> Result<()> {
+        let window = self.sliding_window.flatten();
+        match family {
+            Family::Llama => ensure!(
+                window.is_none() && self.use_sliding_window != Some(true),
+                "config.json of a llama model sets sliding_window; LlamaForCausalLM has no \
+                 sliding-window attention, so the file is not what it says (model_type mistral \
+                 has one)"
+            ),
+            Family::Mistral => {
+                ensure!(
+                    self.attention_bias != Some(true),
+                    "attention_bias is set, but MistralForCausalLM's linears have no bias"
+                );
+                ensure!(
+                    self.use_sliding_window.is_none() && self.max_window_layers.is_none(),
+                    "use_sliding_window/max_window_layers are Qwen2 keys; MistralForCausalLM \
+                     applies sliding_window to every layer"
+                );
+                if let Some(w) = window {
+                    ensure!(w > 0, "sliding_window must be positive, got 0");
+                }
+            }
+            Family::Qwen2 | Family::Qwen3 => ensure!(
+                self.use_sliding_window != Some(true),
+                "use_sliding_window is true: sliding-window attention on the layers from \
+                 max_window_layers on, which copal does not implement for {} (Mistral's \
+                 window on every layer it does)",
+                family.model_type()
+            ),
+        }
+        if family == Family::Qwen2 {
+            ensure!(
+                self.attention_bias != Some(false),
+                "attention_bias is false, but Qwen2ForCausalLM always has a bias on q, k and v"
+            );
+        }
+        Ok(())
     }
 
     /// Checks that the forward pass in `model::block` implements this architecture exactly.
     pub fn validate(&self) -> Result<()> {
-        match self.model_type.as_deref() {
-            Some("llama") => {}
-            Some(other) => bail!(
-                "model_type is \"{other}\", but copal implements the LLaMA architecture only \
-                 (model_type \"llama\": LLaMA-1/2/3, SmolLM, TinyLlama, …)"
+        let family = match (self.model_type.as_deref(), self.family()) {
+            (_, Some(f)) => f,
+            (Some(other), None) => bail!(
+                "model_type is \"{other}\", which copal does not implement; supported: {} \
+                 (LLaMA-1/2/3.x, SmolLM, TinyLlama, Mistral, Qwen2/2.5, Qwen3)",
+                Family::supported()
             ),
-            None => bail!("config.json has no model_type; a LLaMA checkpoint says \"llama\""),
-        }
+            (None, None) => bail!(
+                "config.json has no model_type; copal implements {}",
+                Family::supported()
+            ),
+        };
+        self.validate_family(family)?;
         if let Some(act) = &self.hidden_act {
             ensure!(
                 act == "silu",
@@ -405,8 +576,8 @@ impl LlamaConfig {
             );
         }
         ensure!(
-            self.attention_bias != Some(true) && self.mlp_bias != Some(true),
-            "attention_bias/mlp_bias are set; copal supports LLaMA linears without bias only"
+            self.mlp_bias != Some(true),
+            "mlp_bias is set; copal supports MLP linears without bias only"
         );
         for (name, v) in [
             ("hidden_size", self.hidden_size),
@@ -513,10 +684,134 @@ mod tests {
     }
 
     #[test]
-    fn refuses_other_architectures() {
-        let text = SMOL.replace("\"llama\"", "\"mistral\"");
-        let err = LlamaConfig::from_json(&text).unwrap_err().to_string();
-        assert!(err.contains("mistral") && err.contains("LLaMA"), "{err}");
+    fn refuses_other_architectures_naming_the_supported_ones() {
+        for other in ["gemma", "phi3", "mixtral", "qwen2_moe"] {
+            let text = SMOL.replace("\"llama\"", &format!("\"{other}\""));
+            let err = LlamaConfig::from_json(&text).unwrap_err().to_string();
+            for f in Family::ALL {
+                assert!(
+                    err.contains(other) && err.contains(f.architecture()),
+                    "{other}: {err}"
+                );
+            }
+        }
+    }
+
+    /// The hub's configs of the families' small checkpoints (keys and values as transformers
+    /// 4.x wrote them there), each read as its family with its differences.
+    #[test]
+    fn families_read_their_hub_configs() {
+        use serde_json::json;
+        let qwen25 = json!({"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0,
+            "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu",
+            "hidden_size": 896, "initializer_range": 0.02, "intermediate_size": 4864,
+            "max_position_embeddings": 32768, "max_window_layers": 24, "model_type": "qwen2",
+            "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+            "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+            "transformers_version": "4.43.1", "use_cache": true, "use_sliding_window": false,
+            "vocab_size": 151936});
+        let c = LlamaConfig::from_json(&qwen25.to_string()).unwrap();
+        assert_eq!(c.family(), Some(Family::Qwen2));
+        assert!(c.qkv_bias() && !c.o_bias());
+        assert_eq!((c.attention_window(), c.qk_norm()), (None, false));
+        let qwen3 = json!({"architectures": ["Qwen3ForCausalLM"], "attention_bias": false,
+            "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
+            "head_dim": 128, "hidden_act": "silu", "hidden_size": 1024,
+            "initializer_range": 0.02, "intermediate_size": 3072,
+            "max_position_embeddings": 40960, "max_window_layers": 28, "model_type": "qwen3",
+            "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8,
+            "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000,
+            "sliding_window": null, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+            "transformers_version": "4.51.0", "use_cache": true, "use_sliding_window": false,
+            "vocab_size": 151936});
+        let c = LlamaConfig::from_json(&qwen3.to_string()).unwrap();
+        assert!(c.qk_norm() && !c.qkv_bias());
+        assert_eq!(c.num_attention_heads * c.head_dim(), 16 * 128);
+        // Qwen3Config's head_dim default is 128, not hidden / heads.
+        let mut no_dim = qwen3.clone();
+        no_dim.as_object_mut().unwrap().remove("head_dim");
+        assert_eq!(
+            LlamaConfig::from_json(&no_dim.to_string())
+                .unwrap()
+                .head_dim(),
+            128
+        );
+        let mistral = json!({"architectures": ["MistralForCausalLM"], "bos_token_id": 1,
+            "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 4096,
+            "initializer_range": 0.02, "intermediate_size": 14336,
+            "max_position_embeddings": 32768, "model_type": "mistral",
+            "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+            "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096,
+            "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+            "transformers_version": "4.34.0.dev0", "use_cache": true, "vocab_size": 32000});
+        let c = LlamaConfig::from_json(&mistral.to_string()).unwrap();
+        assert_eq!(c.attention_window(), Some(4096));
+        // Absent: MistralConfig's default window; null: none (Mistral-7B-v0.3).
+        let mut absent = mistral.clone();
+        absent.as_object_mut().unwrap().remove("sliding_window");
+        assert_eq!(
+            LlamaConfig::from_json(&absent.to_string())
+                .unwrap()
+                .attention_window(),
+            Some(4096)
+        );
+        let mut null = mistral.clone();
+        null["sliding_window"] = json!(null);
+        let c = LlamaConfig::from_json(&null.to_string()).unwrap();
+        assert_eq!(c.attention_window(), None);
+    }
+
+    /// The keys whose meaning is the family's are refused where the family has no such thing.
+    #[test]
+    fn family_keys_are_refused_where_they_mean_something_else() {
+        use serde_json::json;
+        for (family, key, value, needle) in [
+            ("llama", "sliding_window", json!(4096), "sliding_window"),
+            ("llama", "use_sliding_window", json!(true), "sliding_window"),
+            (
+                "qwen2",
+                "use_sliding_window",
+                json!(true),
+                "use_sliding_window",
+            ),
+            (
+                "qwen3",
+                "use_sliding_window",
+                json!(true),
+                "use_sliding_window",
+            ),
+            ("mistral", "attention_bias", json!(true), "attention_bias"),
+            (
+                "mistral",
+                "max_window_layers",
+                json!(28),
+                "max_window_layers",
+            ),
+            ("qwen2", "attention_bias", json!(false), "attention_bias"),
+            ("llama", "mlp_bias", json!(true), "mlp_bias"),
+        ] {
+            let e = with(|m| {
+                m.insert("model_type".into(), json!(family));
+                m.insert(key.into(), value.clone());
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(needle), "{family} {key}={value}: {e}");
+        }
+        // The same keys at the values that mean nothing are accepted.
+        for (family, key, value) in [
+            ("llama", "sliding_window", json!(null)),
+            ("qwen2", "sliding_window", json!(131072)),
+            ("qwen2", "use_sliding_window", json!(false)),
+            ("llama", "attention_bias", json!(true)),
+        ] {
+            with(|m| {
+                m.insert("model_type".into(), json!(family));
+                m.insert(key.into(), value.clone());
+            })
+            .unwrap_or_else(|e| panic!("{family} {key}={value}: {e}"));
+        }
     }
 
     #[test]
@@ -654,8 +949,7 @@ mod tests {
         }
         // Conditional keys: accepted at LLaMA's value, refused at another, naming the key.
         for (k, good, bad) in [
-            ("sliding_window", json!(null), json!(4096)),
-            ("use_sliding_window", json!(false), json!(true)),
+            ("use_mrope", json!(false), json!(true)),
             ("rope_interleaved", json!(false), json!(true)),
             ("partial_rotary_factor", json!(1.0), json!(0.5)),
             ("pruned_heads", json!({}), json!({"0": [1]})),

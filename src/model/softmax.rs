@@ -8,6 +8,9 @@
 //! causal mask M (0 on and below the diagonal, −∞ above), but without materialising c·S or
 //! S + M, and without exponentials above the diagonal (half of them). The generic path (scale,
 //! add the mask, softmax) makes three full passes over a (heads, T, T) tensor, one thread each.
+//!
+//! With a sliding window W (Mistral) row i sees only i − W < j ≤ i: the sums and the maximum
+//! run over j from max(0, i + 1 − W), and P is 0 left of it too.
 
 use anyhow::{ensure, Result};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
@@ -16,6 +19,7 @@ use rayon::prelude::*;
 /// The fused op: input (…, T, T) f32 scores, output the same shape.
 struct CausalSoftmax {
     scale: f32,
+    window: Option<usize>,
 }
 
 impl CustomOp1 for CausalSoftmax {
@@ -42,6 +46,7 @@ impl CustomOp1 for CausalSoftmax {
         let src = &all[start..end];
         let mut out = vec![0f32; src.len()];
         let c = self.scale;
+        let window = self.window.unwrap_or(usize::MAX);
         // Tasks of ROWS rows: a window's attention is only kvh · rep matrices (9 on the test
         // model), too few to share evenly between threads one matrix each. Row i of a matrix
         // has i + 1 live entries; rayon's work stealing evens out the blocks' lengths.
@@ -55,8 +60,9 @@ impl CustomOp1 for CausalSoftmax {
                 let first = (k * ROWS) % t;
                 for (r, (o, s)) in o.chunks_mut(t).zip(s.chunks(t)).enumerate() {
                     let i = (first + r) % t;
-                    let row = &s[..i + 1];
-                    let dst = &mut o[..i + 1];
+                    let lo = (i + 1).saturating_sub(window);
+                    let row = &s[lo..i + 1];
+                    let dst = &mut o[lo..i + 1];
                     let m = super::expsum::max(row) * c;
                     let inv = 1.0 / super::expsum::exp_sum(row, dst, c, m);
                     dst.iter_mut().for_each(|d| *d *= inv);
@@ -69,8 +75,13 @@ impl CustomOp1 for CausalSoftmax {
 /// softmax(scale · scores + causal mask) over the last axis of (…, T, T) f32 scores.
 ///
 /// On the CPU this is the fused pass above; elsewhere it is the generic composition, with
-/// `mask` the additive (T, T) causal mask.
-pub fn causal_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
+/// `mask` the additive (T, T) mask of [`causal_mask`] for the same `window`.
+pub fn causal_softmax(
+    scores: &Tensor,
+    scale: f64,
+    mask: &Tensor,
+    window: Option<usize>,
+) -> Result<Tensor> {
     ensure!(
         scores.dtype() == DType::F32,
         "causal_softmax: f32 scores expected"
@@ -78,8 +89,10 @@ pub fn causal_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<Tens
     if crate::device::fused_cpu(scores.device()) {
         // A positive scale keeps the row maximum where it is: max(c·x) = c·max(x).
         ensure!(scale > 0.0, "causal_softmax: scale must be positive");
+        ensure!(window != Some(0), "causal_softmax: a window of 0 keys");
         Ok(scores.contiguous()?.apply_op1_no_bwd(&CausalSoftmax {
             scale: scale as f32,
+            window,
         })?)
     } else {
         causal_softmax_generic(scores, scale, mask)
@@ -93,10 +106,20 @@ fn causal_softmax_generic(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<
     )?)
 }
 
-/// The additive causal mask (t, t) in f32: 0 on and below the diagonal, −∞ above.
-pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+/// The additive causal mask (t, t) in f32: 0 where query i sees key j (j ≤ i, and i − j < W
+/// with a `window` W), −∞ elsewhere.
+pub fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
+    let w = window.unwrap_or(usize::MAX);
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..t).map(move |j| {
+                if j > i || i - j >= w {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (t, t), device)?)
 }
@@ -107,7 +130,37 @@ mod tests {
     use candle_core::{Device, D};
 
     fn mask(t: usize) -> Tensor {
-        causal_mask(t, &Device::Cpu).unwrap()
+        causal_mask(t, None, &Device::Cpu).unwrap()
+    }
+
+    /// With a window the fused pass equals the generic one on the windowed mask, and each row
+    /// has exactly min(i + 1, W) live entries.
+    #[test]
+    fn sliding_window_matches_the_windowed_mask() {
+        let dev = Device::Cpu;
+        let (t, w) = (29, 7);
+        let s = (Tensor::randn(0f32, 1.0, (2, t, t), &dev).unwrap() * 10.0).unwrap();
+        let m = causal_mask(t, Some(w), &dev).unwrap();
+        let fused = causal_softmax(&s, 0.3, &m, Some(w)).unwrap();
+        let generic = causal_softmax_generic(&s, 0.3, &m).unwrap();
+        let diff = (&fused - &generic)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(D::Minus1)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6, "largest difference {diff}");
+        let v = fused.reshape((2 * t, t)).unwrap().to_vec2::<f32>().unwrap();
+        for (r, row) in v.iter().enumerate() {
+            let i = r % t;
+            let live = row.iter().filter(|&&x| x > 0.0).count();
+            assert_eq!(live, (i + 1).min(w), "row {r}");
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
     }
 
     #[test]
@@ -117,7 +170,7 @@ mod tests {
         // Large scores, so that a missing max subtraction would overflow exp.
         let s = (Tensor::randn(0f32, 1.0, (2, 3, t, t), &dev).unwrap() * 60.0).unwrap();
         let scale = 0.125;
-        let fused = causal_softmax(&s, scale, &mask(t)).unwrap();
+        let fused = causal_softmax(&s, scale, &mask(t), None).unwrap();
         let generic = causal_softmax_generic(&s, scale, &mask(t)).unwrap();
         let diff = (&fused - &generic)
             .unwrap()
@@ -149,6 +202,6 @@ mod tests {
     #[test]
     fn refuses_non_square_scores() {
         let s = Tensor::zeros((2, 4, 5), DType::F32, &Device::Cpu).unwrap();
-        assert!(causal_softmax(&s, 1.0, &mask(5)).is_err());
+        assert!(causal_softmax(&s, 1.0, &mask(5), None).is_err());
     }
 }
