@@ -22,6 +22,9 @@ pub struct Alias {
     pub about: Option<String>,
     #[serde(default)]
     pub setup: Option<String>,
+    /// The hub asks for the licence to be accepted (and HF_TOKEN) before it serves the files.
+    #[serde(default)]
+    pub gated: bool,
 }
 
 /// All aliases, sorted by name.

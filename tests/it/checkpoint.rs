@@ -137,12 +137,21 @@ fn bad_model_inputs_are_clear_errors() {
     assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "tokenizer.json");
     std::fs::write(&tokp, &tok).unwrap();
 
-    // config.json: non-LLaMA, missing field, missing file.
+    // config.json: not of the LLaMA family, missing field, missing file.
     let cfgp = t.dir.join("config.json");
     let mut c = tiny_config(false);
-    c["model_type"] = serde_json::json!("mistral");
+    c["model_type"] = serde_json::json!("gemma");
     std::fs::write(&cfgp, c.to_string()).unwrap();
-    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "mistral");
+    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "gemma");
+    // A family whose tensors the checkpoint lacks (Qwen2's q/k/v biases) or has in excess (a
+    // bias in a model whose config has none) names the tensor.
+    let mut c = tiny_config(false);
+    c["model_type"] = serde_json::json!("qwen2");
+    std::fs::write(&cfgp, c.to_string()).unwrap();
+    assert_user_error(
+        &run_cli(&eval_args(&d, &[]), &env),
+        "model.layers.0.self_attn.q_proj.bias",
+    );
     let mut c = tiny_config(false);
     c.as_object_mut().unwrap().remove("num_attention_heads");
     std::fs::write(&cfgp, c.to_string()).unwrap();

@@ -6,6 +6,8 @@
 //! - `checkpoint`: reading and writing checkpoint directories, bad inputs through the CLI;
 //! - `device`: the GPU check's CPU rehearsal (the generic kernels against the fused ones);
 //! - `docs`: the documentation stays true (links, commands, flags, the bad-input table);
+//! - `families`: Llama-3, Mistral, Qwen2, Qwen3 checkpoints transformers wrote, against its
+//!   logits, pruned by every method;
 //! - `forward`: the model on a tiny random LLaMA built in memory (no files);
 //! - `hub`: models and datasets through a local hub that answers as huggingface.co does;
 //! - `layering`: the import graph of `src/` (no CLI in the library, no cycle);
@@ -25,6 +27,7 @@ mod checkpoint;
 mod common;
 mod device;
 mod docs;
+mod families;
 mod forward;
 mod hub;
 mod layering;
