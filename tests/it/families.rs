@@ -117,6 +117,7 @@ fn every_method_and_mode_prunes_every_family() {
         &["--method", "wanda", "--update", "obs"],
         &["--method", "copal", "--allocate", "owl"],
         &["--method", "wanda", "--pattern", "2:4"],
+        &["--method", "ria", "--update", "dsnot"],
     ];
     for name in FAMILIES {
         let input = Checkpoint::open(&fixture(name)).unwrap();
