@@ -82,11 +82,6 @@ impl Linear {
         format!("model.layers.{layer}.{}.bias", self.module())
     }
 
-    /// (out,) of the bias.
-    pub fn bias_shape(self, cfg: &LlamaConfig) -> usize {
-        self.shape(cfg).0
-    }
-
     fn index(self) -> usize {
         self as usize
     }
@@ -132,7 +127,7 @@ pub fn other_tensors(cfg: &LlamaConfig, layer: usize) -> Vec<(String, usize)> {
         .collect();
     for l in Linear::ALL {
         if l.has_bias(cfg) {
-            v.push((l.bias_name(layer), l.bias_shape(cfg)));
+            v.push((l.bias_name(layer), l.shape(cfg).0));
         }
     }
     if cfg.qk_norm() {
@@ -242,7 +237,16 @@ impl DecoderLayer {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let mut linears = Vec::with_capacity(7);
+        let load_vector = |name: &str, n: usize| -> Result<Tensor> {
+            let w = src.load(name, dtype, device)?;
+            ensure!(
+                w.dims() == [n],
+                "{name} has shape {:?}, expected [{n}]",
+                w.dims()
+            );
+            Ok(w)
+        };
+        let (mut linears, mut biases) = (Vec::with_capacity(7), Vec::with_capacity(7));
         for l in Linear::ALL {
             let name = l.tensor_name(index);
             let w = src.load(&name, dtype, device)?;
@@ -253,25 +257,17 @@ impl DecoderLayer {
                 w.dims()
             );
             linears.push(w);
+            biases.push(match l.has_bias(cfg) {
+                true => Some(load_vector(&l.bias_name(index), o)?),
+                false => None,
+            });
         }
+        fn seven<T>(_: T) -> anyhow::Error {
+            anyhow::anyhow!("internal: seven linears expected")
+        }
+        let linears: [Tensor; 7] = linears.try_into().map_err(seven)?;
+        let biases: [Option<Tensor>; 7] = biases.try_into().map_err(seven)?;
         let [n1, n2] = norm_names(index);
-        let load_vector = |name: &str, n: usize| -> Result<Tensor> {
-            let w = src.load(name, dtype, device)?;
-            ensure!(
-                w.dims() == [n],
-                "{name} has shape {:?}, expected [{n}]",
-                w.dims()
-            );
-            Ok(w)
-        };
-        let linears: [Tensor; 7] = linears
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("internal: seven linears expected"))?;
-        let biases = Linear::ALL.map(|l| {
-            l.has_bias(cfg)
-                .then(|| load_vector(&l.bias_name(index), l.bias_shape(cfg)))
-                .transpose()
-        });
         let [qn, kn] = qk_norm_names(index);
         let qk_norm = match cfg.qk_norm() {
             true => Some((
@@ -280,11 +276,10 @@ impl DecoderLayer {
             )),
             false => None,
         };
-        let [b0, b1, b2, b3, b4, b5, b6] = biases;
         Ok(Self {
             index,
             linears,
-            biases: [b0?, b1?, b2?, b3?, b4?, b5?, b6?],
+            biases,
             qk_norm,
             input_norm: load_vector(&n1, cfg.hidden_size)?,
             post_norm: load_vector(&n2, cfg.hidden_size)?,
@@ -346,10 +341,10 @@ impl DecoderLayer {
             };
             Ok(y.transpose(1, 2)?.contiguous()?)
         };
-        let (qn, kn) = match &self.qk_norm {
-            Some((qn, kn)) => (Some(qn), Some(kn)),
-            None => (None, None),
-        };
+        let (qn, kn) = (
+            self.qk_norm.as_ref().map(|n| &n.0),
+            self.qk_norm.as_ref().map(|n| &n.1),
+        );
         let qh = pos.rope.apply(&heads(&q, Linear::Q, h, qn)?)?;
         let kh = pos.rope.apply(&heads(&k, Linear::K, kvh, kn)?)?;
         let vh = heads(&v, Linear::V, kvh, None)?;

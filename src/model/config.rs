@@ -702,6 +702,7 @@ mod tests {
     #[test]
     fn families_read_their_hub_configs() {
         use serde_json::json;
+        let parse = |v: &serde_json::Value| LlamaConfig::from_json(&v.to_string()).unwrap();
         let qwen25 = json!({"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0,
             "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu",
             "hidden_size": 896, "initializer_range": 0.02, "intermediate_size": 4864,
@@ -711,7 +712,7 @@ mod tests {
             "tie_word_embeddings": true, "torch_dtype": "bfloat16",
             "transformers_version": "4.43.1", "use_cache": true, "use_sliding_window": false,
             "vocab_size": 151936});
-        let c = LlamaConfig::from_json(&qwen25.to_string()).unwrap();
+        let c = parse(&qwen25);
         assert_eq!(c.family(), Some(Family::Qwen2));
         assert!(c.qkv_bias() && !c.o_bias());
         assert_eq!((c.attention_window(), c.qk_norm()), (None, false));
@@ -725,18 +726,13 @@ mod tests {
             "sliding_window": null, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
             "transformers_version": "4.51.0", "use_cache": true, "use_sliding_window": false,
             "vocab_size": 151936});
-        let c = LlamaConfig::from_json(&qwen3.to_string()).unwrap();
+        let c = parse(&qwen3);
         assert!(c.qk_norm() && !c.qkv_bias());
         assert_eq!(c.num_attention_heads * c.head_dim(), 16 * 128);
         // Qwen3Config's head_dim default is 128, not hidden / heads.
         let mut no_dim = qwen3.clone();
         no_dim.as_object_mut().unwrap().remove("head_dim");
-        assert_eq!(
-            LlamaConfig::from_json(&no_dim.to_string())
-                .unwrap()
-                .head_dim(),
-            128
-        );
+        assert_eq!(parse(&no_dim).head_dim(), 128);
         let mistral = json!({"architectures": ["MistralForCausalLM"], "bos_token_id": 1,
             "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 4096,
             "initializer_range": 0.02, "intermediate_size": 14336,
@@ -745,21 +741,14 @@ mod tests {
             "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096,
             "tie_word_embeddings": false, "torch_dtype": "bfloat16",
             "transformers_version": "4.34.0.dev0", "use_cache": true, "vocab_size": 32000});
-        let c = LlamaConfig::from_json(&mistral.to_string()).unwrap();
-        assert_eq!(c.attention_window(), Some(4096));
+        assert_eq!(parse(&mistral).attention_window(), Some(4096));
         // Absent: MistralConfig's default window; null: none (Mistral-7B-v0.3).
         let mut absent = mistral.clone();
         absent.as_object_mut().unwrap().remove("sliding_window");
-        assert_eq!(
-            LlamaConfig::from_json(&absent.to_string())
-                .unwrap()
-                .attention_window(),
-            Some(4096)
-        );
+        assert_eq!(parse(&absent).attention_window(), Some(4096));
         let mut null = mistral.clone();
         null["sliding_window"] = json!(null);
-        let c = LlamaConfig::from_json(&null.to_string()).unwrap();
-        assert_eq!(c.attention_window(), None);
+        assert_eq!(parse(&null).attention_window(), None);
     }
 
     /// The keys whose meaning is the family's are refused where the family has no such thing.

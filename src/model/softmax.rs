@@ -129,6 +129,20 @@ mod tests {
     use super::*;
     use candle_core::{Device, D};
 
+    /// max |a − b| over all elements.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(D::Minus1)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     fn mask(t: usize) -> Tensor {
         causal_mask(t, None, &Device::Cpu).unwrap()
     }
@@ -143,16 +157,7 @@ mod tests {
         let m = causal_mask(t, Some(w), &dev).unwrap();
         let fused = causal_softmax(&s, 0.3, &m, Some(w)).unwrap();
         let generic = causal_softmax_generic(&s, 0.3, &m).unwrap();
-        let diff = (&fused - &generic)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&fused, &generic);
         assert!(diff < 1e-6, "largest difference {diff}");
         let v = fused.reshape((2 * t, t)).unwrap().to_vec2::<f32>().unwrap();
         for (r, row) in v.iter().enumerate() {
@@ -172,16 +177,7 @@ mod tests {
         let scale = 0.125;
         let fused = causal_softmax(&s, scale, &mask(t), None).unwrap();
         let generic = causal_softmax_generic(&s, scale, &mask(t)).unwrap();
-        let diff = (&fused - &generic)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&fused, &generic);
         assert!(diff < 1e-6, "largest difference {diff}");
         // Rows sum to one and nothing is above the diagonal.
         let v = fused
