@@ -10,8 +10,16 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 . "$root/scripts/common.sh"
 cargo build --release --locked
-# The Python reference clients of the hub tests (tests/requirements.txt), installed once.
-py="${COPAL_PYTHON:-python3}"
+# The Python reference clients of the full tier (tests/requirements.txt: huggingface_hub
+# against the test hub, transformers and torch reading the pruned family checkpoints),
+# installed once into a venv beside the build (target/test-python, ~6 GB: PyPI's torch brings
+# its CUDA libraries), unless COPAL_PYTHON names an interpreter that has them.
+if [ -z "${COPAL_PYTHON:-}" ]; then
+  venv="$(dirname "$(dirname "$(release_bin)")")/test-python"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  export COPAL_PYTHON="$venv/bin/python"
+fi
+py=$COPAL_PYTHON
 if ! "$py" - <<'PY' 2>/dev/null
 import sys, importlib.metadata as m
 want = [l.split("==") for l in open("tests/requirements.txt") if "==" in l and not l.startswith("#")]

@@ -189,3 +189,41 @@ fn tensors_the_config_has_no_place_for_are_refused() {
         assert_user_error(&r, needle);
     }
 }
+
+/// The pruned outputs as transformers reads them: scripts/families-transformers-check.py
+/// prunes each family with Wanda and COPAL (50%, two texts), loads the dense and pruned
+/// directories with transformers' `from_pretrained` (config and tensor names as copal wrote
+/// them) and computes the perplexity of a third text on copal's protocol; each must equal
+/// `copal eval`'s within 0.1% (the script exits 1 otherwise).
+#[test]
+#[ignore = "full tier, ./scripts/test.sh: transformers and torch from tests/requirements.txt"]
+fn pruned_models_load_in_transformers_with_copals_perplexity() {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/families-transformers-check.py");
+    let out = python("transformers")
+        .arg(&script)
+        .arg(env!("CARGO_BIN_EXE_copal"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .expect("running the transformers check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = format!(
+        "--- stdout\n{stdout}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the transformers check failed\n{report}"
+    );
+    // Every family and method was compared: 6 families × (dense, wanda, copal).
+    let rows: Vec<f64> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.rsplit_once(" rel ")
+                .map(|(_, r)| r.trim().parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.len(), FAMILIES.len() * 3, "{report}");
+    assert!(rows.iter().all(|r| *r <= 1e-3), "{report}");
+}

@@ -253,6 +253,22 @@ impl CopalCmd {
     }
 }
 
+/// The Python interpreter of the reference clients (COPAL_PYTHON, default python3; the venv
+/// that ./scripts/test.sh fills from tests/requirements.txt), asserted to import `module`.
+pub fn python(module: &str) -> Command {
+    let py = std::env::var("COPAL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{py} cannot import {module}, a reference client of the full tier: install \
+         tests/requirements.txt into it (./scripts/test.sh does, into a venv under target/)"
+    );
+    Command::new(py)
+}
+
 /// Asserts a failed run of a valid plan: exit code 1, an `error:` line naming `needle`, no
 /// panic.
 pub fn assert_user_error(res: &(i32, String, String), needle: &str) {

@@ -182,21 +182,6 @@ fn inspect_model(server: &Server, home: &Path) -> (i32, String, String) {
     )
 }
 
-/// The Python interpreter with `huggingface_hub` (COPAL_PYTHON, default python3).
-fn python() -> std::process::Command {
-    let py = std::env::var("COPAL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = std::process::Command::new(&py)
-        .args(["-c", "import huggingface_hub"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{py} cannot import huggingface_hub, the reference client of the hub tests: run \
-         `{py} -m pip install -r tests/requirements.txt` (./scripts/test.sh does)"
-    );
-    std::process::Command::new(py)
-}
-
 /// One file for the Python client: (repo url path, revision, file).
 type Want<'a> = (&'a str, &'a str, &'a str);
 
@@ -214,7 +199,7 @@ fn python_download(env: &[(&str, &str)], want: &[Want]) -> Vec<Result<(String, S
         })
         .collect();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/hub/hf_client.py");
-    let mut cmd = python();
+    let mut cmd = python("huggingface_hub");
     cmd.arg(script)
         .env_remove("HF_TOKEN")
         .env("HF_HUB_DISABLE_TELEMETRY", "1")
