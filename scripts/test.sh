@@ -11,7 +11,8 @@ cd "$root"
 . "$root/scripts/common.sh"
 cargo build --release --locked
 # The Python reference clients of the full tier (tests/requirements.txt: huggingface_hub
-# against the test hub, transformers and torch reading the pruned family checkpoints),
+# against the test hub, transformers and torch reading the pruned family checkpoints,
+# lm-eval scoring the zero-shot tasks),
 # installed once into a venv beside the build (target/test-python, ~6 GB: PyPI's torch brings
 # its CUDA libraries), unless COPAL_PYTHON names an interpreter that has them.
 if [ -z "${COPAL_PYTHON:-}" ]; then
@@ -31,6 +32,8 @@ then
 fi
 COPAL_TEST_MODEL=$(./scripts/fetch-test-model.sh)
 export COPAL_TEST_MODEL
+COPAL_TEST_TASKS=$(./scripts/fetch-task-data.sh)
+export COPAL_TEST_TASKS
 # Arguments pass through (`./scripts/test.sh --test it -- hub::`); the full tier is added
 # after the test binary's own arguments.
 case " $* " in

@@ -26,6 +26,29 @@ pub const OVERLAP_BYTES: usize = 8 << 10;
 /// Token ids and their byte ranges in the text.
 type IdsAndOffsets = (Vec<u32>, Vec<(usize, usize)>);
 
+/// Whether a zero-shot request starts with the BOS token: `auto` as the tokenizer itself does
+/// (its post-processor, or `add_bos_token` in tokenizer_config.json: what
+/// lm-evaluation-harness 0.4 does by default), or always, or never (Wanda's evaluation).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Bos {
+    #[default]
+    Auto,
+    Yes,
+    No,
+}
+crate::display_as_value!(Bos);
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
@@ -235,6 +258,41 @@ impl Tokenizer {
             BosFix::Strip(b) => {
                 if ids.first() == Some(&b) {
                     ids.remove(0);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The BOS token: tokenizer_config.json's `bos_token`, else the first special token the
+    /// post-processor puts before a text.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos.or_else(|| self.prefix.first().copied())
+    }
+
+    /// [`Tokenizer::encode`] with the BOS rule `bos`: `auto` is `encode`'s; `yes` and `no`
+    /// put one BOS first or none, the rest unchanged.
+    pub fn encode_with(&self, text: &str, bos: Bos) -> Result<Vec<u32>> {
+        let mut ids = self.encode(text)?;
+        match bos {
+            Bos::Auto => {}
+            Bos::Yes => {
+                let b = self.bos().with_context(|| {
+                    format!(
+                        "{} names no BOS token (tokenizer_config.json's bos_token): a BOS cannot \
+                         be prepended; use the tokenizer's own rule (auto) or none",
+                        self.path.display()
+                    )
+                })?;
+                if ids.first() != Some(&b) {
+                    ids.insert(0, b);
+                }
+            }
+            Bos::No => {
+                if let (Some(b), Some(&f)) = (self.bos(), ids.first()) {
+                    if f == b {
+                        ids.remove(0);
+                    }
                 }
             }
         }

@@ -179,6 +179,56 @@ pub fn parquet_rows(path: &Path, column: &str) -> Result<Vec<String>> {
     Ok(rows)
 }
 
+/// Every row of a parquet file as a JSON object, nested lists and structs included (the
+/// zero-shot tasks' items: ARC's `choices` is a struct of two lists). Column types a task
+/// never has (dates, decimals, maps, bytes) are refused.
+pub fn parquet_records(path: &Path) -> Result<Vec<serde_json::Value>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::{Field, Row};
+    use serde_json::Value;
+    fn field(f: &Field) -> Result<Value> {
+        Ok(match f {
+            Field::Null => Value::Null,
+            Field::Bool(b) => Value::Bool(*b),
+            Field::Byte(i) => (*i).into(),
+            Field::Short(i) => (*i).into(),
+            Field::Int(i) => (*i).into(),
+            Field::Long(i) => (*i).into(),
+            Field::UByte(i) => (*i).into(),
+            Field::UShort(i) => (*i).into(),
+            Field::UInt(i) => (*i).into(),
+            Field::ULong(i) => (*i).into(),
+            Field::Float(x) => (*x as f64).into(),
+            Field::Double(x) => (*x).into(),
+            Field::Str(s) => Value::String(s.clone()),
+            Field::Group(r) => row(r)?,
+            Field::ListInternal(l) => {
+                Value::Array(l.elements().iter().map(field).collect::<Result<_>>()?)
+            }
+            other => bail!("a column of type {other:?}, which no task has"),
+        })
+    }
+    fn row(r: &Row) -> Result<Value> {
+        let mut o = serde_json::Map::new();
+        for (k, f) in r.get_column_iter() {
+            o.insert(k.clone(), field(f)?);
+        }
+        Ok(Value::Object(o))
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let reader = SerializedFileReader::new(file)
+        .with_context(|| format!("{} is not a readable parquet file", path.display()))?;
+    let mut out = Vec::new();
+    for r in reader
+        .get_row_iter(None)
+        .with_context(|| format!("reading {}", path.display()))?
+    {
+        let r = r.with_context(|| format!("reading {}", path.display()))?;
+        out.push(row(&r).with_context(|| format!("reading {}", path.display()))?);
+    }
+    Ok(out)
+}
+
 /// The upstream file's text from a pinned file: WikiText-2's raw file (a row that is empty
 /// stands for a line holding one space), PTB's lines, C4's JSON lines as they are.
 pub fn upstream_text(pin: &Pin, path: &Path) -> Result<String> {

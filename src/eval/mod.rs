@@ -10,8 +10,10 @@
 //! layer is materialised once per chunk of windows rather than once per window.
 
 pub mod cache;
+pub mod choice;
 pub mod evaluator;
 pub mod perplexity;
+pub mod tasks;
 
 pub use crate::data::eval_set::{load_sets, EvalSet};
 pub use cache::EvalCache;

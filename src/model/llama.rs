@@ -149,6 +149,31 @@ impl Llama {
         Ok(nll)
     }
 
+    /// −log p(targets_i) from the final hidden states `rows` (n, hidden) of the positions
+    /// that predict them: nll_i = logsumexp(z_i) − z_i[targets_i], z_i = head · rms(row_i).
+    /// Zero-shot scoring needs a continuation's few positions, not a whole window's.
+    pub fn target_nll(&self, rows: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
+        let n = targets.len();
+        ensure!(
+            rows.dim(0)? == n,
+            "target_nll: {} rows for {n} targets",
+            rows.dim(0)?
+        );
+        let x = self.final_norm(rows)?;
+        // window_nll reads targets from ids[1..]: ids = [any, targets...].
+        let ids: Vec<u32> = std::iter::once(0).chain(targets.iter().copied()).collect();
+        let block = (LOGIT_BLOCK_BYTES / (self.cfg.vocab_size * 4)).max(1);
+        let mut nll = Vec::with_capacity(n);
+        let mut start = 0;
+        while start < n {
+            let m = block.min(n - start);
+            let z = self.head(&x.narrow(0, start, m)?)?;
+            nll.extend(super::head::window_nll(&z, &ids[start..=start + m])?);
+            start += m;
+        }
+        Ok(nll)
+    }
+
     /// Whole forward for one sequence, loading each layer in turn: logits (T, vocab).
     pub fn forward(&self, src: &dyn TensorSource, ids: &[u32]) -> Result<Tensor> {
         let pos = self.positions(ids.len())?;

@@ -17,7 +17,8 @@
 //! - `reliability`: crashes, kills and resumes leave outputs absent or whole;
 //! - `state`: what a state file carries between runs, across formats;
 //! - `untrusted`: hostile checkpoints and data fail cleanly within bounded resources;
-//! - `update`: the update stage after a mask-only method (`--update dsnot`).
+//! - `update`: the update stage after a mask-only method (`--update dsnot`);
+//! - `zeroshot`: `copal eval --tasks`, items scored as lm-evaluation-harness scores them.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -38,3 +39,4 @@ mod reliability;
 mod state;
 mod untrusted;
 mod update;
+mod zeroshot;

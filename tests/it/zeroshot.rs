@@ -1,0 +1,328 @@
+//! `copal eval --tasks`: zero-shot items turned into requests and scored as
+//! lm-evaluation-harness does. The fast tier checks the scores against the model's own
+//! full-logit forward on tiny task files; the full tier against the harness itself.
+
+use crate::common::*;
+use copal::checkpoint::Checkpoint;
+use copal::model::Llama;
+use copal::tokenizer::Tokenizer;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A column of a task file.
+enum Col {
+    Str(Vec<&'static str>),
+    Int(Vec<i64>),
+}
+
+/// A parquet file with these columns, as the hub serves a task's split.
+fn write_parquet(path: &Path, cols: &[(&str, Col)]) {
+    use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+    let fields: Vec<String> = cols
+        .iter()
+        .map(|(n, c)| match c {
+            Col::Str(_) => format!("REQUIRED BYTE_ARRAY {n} (UTF8);"),
+            Col::Int(_) => format!("REQUIRED INT64 {n};"),
+        })
+        .collect();
+    let schema =
+        Arc::new(parse_message_type(&format!("message m {{ {} }}", fields.join(" "))).unwrap());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w =
+        SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build()))
+            .unwrap();
+    let mut rg = w.next_row_group().unwrap();
+    for (_, c) in cols {
+        let mut col = rg.next_column().unwrap().unwrap();
+        match c {
+            Col::Str(v) => {
+                let v: Vec<ByteArray> = v.iter().map(|s| ByteArray::from(*s)).collect();
+                col.typed::<ByteArrayType>()
+                    .write_batch(&v, None, None)
+                    .unwrap();
+            }
+            Col::Int(v) => {
+                col.typed::<Int64Type>().write_batch(v, None, None).unwrap();
+            }
+        }
+        col.close().unwrap();
+    }
+    rg.close().unwrap();
+    w.close().unwrap();
+}
+
+/// RTE (flat, one context per item) and WinoGrande (one context per option, a shared
+/// continuation), a few items each, with trailing spaces and a blank to move.
+fn tiny_tasks(dir: &Path) {
+    write_parquet(
+        &dir.join("rte/validation.parquet"),
+        &[
+            (
+                "sentence1",
+                Col::Str(vec!["The cat sat.", "It rained all day.", "Bob is tall. "]),
+            ),
+            (
+                "sentence2",
+                Col::Str(vec!["A cat sat.", "The sun shone.", "Bob is short."]),
+            ),
+            ("label", Col::Int(vec![0, 1, 1])),
+            ("idx", Col::Int(vec![0, 1, 2])),
+        ],
+    );
+    write_parquet(
+        &dir.join("winogrande/validation.parquet"),
+        &[
+            (
+                "sentence",
+                Col::Str(vec![
+                    "Ann gave Bob the cup because _ was thirsty.",
+                    "The box held the ball since _ was big.",
+                ]),
+            ),
+            ("option1", Col::Str(vec!["Ann", "the box"])),
+            ("option2", Col::Str(vec!["Bob", "the ball"])),
+            ("answer", Col::Str(vec!["2", "1"])),
+        ],
+    );
+}
+
+/// An item's requests, (context, continuation) per choice, and its gold choice.
+type Expected = (Vec<(String, String)>, usize);
+
+/// Σ log p(cont | ctx) from the model's whole-sequence logits, in f64.
+fn reference_ll(model: &Llama, ckpt: &Checkpoint, ctx: &[u32], cont: &[u32]) -> f64 {
+    let ids: Vec<u32> = ctx.iter().chain(cont).copied().collect();
+    let logits = model.forward(ckpt, &ids[..ids.len() - 1]).unwrap();
+    let rows: Vec<Vec<f32>> = logits.to_vec2().unwrap();
+    (0..cont.len())
+        .map(|k| {
+            let row = &rows[ctx.len() - 1 + k];
+            let m = row.iter().fold(f64::MIN, |a, &x| a.max(x as f64));
+            let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+            row[cont[k] as usize] as f64 - lse
+        })
+        .sum()
+}
+
+/// The harness's `_encode_pair`, written out again: trailing spaces of the context move to
+/// the continuation; the continuation's tokens are enc(whole)[len(enc(ctx)):].
+fn pair(tok: &Tokenizer, ctx: &str, cont: &str) -> (Vec<u32>, Vec<u32>) {
+    let kept = ctx.trim_end();
+    let cont = format!("{}{cont}", &ctx[kept.len()..]);
+    let whole = tok.encode(&format!("{kept}{cont}")).unwrap();
+    let c = tok.encode(kept).unwrap();
+    let rest = whole[c.len()..].to_vec();
+    (c, rest)
+}
+
+#[test]
+fn scores_are_the_models_own_log_likelihoods_of_the_harness_requests() {
+    let tiny = tiny_model(false, 1);
+    let tasks = tiny.tmp.path().join("tasks");
+    tiny_tasks(&tasks);
+    let samples = tiny.tmp.path().join("samples.jsonl");
+    let (out, _) = copal("eval")
+        .flag("--model", tiny.dir.display())
+        .flag("--tasks", "rte,winogrande")
+        .flag("--tasks-dir", tasks.display())
+        .flag("--samples", samples.display())
+        .args(["--json", "--quiet"])
+        .ok();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["results"].as_array().unwrap().len(),
+        0,
+        "no perplexity asked"
+    );
+
+    let ckpt = Checkpoint::open(&tiny.dir).unwrap();
+    let model = Llama::load(
+        &ckpt,
+        &ckpt.config,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let tok = Tokenizer::open(&tiny.dir).unwrap();
+    // The requests as the harness builds them (api/task.py, the YAMLs), written out here.
+    let rte = [
+        ("The cat sat.", "A cat sat.", 0),
+        ("It rained all day.", "The sun shone.", 1),
+        ("Bob is tall. ", "Bob is short.", 1),
+    ]
+    .map(|(s1, s2, gold)| {
+        let ctx = format!("{s1}\nQuestion: {s2} True or False?\nAnswer:");
+        (
+            vec![
+                (ctx.clone(), " True".to_string()),
+                (ctx, " False".to_string()),
+            ],
+            gold,
+        )
+    });
+    let wino = [
+        (
+            "Ann gave Bob the cup because ",
+            ["Ann", "Bob"],
+            " was thirsty.",
+            1,
+        ),
+        (
+            "The box held the ball since ",
+            ["the box", "the ball"],
+            " was big.",
+            0,
+        ),
+    ]
+    .map(|(pre, opts, rest, gold)| {
+        (
+            opts.map(|o| (format!("{pre}{o}"), format!(" {}", rest.trim())))
+                .to_vec(),
+            gold,
+        )
+    });
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&samples)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    let expected: Vec<(&str, &Expected)> = rte
+        .iter()
+        .map(|r| ("rte", r))
+        .chain(wino.iter().map(|w| ("winogrande", w)))
+        .collect();
+    for (s, (task, (reqs, gold))) in lines.iter().zip(&expected) {
+        assert_eq!(s["task"], *task);
+        assert_eq!(s["gold"], *gold);
+        let lls: Vec<f64> = s["lls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(lls.len(), reqs.len());
+        for ((ctx, cont), got) in reqs.iter().zip(&lls) {
+            let (c, k) = pair(&tok, ctx, cont);
+            let want = reference_ll(&model, &ckpt, &c, &k);
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "{task} {ctx:?}{cont:?}: copal {got}, model's own logits {want}"
+            );
+        }
+        let best = (0..lls.len()).fold(0, |b, i| if lls[i] > lls[b] { i } else { b });
+        assert_eq!(s["acc"], (best == *gold) as u8 as f64, "{s}");
+    }
+    // The printed record: metric means of the samples, split, BOS (the tiny tokenizer
+    // prepends one), items.
+    for (t, n) in [("rte", 3usize), ("winogrande", 2)] {
+        let r = v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["task"] == t)
+            .unwrap();
+        assert_eq!(r["items"], n);
+        assert_eq!(r["split"], "validation");
+        assert_eq!(r["bos"], true);
+        let acc: f64 = lines
+            .iter()
+            .filter(|s| s["task"] == t)
+            .map(|s| s["acc"].as_f64().unwrap())
+            .sum::<f64>()
+            / n as f64;
+        assert_eq!(r["metrics"][0]["metric"], "acc");
+        assert!((r["metrics"][0]["value"].as_f64().unwrap() - acc).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn bos_and_limit_change_what_is_scored() {
+    let tiny = tiny_model(false, 1);
+    let tasks = tiny.tmp.path().join("tasks");
+    tiny_tasks(&tasks);
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let (out, _) = copal("eval")
+            .flag("--model", tiny.dir.display())
+            .flag("--tasks", "rte")
+            .flag("--tasks-dir", tasks.display())
+            .args(["--json", "--quiet"])
+            .args(extra.iter().copied())
+            .ok();
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["tasks"][0].clone()
+    };
+    let auto = run(&[]);
+    let no = run(&["--bos", "no"]);
+    assert_eq!(auto["bos"], true);
+    assert_eq!(no["bos"], false);
+    assert_eq!(run(&["--bos", "yes"])["bos"], true);
+    assert_eq!(run(&["--limit", "2"])["items"], 2);
+}
+
+#[test]
+fn task_mistakes_are_explained() {
+    let tiny = tiny_model(false, 1);
+    let empty = tiny.tmp.path().join("none");
+    let m = tiny.dir.display().to_string();
+    assert_user_error(
+        &copal("eval")
+            .flag("--model", &m)
+            .flag("--tasks", "piqa")
+            .run(),
+        "arc_challenge",
+    );
+    assert_user_error(
+        &copal("eval")
+            .flag("--model", &m)
+            .flag("--tasks", "boolq")
+            .flag("--tasks-dir", empty.display())
+            .run(),
+        "fetch-task-data.sh",
+    );
+    assert_usage_error(
+        &copal("eval").flag("--model", &m).flag("--limit", 5).run(),
+        "--tasks",
+    );
+}
+
+/// The harness itself on the test model: scripts/zeroshot-harness-check.py scores the first
+/// items of every task with lm-eval 0.4.13's `hf` backend and compares each log-likelihood
+/// (1e-4 relative) and each item's acc and acc_norm with copal's.
+#[test]
+#[ignore = "full tier, ./scripts/test.sh: the test model, the task copies and lm-eval"]
+fn the_harness_gives_the_same_log_likelihoods_and_scores() {
+    let tasks = std::env::var_os("COPAL_TEST_TASKS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| copal::checkpoint::resolve::copal_home().join("tasks"));
+    assert!(
+        tasks.join("boolq/validation.parquet").exists(),
+        "the task copies are not at {}: run scripts/fetch-task-data.sh",
+        tasks.display()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/zeroshot-harness-check.py");
+    let out = python("lm_eval")
+        .arg(&script)
+        .arg(env!("CARGO_BIN_EXE_copal"))
+        .arg(test_model())
+        .arg(&tasks)
+        .args(["--limit", "12"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_DATASETS_OFFLINE", "1")
+        .output()
+        .expect("running the harness check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "copal and lm-eval disagree\n--- stdout\n{stdout}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains(" items ")).count(),
+        7,
+        "{stdout}"
+    );
+}
