@@ -7,17 +7,20 @@
 //! for the model's context length L, and the score is ℓ = Σ_k log p(cont_k | everything
 //! before it) over the continuation's tokens.
 //!
-//! Sequences of similar length go through each decoder layer together, padded on the right:
-//! under the causal mask a position never sees the padding after it, so the real positions'
-//! outputs are the unpadded ones. Layers stream as in the perplexity evaluator: each chunk of
-//! sequences whose hidden states fit the budget goes through one layer at a time.
+//! The choices of an item share their context: its requests run as one packed sequence, the
+//! longest common token prefix once and then each request's own tokens, each seeing only the
+//! prefix and itself ([`crate::model::block::Packed`]), so the context is computed once and
+//! every request's outputs are those of running it alone. Sequences of similar length go
+//! through each decoder layer together, padded (no real token sees the padding). Layers stream
+//! as in the perplexity evaluator: each chunk of sequences whose hidden states fit the budget
+//! goes through one layer at a time.
 
 use super::tasks::{argmax, mean_stderr, Item, Metric, Task};
-use crate::model::{Llama, TensorSource};
+use crate::model::block::PackLayout;
+use crate::model::{Llama, Positions, TensorSource};
 use crate::tokenizer::{Bos, Tokenizer};
 use anyhow::{ensure, Context as _, Result};
 use candle_core::Tensor;
-use std::collections::HashMap;
 use std::time::Instant;
 
 /// Padded tokens per batch through a layer (rows of the linears' GEMMs).
@@ -58,105 +61,172 @@ pub fn encode_pair(
     Ok(Encoded { ctx, cont })
 }
 
-/// Σ log p of each request's continuation, in the requests' order. `max_len` is the model's
+/// One sequence the model runs: an item's requests packed over their shared prefix (or one
+/// request alone), and, per request, the rows that predict its continuation's tokens.
+struct Seq {
+    tokens: Vec<u32>,
+    layout: PackLayout,
+    /// (item, request, rows, target tokens).
+    reads: Vec<(usize, usize, Vec<usize>, Vec<u32>)>,
+}
+
+/// A request's model input (ctx ++ cont)[-(L+1):][:-1], the index of the first row that
+/// predicts a continuation token (the rest follow it to the end), those tokens, and whether
+/// the input was cut.
+struct Input {
+    ids: Vec<u32>,
+    first: usize,
+    targets: Vec<u32>,
+    cut: bool,
+}
+
+fn model_input(r: &Encoded, max_len: usize) -> Input {
+    let mut ids: Vec<u32> = r.ctx.iter().chain(&r.cont).copied().collect();
+    let cut = ids.len() > max_len + 1;
+    if cut {
+        ids.drain(..ids.len() - (max_len + 1));
+    }
+    ids.pop();
+    let n = r.cont.len().min(ids.len());
+    Input {
+        first: ids.len() - n,
+        targets: r.cont[r.cont.len() - n..].to_vec(),
+        ids,
+        cut,
+    }
+}
+
+/// The sequences for item `d`: its requests packed over their longest common token prefix
+/// (the context, computed once for all choices; WinoGrande's sentence before the option), or
+/// one per request when an input was cut to the model's length.
+fn pack(d: usize, reqs: &[Encoded], max_len: usize) -> Vec<Seq> {
+    let inputs: Vec<Input> = reqs.iter().map(|r| model_input(r, max_len)).collect();
+    if inputs.len() < 2 || inputs.iter().any(|i| i.cut) {
+        return inputs
+            .into_iter()
+            .enumerate()
+            .map(|(r, i)| Seq {
+                layout: PackLayout {
+                    position: (0..i.ids.len() as u32).collect(),
+                    text: vec![0; i.ids.len()],
+                },
+                reads: vec![(d, r, (i.first..i.ids.len()).collect(), i.targets)],
+                tokens: i.ids,
+            })
+            .collect();
+    }
+    let first = &inputs[0].ids;
+    let p = (0..first.len())
+        .take_while(|&q| inputs.iter().all(|i| i.ids.get(q) == Some(&first[q])))
+        .count();
+    let mut tokens = first[..p].to_vec();
+    let mut layout = PackLayout {
+        position: (0..p as u32).collect(),
+        text: vec![0; p],
+    };
+    let mut reads = Vec::new();
+    for (r, i) in inputs.iter().enumerate() {
+        let offset = tokens.len();
+        tokens.extend(&i.ids[p..]);
+        layout.position.extend(p as u32..i.ids.len() as u32);
+        layout
+            .text
+            .extend(std::iter::repeat_n(r as u32 + 1, i.ids.len() - p));
+        let rows = (i.first..i.ids.len())
+            .map(|q| if q < p { q } else { offset + q - p })
+            .collect();
+        reads.push((d, r, rows, i.targets.clone()));
+    }
+    vec![Seq {
+        tokens,
+        layout,
+        reads,
+    }]
+}
+
+/// Σ log p of each request's continuation, per item and request. `max_len` is the model's
 /// context length (longer inputs are cut from the left, as the harness does).
 pub fn loglikelihoods(
     model: &Llama,
     src: &dyn TensorSource,
-    reqs: &[Encoded],
+    items: &[Vec<Encoded>],
     max_len: usize,
     label: &str,
-) -> Result<Vec<f64>> {
-    // Each request's model input and where its continuation's predictions start in it.
-    let inputs: Vec<(Vec<u32>, usize, &[u32])> = reqs
+) -> Result<Vec<Vec<f64>>> {
+    let mut seqs: Vec<Seq> = items
         .iter()
-        .map(|r| {
-            let mut all: Vec<u32> = r.ctx.iter().chain(&r.cont).copied().collect();
-            if all.len() > max_len + 1 {
-                all.drain(..all.len() - (max_len + 1));
-            }
-            all.pop();
-            let n = r.cont.len().min(all.len());
-            let first = all.len() - n;
-            (all, first, &r.cont[r.cont.len() - n..])
-        })
+        .enumerate()
+        .flat_map(|(d, reqs)| pack(d, reqs, max_len))
         .collect();
     // Longest first (as the harness orders them), then batches of similar length.
-    let mut order: Vec<usize> = (0..inputs.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].0.len()));
+    seqs.sort_by_key(|s| std::cmp::Reverse(s.tokens.len()));
     let heads = model.cfg.num_attention_heads;
-    let mut batches: Vec<Vec<usize>> = Vec::new();
-    for &i in &order {
+    let mut batches: Vec<std::ops::Range<usize>> = Vec::new();
+    for i in 0..seqs.len() {
         let fits = batches.last().is_some_and(|b| {
-            let t = inputs[b[0]].0.len();
-            (b.len() + 1) * t <= BATCH_TOKENS
-                && (b.len() + 1) * heads * t * t * 4 <= BATCH_SCORE_BYTES
+            let (n, t) = (b.len() + 1, seqs[b.start].tokens.len());
+            n * t <= BATCH_TOKENS && n * heads * t * t * 4 <= BATCH_SCORE_BYTES
         });
         match (fits, batches.last_mut()) {
-            (true, Some(b)) => b.push(i),
-            _ => batches.push(vec![i]),
+            (true, Some(b)) => b.end = i + 1,
+            _ => batches.push(i..i + 1),
         }
     }
-    let hidden_bytes = |b: &[usize]| {
-        b.len() * inputs[b[0]].0.len() * model.cfg.hidden_size * model.dtype.size_in_bytes()
-    };
+    let len = |b: &std::ops::Range<usize>| b.len() * seqs[b.start].tokens.len();
+    let bytes =
+        |b: &std::ops::Range<usize>| len(b) * model.cfg.hidden_size * model.dtype.size_in_bytes();
     let layers = model.cfg.num_hidden_layers;
-    let work: usize = batches.iter().map(|b| b.len() * inputs[b[0]].0.len()).sum();
+    let work: usize = batches.iter().map(len).sum();
     let pb = crate::ui::bar((work * layers) as u64, label.to_string());
-    let mut out = vec![0f64; reqs.len()];
-    let mut positions = HashMap::new();
+    let mut out: Vec<Vec<f64>> = items.iter().map(|r| vec![0.0; r.len()]).collect();
     let mut start = 0;
     while start < batches.len() {
         let mut end = start;
-        let mut bytes = 0;
+        let mut held = 0;
         while end < batches.len()
-            && (end == start || bytes + hidden_bytes(&batches[end]) <= HIDDEN_BUDGET_BYTES)
+            && (end == start || held + bytes(&batches[end]) <= HIDDEN_BUDGET_BYTES)
         {
-            bytes += hidden_bytes(&batches[end]);
+            held += bytes(&batches[end]);
             end += 1;
         }
         let chunk = &batches[start..end];
-        let mut hs = chunk
-            .iter()
-            .map(|b| {
-                let t = inputs[b[0]].0.len();
-                let e = b
-                    .iter()
-                    .map(|&i| {
-                        let mut ids = inputs[i].0.clone();
-                        ids.resize(t, 0); // right padding, never seen by a real position
-                        model.embed(&ids)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Tensor::cat(&e, 0)?)
-            })
-            .collect::<Result<Vec<Tensor>>>()?;
+        let mut hs = Vec::with_capacity(chunk.len());
+        for b in chunk {
+            let t = seqs[b.start].tokens.len();
+            let e = seqs[b.clone()]
+                .iter()
+                .map(|s| {
+                    let mut ids = s.tokens.clone();
+                    ids.resize(t, 0); // padding, which no real token sees
+                    model.embed(&ids)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let layouts: Vec<PackLayout> =
+                seqs[b.clone()].iter().map(|s| s.layout.clone()).collect();
+            let pos = Positions::packed(&model.cfg, &layouts, t, model.dtype, &model.device)?;
+            hs.push((Tensor::cat(&e, 0)?, pos));
+        }
         for l in 0..layers {
             crate::ui::check_interrupt()?;
             let layer = model.layer(src, l)?;
-            for (h, b) in hs.iter_mut().zip(chunk) {
-                let t = inputs[b[0]].0.len();
-                let pos = match positions.get(&t) {
-                    Some(p) => p,
-                    None => positions.entry(t).or_insert(model.positions(t)?),
-                };
+            for ((h, pos), b) in hs.iter_mut().zip(chunk) {
                 *h = layer.forward(h, pos)?;
-                pb.inc((b.len() * t) as u64);
+                pb.inc(len(b) as u64);
             }
         }
-        for (h, b) in hs.iter().zip(chunk) {
-            for (k, &i) in b.iter().enumerate() {
-                let (_, first, targets) = &inputs[i];
-                let rows = h
-                    .narrow(0, k, 1)?
-                    .squeeze(0)?
-                    .narrow(0, *first, targets.len())?;
-                let nll = model.target_nll(&rows, targets)?;
-                ensure!(
-                    nll.iter().all(|x| x.is_finite()),
-                    "non-finite log-likelihood: the model produces NaN/Inf"
-                );
-                out[i] = -nll.iter().map(|&x| x as f64).sum::<f64>();
+        for ((h, _), b) in hs.iter().zip(chunk) {
+            for (k, s) in seqs[b.clone()].iter().enumerate() {
+                let hk = h.get(k)?;
+                for (d, r, rows, targets) in &s.reads {
+                    let idx: Vec<u32> = rows.iter().map(|&x| x as u32).collect();
+                    let idx = Tensor::from_vec(idx, (rows.len(),), h.device())?;
+                    let nll = model.target_nll(&hk.index_select(&idx, 0)?, targets)?;
+                    ensure!(
+                        nll.iter().all(|x| x.is_finite()),
+                        "non-finite log-likelihood: the model produces NaN/Inf"
+                    );
+                    out[*d][*r] = -nll.iter().map(|&x| x as f64).sum::<f64>();
+                }
             }
         }
         start = end;
@@ -236,24 +306,24 @@ pub fn score_task(
     max_len: usize,
 ) -> Result<TaskResult> {
     let started = Instant::now();
-    let mut reqs = Vec::new();
-    for (d, it) in items.iter().enumerate() {
-        for (c, k) in &it.requests {
-            reqs.push(
-                encode_pair(tok, bos, c, k).with_context(|| format!("{} item {d}", task.name()))?,
-            );
-        }
-    }
+    let reqs = items
+        .iter()
+        .enumerate()
+        .map(|(d, it)| {
+            it.requests
+                .iter()
+                .map(|(c, k)| encode_pair(tok, bos, c, k))
+                .collect::<Result<Vec<_>>>()
+                .with_context(|| format!("{} item {d}", task.name()))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let first_bos = reqs
         .first()
-        .map(|r| tok.bos() == r.ctx.first().copied())
-        .unwrap_or(false);
+        .and_then(|r| r.first())
+        .is_some_and(|r| tok.bos().is_some() && tok.bos() == r.ctx.first().copied());
     let lls = loglikelihoods(model, src, &reqs, max_len, task.name())?;
     let mut samples = Vec::with_capacity(items.len());
-    let mut at = 0;
-    for (d, it) in items.iter().enumerate() {
-        let l = &lls[at..at + it.requests.len()];
-        at += it.requests.len();
+    for (d, (it, l)) in items.iter().zip(&lls).enumerate() {
         let norm: Vec<f64> = l
             .iter()
             .zip(&it.choices)

@@ -194,6 +194,85 @@ pub struct Positions {
     /// Mistral's sliding window ([`LlamaConfig::attention_window`]), `None` for full causal
     /// attention; the mask above already holds it.
     pub window: Option<usize>,
+    /// Packed sequences, where each sequence of the batch has its own positions and mask
+    /// ([`Packed`]); `None`: every sequence is one causal text from position 0.
+    pub packed: Option<Packed>,
+}
+
+/// Several texts that share a prefix, packed into one sequence: the shared tokens once, then
+/// each text's own tokens. Token a sees token b when b is shared or in a's own text, b comes
+/// no later than a, and (with a window W) pos(a) − pos(b) < W; each text's own tokens continue
+/// the shared prefix's positions. Every text's outputs are those of running it alone.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    /// Rotary tables gathered at each token's position, (batch, t, head_dim / 2).
+    cos: Tensor,
+    sin: Tensor,
+    /// Additive masks (batch, t, t): 0 where a sees b, −∞ elsewhere.
+    mask: Tensor,
+}
+
+/// One packed sequence's layout: each token's position and text (0 = shared).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackLayout {
+    pub position: Vec<u32>,
+    pub text: Vec<u32>,
+}
+
+impl Packed {
+    /// The tables of `layouts` (one per sequence of the batch), padded to `t` tokens: a
+    /// padding token sees only itself, and no real token sees it.
+    pub fn new(
+        cfg: &LlamaConfig,
+        layouts: &[PackLayout],
+        t: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let top = layouts
+            .iter()
+            .flat_map(|l| l.position.iter().copied())
+            .max()
+            .unwrap_or(0) as usize;
+        let rope = Rope::new(cfg, top + 1, DType::F32, device)?;
+        let w = cfg.attention_window().unwrap_or(usize::MAX);
+        let (mut ids, mut mask) = (Vec::new(), Vec::with_capacity(layouts.len() * t * t));
+        for l in layouts {
+            anyhow::ensure!(
+                l.position.len() == l.text.len() && l.position.len() <= t,
+                "internal: a packed layout of {} positions, {} texts, for {t} tokens",
+                l.position.len(),
+                l.text.len()
+            );
+            let n = l.position.len();
+            ids.extend(l.position.iter().copied());
+            ids.extend(std::iter::repeat_n(0, t - n));
+            for a in 0..t {
+                for b in 0..t {
+                    let sees = if a >= n || b >= n {
+                        a == b
+                    } else {
+                        let (pa, pb) = (l.position[a] as usize, l.position[b] as usize);
+                        b <= a && (l.text[b] == 0 || l.text[b] == l.text[a]) && pa - pb.min(pa) < w
+                    };
+                    mask.push(if sees { 0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        let ids = Tensor::from_vec(ids, (layouts.len() * t,), device)?;
+        let half = rope.cos.dim(1)?;
+        let gather = |table: &Tensor| -> Result<Tensor> {
+            Ok(table
+                .index_select(&ids, 0)?
+                .reshape((layouts.len(), t, half))?
+                .to_dtype(dtype)?)
+        };
+        Ok(Self {
+            cos: gather(&rope.cos)?,
+            sin: gather(&rope.sin)?,
+            mask: Tensor::from_vec(mask, (layouts.len(), t, t), device)?,
+        })
+    }
 }
 
 impl Positions {
@@ -203,7 +282,21 @@ impl Positions {
             rope: Rope::new(cfg, seqlen, dtype, device)?,
             mask: super::softmax::causal_mask(seqlen, window, device)?,
             window,
+            packed: None,
         })
+    }
+
+    /// The positions of a batch of packed sequences of `t` tokens ([`Packed`]).
+    pub fn packed(
+        cfg: &LlamaConfig,
+        layouts: &[PackLayout],
+        t: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut p = Self::new(cfg, 1, dtype, device)?;
+        p.packed = Some(Packed::new(cfg, layouts, t, dtype, device)?);
+        Ok(p)
     }
 }
 
@@ -345,8 +438,14 @@ impl DecoderLayer {
             self.qk_norm.as_ref().map(|n| &n.0),
             self.qk_norm.as_ref().map(|n| &n.1),
         );
-        let qh = pos.rope.apply(&heads(&q, Linear::Q, h, qn)?)?;
-        let kh = pos.rope.apply(&heads(&k, Linear::K, kvh, kn)?)?;
+        let rope = |x: Tensor| -> Result<Tensor> {
+            match &pos.packed {
+                Some(p) => Ok(candle_nn::rotary_emb::rope(&x, &p.cos, &p.sin)?),
+                None => pos.rope.apply(&x),
+            }
+        };
+        let qh = rope(heads(&q, Linear::Q, h, qn)?)?;
+        let kh = rope(heads(&k, Linear::K, kvh, kn)?)?;
         let vh = heads(&v, Linear::V, kvh, None)?;
 
         // softmax(q kᵀ / √d + mask) v, with the softmax in f32 as transformers does. Grouped-
@@ -356,7 +455,10 @@ impl DecoderLayer {
         let rep = h / kvh;
         let qg = qh.reshape((b, kvh, rep * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        let mask = pos.mask.narrow(0, 0, t)?.narrow(1, 0, t)?;
+        let mask = match pos.packed {
+            Some(_) => pos.mask.clone(),
+            None => pos.mask.narrow(0, 0, t)?.narrow(1, 0, t)?,
+        };
         // One window at a time: its scores are kvh · rep · t² floats (9 MiB on the test model
         // at 512 tokens) instead of the batch's, so they stay in the allocator's heap and in
         // cache; each window's products are the same GEMMs as in a batched call.
@@ -367,9 +469,12 @@ impl DecoderLayer {
                     .matmul(&kh.narrow(0, w, 1)?.t()?)?
                     .to_dtype(DType::F32)?
                     .reshape((1, kvh, rep, t, t))?;
-                let probs = super::softmax::causal_softmax(&scores, scale, &mask, pos.window)?
-                    .to_dtype(x.dtype())?
-                    .reshape((1, kvh, rep * t, t))?;
+                let probs = match &pos.packed {
+                    Some(p) => super::softmax::masked_softmax(&scores, scale, &p.mask.get(w)?)?,
+                    None => super::softmax::causal_softmax(&scores, scale, &mask, pos.window)?,
+                }
+                .to_dtype(x.dtype())?
+                .reshape((1, kvh, rep * t, t))?;
                 Ok(probs.matmul(&vh.narrow(0, w, 1)?)?)
             })
             .collect::<Result<Vec<_>>>()?;

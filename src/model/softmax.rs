@@ -99,6 +99,12 @@ pub fn causal_softmax(
     }
 }
 
+/// softmax(scale · scores + mask) over the last axis, for any additive mask (T, T) that leaves
+/// every row at least one key (packed sequences: [`super::block::Packed`]).
+pub fn masked_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
+    causal_softmax_generic(scores, scale, mask)
+}
+
 /// [`causal_softmax`] as candle ops (scale, add the mask, softmax), the path a GPU takes.
 fn causal_softmax_generic(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax_last_dim(

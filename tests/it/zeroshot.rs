@@ -326,3 +326,72 @@ fn the_harness_gives_the_same_log_likelihoods_and_scores() {
         "{stdout}"
     );
 }
+
+/// Packing an item's requests over their shared prefix gives each request's own
+/// log-likelihood on every family, Mistral's window (16 tokens, shorter than these inputs)
+/// and Qwen's biases and q/k norms included; one input longer than the model's length is cut
+/// from the left, as the harness cuts it.
+#[test]
+fn packed_requests_score_as_each_request_alone_on_every_family() {
+    use copal::eval::choice::{loglikelihoods, Encoded};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families");
+    for fam in ["llama3", "mistral", "qwen2", "qwen3"] {
+        let dir = root.join(fam);
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let model = Llama::load(
+            &ckpt,
+            &ckpt.config,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let ids = |seed: u32, n: usize| -> Vec<u32> {
+            (0..n as u32).map(|i| (i * 7 + seed * 31) % 250).collect()
+        };
+        let items = vec![
+            // A context of 30 tokens, three continuations of 1, 4 and 9 tokens.
+            [1, 4, 9]
+                .map(|n| Encoded {
+                    ctx: ids(1, 30),
+                    cont: ids(n as u32 + 2, n),
+                })
+                .to_vec(),
+            // Contexts that share only their first 20 tokens (WinoGrande's shape).
+            (0..2)
+                .map(|k| Encoded {
+                    ctx: [ids(3, 20), ids(10 + k, 5)].concat(),
+                    cont: ids(9, 6),
+                })
+                .collect(),
+        ];
+        let got = loglikelihoods(&model, &ckpt, &items, 1 << 20, "test").unwrap();
+        for (reqs, lls) in items.iter().zip(&got) {
+            for (r, ll) in reqs.iter().zip(lls) {
+                let want = reference_ll(&model, &ckpt, &r.ctx, &r.cont);
+                assert!(
+                    (ll - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "{fam}: packed {ll}, alone {want}"
+                );
+            }
+        }
+        // Cut to 24 tokens of input: the context's first tokens are dropped.
+        let long = vec![vec![Encoded {
+            ctx: ids(5, 40),
+            cont: ids(6, 3),
+        }]];
+        let got = loglikelihoods(&model, &ckpt, &long, 24, "test").unwrap();
+        let all = [ids(5, 40), ids(6, 3)].concat();
+        let kept = &all[all.len() - 25..];
+        let want = reference_ll(
+            &model,
+            &ckpt,
+            &kept[..kept.len() - 3],
+            &kept[kept.len() - 3..],
+        );
+        assert!(
+            (got[0][0] - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "{fam}: cut {} vs {want}",
+            got[0][0]
+        );
+    }
+}
