@@ -214,18 +214,31 @@ pub fn loglikelihoods(
                 pb.inc(len(b) as u64);
             }
         }
+        // The LM head once per batch, on the rows that predict a continuation token.
         for ((h, _), b) in hs.iter().zip(chunk) {
+            let t = seqs[b.start].tokens.len();
+            let (mut rows, mut targets) = (Vec::new(), Vec::new());
             for (k, s) in seqs[b.clone()].iter().enumerate() {
-                let hk = h.get(k)?;
-                for (d, r, rows, targets) in &s.reads {
-                    let idx: Vec<u32> = rows.iter().map(|&x| x as u32).collect();
-                    let idx = Tensor::from_vec(idx, (rows.len(),), h.device())?;
-                    let nll = model.target_nll(&hk.index_select(&idx, 0)?, targets)?;
-                    ensure!(
-                        nll.iter().all(|x| x.is_finite()),
-                        "non-finite log-likelihood: the model produces NaN/Inf"
-                    );
-                    out[*d][*r] = -nll.iter().map(|&x| x as f64).sum::<f64>();
+                for (_, _, r, tg) in &s.reads {
+                    rows.extend(r.iter().map(|&x| (k * t + x) as u32));
+                    targets.extend(tg);
+                }
+            }
+            let flat = h.reshape((b.len() * t, model.cfg.hidden_size))?;
+            let idx = Tensor::from_vec(rows, (targets.len(),), h.device())?;
+            let nll = model.target_nll(&flat.index_select(&idx, 0)?, &targets)?;
+            ensure!(
+                nll.iter().all(|x| x.is_finite()),
+                "non-finite log-likelihood: the model produces NaN/Inf"
+            );
+            let mut at = 0;
+            for s in &seqs[b.clone()] {
+                for (d, r, _, tg) in &s.reads {
+                    out[*d][*r] = -nll[at..at + tg.len()]
+                        .iter()
+                        .map(|&x| x as f64)
+                        .sum::<f64>();
+                    at += tg.len();
                 }
             }
         }
