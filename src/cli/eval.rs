@@ -117,18 +117,16 @@ pub fn run(a: EvalArgs) -> Result<()> {
     } else {
         evaluate(&model, &ckpt, &sets, "eval")?
     };
+    let scorer = copal::eval::choice::Scorer {
+        model: &model,
+        src: &ckpt,
+        tok: &tok,
+        bos: a.bos,
+        max_len: ckpt.config.max_position_embeddings,
+    };
     let mut scores = Vec::new();
     for (t, split, items) in &task_items {
-        let r = copal::eval::choice::score_task(
-            &model,
-            &ckpt,
-            &tok,
-            *t,
-            split,
-            items,
-            a.bos,
-            ckpt.config.max_position_embeddings,
-        )?;
+        let r = scorer.score(*t, split, items)?;
         copal::ui::info(format!(
             "{}: {} items in {:.1}s",
             r.task, r.items, r.seconds

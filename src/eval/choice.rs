@@ -306,76 +306,81 @@ impl TaskResult {
     }
 }
 
-/// Scores `items` of `task`: every request's ℓ, then acc (and acc_norm where the task has it).
-#[allow(clippy::too_many_arguments)]
-pub fn score_task(
-    model: &Llama,
-    src: &dyn TensorSource,
-    tok: &Tokenizer,
-    task: Task,
-    split: &str,
-    items: &[Item],
-    bos: Bos,
-    max_len: usize,
-) -> Result<TaskResult> {
-    let started = Instant::now();
-    let reqs = items
-        .iter()
-        .enumerate()
-        .map(|(d, it)| {
-            it.requests
-                .iter()
-                .map(|(c, k)| encode_pair(tok, bos, c, k))
-                .collect::<Result<Vec<_>>>()
-                .with_context(|| format!("{} item {d}", task.name()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let first_bos = reqs
-        .first()
-        .and_then(|r| r.first())
-        .is_some_and(|r| tok.bos().is_some() && tok.bos() == r.ctx.first().copied());
-    let lls = loglikelihoods(model, src, &reqs, max_len, task.name())?;
-    let mut samples = Vec::with_capacity(items.len());
-    for (d, (it, l)) in items.iter().zip(&lls).enumerate() {
-        let norm: Vec<f64> = l
+/// What scores a task: the model and its weights, its tokenizer, the BOS rule, and the
+/// model's context length (longer inputs are cut from the left).
+pub struct Scorer<'a> {
+    pub model: &'a Llama,
+    pub src: &'a dyn TensorSource,
+    pub tok: &'a Tokenizer,
+    pub bos: Bos,
+    pub max_len: usize,
+}
+
+impl Scorer<'_> {
+    /// Scores `items` of `task` (read from `split`): every request's ℓ, then acc (and
+    /// acc_norm where the task has it).
+    pub fn score(&self, task: Task, split: &str, items: &[Item]) -> Result<TaskResult> {
+        let (model, src, tok, bos, max_len) =
+            (self.model, self.src, self.tok, self.bos, self.max_len);
+        let started = Instant::now();
+        let reqs = items
             .iter()
-            .zip(&it.choices)
-            .map(|(x, c)| x / c.chars().count() as f64)
-            .collect();
-        samples.push(ItemScore {
-            doc: d,
-            lls: l.to_vec(),
-            gold: it.gold,
-            acc: (argmax(l) == it.gold) as u8 as f64,
-            acc_norm: (argmax(&norm) == it.gold) as u8 as f64,
-        });
-    }
-    let metrics = task
-        .metrics()
-        .iter()
-        .map(|&m| {
-            let xs: Vec<f64> = samples
+            .enumerate()
+            .map(|(d, it)| {
+                it.requests
+                    .iter()
+                    .map(|(c, k)| encode_pair(tok, bos, c, k))
+                    .collect::<Result<Vec<_>>>()
+                    .with_context(|| format!("{} item {d}", task.name()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let first_bos = reqs
+            .first()
+            .and_then(|r| r.first())
+            .is_some_and(|r| tok.bos().is_some() && tok.bos() == r.ctx.first().copied());
+        let lls = loglikelihoods(model, src, &reqs, max_len, task.name())?;
+        let mut samples = Vec::with_capacity(items.len());
+        for (d, (it, l)) in items.iter().zip(&lls).enumerate() {
+            let norm: Vec<f64> = l
                 .iter()
-                .map(|s| if m == Metric::Acc { s.acc } else { s.acc_norm })
+                .zip(&it.choices)
+                .map(|(x, c)| x / c.chars().count() as f64)
                 .collect();
-            let (value, stderr) = mean_stderr(&xs);
-            MetricValue {
-                metric: m,
-                value,
-                stderr,
-            }
+            samples.push(ItemScore {
+                doc: d,
+                lls: l.to_vec(),
+                gold: it.gold,
+                acc: (argmax(l) == it.gold) as u8 as f64,
+                acc_norm: (argmax(&norm) == it.gold) as u8 as f64,
+            });
+        }
+        let metrics = task
+            .metrics()
+            .iter()
+            .map(|&m| {
+                let xs: Vec<f64> = samples
+                    .iter()
+                    .map(|s| if m == Metric::Acc { s.acc } else { s.acc_norm })
+                    .collect();
+                let (value, stderr) = mean_stderr(&xs);
+                MetricValue {
+                    metric: m,
+                    value,
+                    stderr,
+                }
+            })
+            .collect();
+        Ok(TaskResult {
+            task: task.name(),
+            split: split.to_string(),
+            harness_split: task.harness_split(),
+            items: items.len(),
+            bos: first_bos,
+            metrics,
+            seconds: started.elapsed().as_secs_f64(),
+            samples,
         })
-        .collect();
-    Ok(TaskResult {
-        task: task.name(),
-        split: split.to_string(),
-        harness_split: task.harness_split(),
-        items: items.len(),
-        bos: first_bos,
-        metrics,
-        seconds: started.elapsed().as_secs_f64(),
-        samples,
-    })
+    }
 }
 
 #[cfg(test)]

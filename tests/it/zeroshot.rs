@@ -395,3 +395,43 @@ fn packed_requests_score_as_each_request_alone_on_every_family() {
         );
     }
 }
+
+/// A task file is untrusted: one that is not parquet, or whose rows lack the task's fields or
+/// name a gold choice that does not exist, stops the run naming the file (and the row).
+#[test]
+fn broken_task_files_are_refused_naming_the_file() {
+    let tiny = tiny_model(false, 1);
+    let tasks = tiny.tmp.path().join("tasks");
+    let m = tiny.dir.display().to_string();
+    let eval = |task: &str| {
+        copal("eval")
+            .flag("--model", &m)
+            .flag("--tasks", task)
+            .flag("--tasks-dir", tasks.display())
+            .run()
+    };
+    std::fs::create_dir_all(tasks.join("rte")).unwrap();
+    std::fs::write(tasks.join("rte/validation.parquet"), b"PAR1 not really").unwrap();
+    assert_user_error(&eval("rte"), "rte/validation.parquet");
+    // WinoGrande rows in RTE's place: no sentence1.
+    write_parquet(
+        &tasks.join("rte/validation.parquet"),
+        &[
+            ("sentence", Col::Str(vec!["a _ b"])),
+            ("answer", Col::Str(vec!["1"])),
+        ],
+    );
+    let res = eval("rte");
+    assert_user_error(&res, "sentence1");
+    assert!(res.2.contains("row 0"), "{}", res.2);
+    // A label beyond the two choices.
+    write_parquet(
+        &tasks.join("rte/validation.parquet"),
+        &[
+            ("sentence1", Col::Str(vec!["a"])),
+            ("sentence2", Col::Str(vec!["b"])),
+            ("label", Col::Int(vec![5])),
+        ],
+    );
+    assert_user_error(&eval("rte"), "gold choice 5 of 2");
+}
