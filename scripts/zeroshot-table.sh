@@ -3,9 +3,10 @@
 # (wikitext2 -> ptb -> c4, 16 x 512 calibration tokens each, accumulate), each scored by
 # `copal eval --tasks wanda7 --limit LIMIT` on the local task copies
 # (scripts/fetch-task-data.sh). Writes results/zeroshot/table.md and the JSON of every
-# evaluation beside it.
+# evaluation beside it. A setting whose JSON is already there is kept (FORCE=1 redoes it;
+# ONLY="dense,COPAL 50%" runs only those); the table lists every setting that has one.
 #
-#   LIMIT (200)  THREADS (2)  COPAL_BIN  COPAL_DATA_DIR  COPAL_TASKS_DIR
+#   LIMIT (200)  THREADS (2)  COPAL_BIN  COPAL_DATA_DIR  COPAL_TASKS_DIR  FORCE  ONLY
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/common.sh"
@@ -29,6 +30,11 @@ settings=(
 for s in "${settings[@]}"; do
   name=${s%%|*}; flags=${s#*|}
   slug=$(echo "$name" | tr -c 'A-Za-z0-9\n' '-' | tr 'A-Z' 'a-z')
+  if [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",$name,"* ]]; then continue; fi
+  if [ -f "$out/$slug.json" ] && [ "${FORCE:-0}" != 1 ]; then
+    echo "$name: kept $out/$slug.json" >&2
+    continue
+  fi
   dir=$model
   if [ -n "$flags" ]; then
     dir="$work/$slug"
@@ -49,6 +55,8 @@ lines = ["| setting | " + " | ".join(tasks) + " | mean |", "|---" * (len(tasks) 
 for s in settings:
     name = s.split("|")[0]
     slug = re.sub(r"[^a-z0-9\n]", "-", name.lower())
+    if not os.path.exists(os.path.join(out, slug + ".json")):
+        continue
     r = {t["task"]: t for t in json.load(open(os.path.join(out, slug + ".json")))["tasks"]}
     accs = [next(m for m in r[t]["metrics"] if m["metric"] == "acc")["value"] for t in tasks]
     lines.append(f"| {name} | " + " | ".join(f"{100 * a:.1f}" for a in accs)
