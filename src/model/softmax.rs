@@ -100,7 +100,7 @@ pub fn causal_softmax(
 }
 
 /// softmax(scale · scores + mask) over the last axis, for any additive mask (T, T) that leaves
-/// every row at least one key (packed sequences: [`super::block::Packed`]).
+/// every row at least one key (the packed sequences of zero-shot scoring).
 pub fn masked_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
     causal_softmax_generic(scores, scale, mask)
 }
