@@ -154,13 +154,18 @@ pub fn pin_of_path(path: &Path) -> Option<&'static Pin> {
     PINS.iter().find(|p| s.ends_with(p.path))
 }
 
+/// A parquet file opened for reading, or an error naming it.
+fn open_parquet(path: &Path) -> Result<parquet::file::reader::SerializedFileReader<std::fs::File>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    parquet::file::reader::SerializedFileReader::new(file)
+        .with_context(|| format!("{} is not a readable parquet file", path.display()))
+}
+
 /// The rows of a string column of a parquet file.
 pub fn parquet_rows(path: &Path, column: &str) -> Result<Vec<String>> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::file::reader::FileReader;
     use parquet::record::RowAccessor;
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let reader = SerializedFileReader::new(file)
-        .with_context(|| format!("{} is not a readable parquet file", path.display()))?;
+    let reader = open_parquet(path)?;
     let schema = reader.metadata().file_metadata().schema_descr();
     let idx = (0..schema.num_columns())
         .find(|&i| schema.column(i).name() == column)
@@ -183,7 +188,7 @@ pub fn parquet_rows(path: &Path, column: &str) -> Result<Vec<String>> {
 /// zero-shot tasks' items: ARC's `choices` is a struct of two lists). Column types a task
 /// never has (dates, decimals, maps, bytes) are refused.
 pub fn parquet_records(path: &Path) -> Result<Vec<serde_json::Value>> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::file::reader::FileReader;
     use parquet::record::{Field, Row};
     use serde_json::Value;
     fn field(f: &Field) -> Result<Value> {
@@ -215,9 +220,7 @@ pub fn parquet_records(path: &Path) -> Result<Vec<serde_json::Value>> {
         }
         Ok(Value::Object(o))
     }
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let reader = SerializedFileReader::new(file)
-        .with_context(|| format!("{} is not a readable parquet file", path.display()))?;
+    let reader = open_parquet(path)?;
     let mut out = Vec::new();
     for r in reader
         .get_row_iter(None)
