@@ -9,9 +9,11 @@
 
 use crate::data::{Dataset, Split};
 use crate::device::ComputeDtype;
+use crate::eval::tasks::Task;
 use crate::model::{Linear, LlamaConfig};
 use crate::prune::allocate::Allocation;
 use crate::prune::{Group, Method, MethodConfig, Mode, Pattern, DEFAULT_METHOD};
+use crate::tokenizer::Bos;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -97,6 +99,13 @@ pub struct Request {
     pub eval_cache: Option<PathBuf>,
     /// Evaluate on the text a dataset calibrated on (refused otherwise).
     pub allow_calib_on_eval: bool,
+    /// Zero-shot tasks scored after every step (and on the dense model).
+    pub eval_tasks: Vec<Task>,
+    /// Score only the first N items of each task.
+    pub task_limit: Option<usize>,
+    /// The tasks' local copies (default `$COPAL_HOME/tasks`).
+    pub tasks_dir: Option<PathBuf>,
+    pub bos: Option<Bos>,
     pub device: Option<String>,
     pub dtype: Option<ComputeDtype>,
 }
@@ -106,6 +115,16 @@ pub struct Request {
 pub struct CalibSource {
     pub dataset: Dataset,
     pub split: Split,
+}
+
+/// The zero-shot tasks a run scores after every step, as `copal eval --tasks` scores them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskEval {
+    pub tasks: Vec<Task>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    pub dir: PathBuf,
+    pub bos: Bos,
 }
 
 /// The resolved plan of a prune run.
@@ -147,6 +166,9 @@ pub struct PrunePlan {
     /// The user allowed evaluating on a calibration text (those evaluations are marked).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_calib_on_eval: bool,
+    /// Zero-shot tasks scored after every step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_tasks: Option<TaskEval>,
     pub device: String,
     /// Compute dtype (set by [`PrunePlan::with_model`] if not given).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -258,6 +280,22 @@ impl PrunePlan {
             },
             overlap.join(", ")
         );
+        crate::usage_ensure!(r.task_limit != Some(0), "task_limit", "must be at least 1");
+        crate::usage_ensure!(
+            !r.eval_tasks.is_empty()
+                || (r.task_limit.is_none() && r.tasks_dir.is_none() && r.bos.is_none()),
+            "eval_tasks",
+            "is needed with ⟨task_limit⟩, ⟨tasks_dir⟩ or ⟨bos⟩ (they apply to zero-shot tasks)"
+        );
+        let eval_tasks = (!r.eval_tasks.is_empty()).then(|| TaskEval {
+            tasks: r.eval_tasks.clone(),
+            limit: r.task_limit,
+            dir: r
+                .tasks_dir
+                .clone()
+                .unwrap_or_else(|| crate::checkpoint::resolve::copal_home().join("tasks")),
+            bos: r.bos.unwrap_or_default(),
+        });
         let device = r.device.unwrap_or_else(|| DEFAULT_DEVICE.to_string());
         crate::device::check(&device)?;
         Ok(Self {
@@ -284,6 +322,7 @@ impl PrunePlan {
             eval_seen_only: r.eval_seen_only,
             eval_cache: r.eval_cache,
             allow_calib_on_eval: r.allow_calib_on_eval,
+            eval_tasks,
             device,
             dtype: r.dtype,
         })

@@ -4,7 +4,8 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::data::Split;
-use crate::eval::EvalResult;
+use crate::eval::choice::TaskResult;
+use crate::eval::{EvalResult, Score, ScoreMatrix, Transfer};
 use crate::plan::PrunePlan;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -121,7 +122,114 @@ pub struct StepRecordOut {
     /// Where this step's model was kept, relative to the output (empty if not kept).
     pub dir: PathBuf,
     pub report: StepReport,
+    /// Perplexities after the step (`--eval`).
     pub eval: Option<Vec<EvalResult>>,
+    /// Zero-shot task scores after the step (`--eval-tasks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Vec<TaskResult>>,
+}
+
+impl StepRecordOut {
+    /// Everything the step's evaluation measured, as named scores.
+    pub fn scores(&self) -> Vec<Score> {
+        evaluation_scores(self.eval.as_deref(), self.tasks.as_deref())
+    }
+}
+
+/// Perplexities and task results as one list of named scores.
+pub fn evaluation_scores(ppl: Option<&[EvalResult]>, tasks: Option<&[TaskResult]>) -> Vec<Score> {
+    let mut out: Vec<Score> = ppl.into_iter().flatten().map(EvalResult::score).collect();
+    out.extend(tasks.into_iter().flatten().flat_map(TaskResult::scores));
+    out
+}
+
+/// The continual matrices of a run (COPAL.md §5, [`crate::eval::score`]): perplexity over
+/// `datasets` (every dataset seen, the run's own last, so step i's is column
+/// `datasets.len() − steps + i`), then each task metric over the tasks.
+pub fn score_matrices(
+    datasets: &[String],
+    dense: &[Score],
+    steps: &[Vec<Score>],
+) -> Vec<ScoreMatrix> {
+    let dense = (!dense.is_empty()).then_some(dense);
+    let rows: Vec<&[Score]> = steps
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.as_slice())
+        .collect();
+    let all = rows.iter().copied().chain(dense).flatten();
+    let mut out = Vec::new();
+    for metric in crate::eval::score::metrics_of(all.clone()) {
+        let (columns, transfer) = if metric == "ppl" {
+            let offset = datasets.len().saturating_sub(steps.len());
+            (datasets.to_vec(), Transfer::Diagonal { offset })
+        } else {
+            let mut cols: Vec<String> = Vec::new();
+            for s in all.clone().filter(|s| s.metric == metric) {
+                if !cols.contains(&s.name) {
+                    cols.push(s.name.clone());
+                }
+            }
+            (cols, Transfer::Columns)
+        };
+        out.extend(ScoreMatrix::build(metric, &columns, dense, &rows, transfer));
+    }
+    out
+}
+
+/// What a stored run record says of its evaluations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredScores {
+    /// Each step's dataset, in order.
+    pub steps: Vec<String>,
+    pub scores: Vec<ScoreMatrix>,
+}
+
+/// The score matrices of a stored `copal.json`, of this version or an earlier one (whose
+/// record had only the perplexity fields: `datasets`, each step's `eval`, `dense_eval`).
+pub fn read_scores(path: &std::path::Path) -> Result<StoredScores> {
+    use anyhow::Context as _;
+    #[derive(Deserialize)]
+    struct Stored {
+        #[serde(default)]
+        datasets: Vec<String>,
+        #[serde(default)]
+        steps: Vec<StoredStep>,
+        #[serde(default)]
+        dense_eval: Option<Vec<EvalResult>>,
+        #[serde(default)]
+        dense_tasks: Option<Vec<TaskResult>>,
+        #[serde(default)]
+        scores: Option<Vec<ScoreMatrix>>,
+    }
+    #[derive(Deserialize)]
+    struct StoredStep {
+        dataset: String,
+        #[serde(default)]
+        eval: Option<Vec<EvalResult>>,
+        #[serde(default)]
+        tasks: Option<Vec<TaskResult>>,
+    }
+    let text = crate::fsutil::read_small(path, "run record", crate::fsutil::CAP_CONFIG)?;
+    let r: Stored = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a copal run record (copal.json)", path.display()))?;
+    let names = r.steps.iter().map(|s| s.dataset.clone()).collect();
+    if let Some(scores) = r.scores {
+        return Ok(StoredScores {
+            steps: names,
+            scores,
+        });
+    }
+    let steps: Vec<Vec<Score>> = r
+        .steps
+        .iter()
+        .map(|s| evaluation_scores(s.eval.as_deref(), s.tasks.as_deref()))
+        .collect();
+    let dense = evaluation_scores(r.dense_eval.as_deref(), r.dense_tasks.as_deref());
+    Ok(StoredScores {
+        steps: names,
+        scores: score_matrices(&r.datasets, &dense, &steps),
+    })
 }
 
 /// `copal.json`: how the artifact was made, and what was measured.
@@ -140,7 +248,14 @@ pub struct RunRecord {
     pub datasets: Vec<String>,
     pub steps: Vec<StepRecordOut>,
     pub dense_eval: Option<Vec<EvalResult>>,
-    /// R[step][dataset].
+    /// The dense model's zero-shot task scores (`--eval-tasks`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dense_tasks: Option<Vec<TaskResult>>,
+    /// Every continual matrix: perplexity over the datasets, each task metric over the tasks,
+    /// with their averages and BWTs ([`score_matrices`]).
+    pub scores: Vec<ScoreMatrix>,
+    /// The perplexity matrix's R[step][dataset], average and BWT, as the first format of
+    /// this record had them (also in `scores`).
     pub ppl_matrix: Option<Vec<Vec<f64>>>,
     pub avg_ppl: Option<f64>,
     pub bwt: Option<f64>,
@@ -180,47 +295,67 @@ pub fn fingerprint(files: &[FileSum]) -> String {
     )
 }
 
-/// The R matrix as a text table (rows: dense and each step; columns: datasets).
-pub fn ppl_table(rec: &RunRecord) -> String {
-    let mut out = String::new();
-    let Some(r) = &rec.ppl_matrix else { return out };
-    let w = rec
-        .datasets
-        .iter()
-        .map(|d| d.len())
-        .max()
-        .unwrap_or(8)
-        .max(10);
-    out.push_str(&format!("{:<24}", "after step"));
-    for d in &rec.datasets {
+/// The run's matrices as text tables (rows: dense and each step; columns: datasets, then
+/// tasks), each with its average and BWT; the sparsity last.
+pub fn score_tables(rec: &RunRecord) -> String {
+    let labels: Vec<&str> = rec.steps.iter().map(|s| s.dataset.as_str()).collect();
+    let out = tables(&labels, &rec.scores);
+    match out.is_empty() {
+        true => out,
+        false => format!("{out}sparsity {:.4}\n", rec.sparsity),
+    }
+}
+
+/// Matrices as text tables, their rows labelled by `steps`.
+pub fn tables(steps: &[&str], scores: &[ScoreMatrix]) -> String {
+    scores.iter().map(|m| matrix_table(m, steps)).collect()
+}
+
+/// One matrix as a text table: perplexities with 3 decimals, accuracies with 4.
+fn matrix_table(m: &ScoreMatrix, labels: &[&str]) -> String {
+    let ppl = m.metric == "ppl";
+    let w = m.columns.iter().map(|d| d.len()).max().unwrap_or(8).max(10);
+    let cell = |v: &Option<f64>| match v {
+        Some(v) if ppl => format!(" {v:>w$.3}"),
+        Some(v) => format!(" {v:>w$.4}"),
+        None => format!(" {:>w$}", "-"),
+    };
+    let head = if ppl {
+        "after step".to_string()
+    } else {
+        format!("{} after step", m.metric)
+    };
+    let mut out = format!("{head:<24}");
+    for d in &m.columns {
         out.push_str(&format!(" {d:>w$}"));
     }
     out.push('\n');
-    if let Some(dense) = &rec.dense_eval {
+    if let Some(dense) = &m.dense {
         out.push_str(&format!("{:<24}", "dense"));
-        for e in dense {
-            out.push_str(&format!(" {:>w$.3}", e.ppl));
-        }
+        dense.iter().for_each(|v| out.push_str(&cell(v)));
         out.push('\n');
     }
-    for (row, step) in r.iter().zip(&rec.steps) {
-        out.push_str(&format!("{:<24}", step.dataset));
-        for v in row {
-            if v.is_nan() {
-                out.push_str(&format!(" {:>w$}", "-"));
-            } else {
-                out.push_str(&format!(" {v:>w$.3}"));
+    for (row, label) in m.rows.iter().zip(labels) {
+        out.push_str(&format!("{label:<24}"));
+        row.iter().for_each(|v| out.push_str(&cell(v)));
+        out.push('\n');
+    }
+    let name = if ppl { "PPL" } else { m.metric.as_str() };
+    match m.average {
+        Some(a) if ppl => out.push_str(&format!("average {name} {a:.3}")),
+        Some(a) => out.push_str(&format!("average {name} {a:.4}")),
+        None => out.push_str(&format!("average {name} n/a")),
+    }
+    match m.bwt {
+        Some(b) if ppl => out.push_str(&format!("   BWT {b:+.3}\n")),
+        Some(b) => out.push_str(&format!(
+            "   BWT {b:+.4} ({})\n",
+            match m.forgetting() {
+                Some(f) if f > 0.0 => "a fall: forgetting",
+                _ => "no forgetting",
             }
-        }
-        out.push('\n');
+        )),
+        None => out.push_str("   BWT n/a (one step)\n"),
     }
-    if let Some(a) = rec.avg_ppl {
-        out.push_str(&format!("average PPL {a:.3}"));
-    }
-    match rec.bwt {
-        Some(b) => out.push_str(&format!("   BWT {b:+.3}")),
-        None => out.push_str("   BWT n/a (one step)"),
-    }
-    out.push_str(&format!("   sparsity {:.4}\n", rec.sparsity));
     out
 }

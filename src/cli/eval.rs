@@ -138,7 +138,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         for r in &scores {
             for s in &r.samples {
                 let mut v = serde_json::to_value(s)?;
-                v["task"] = r.task.into();
+                v["task"] = r.task.clone().into();
                 text.push_str(&serde_json::to_string(&v)?);
                 text.push('\n');
             }
@@ -147,9 +147,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if a.output.json {
-        copal::ui::out(serde_json::to_string_pretty(
-            &serde_json::json!({ "results": results, "tasks": scores }),
-        )?)?;
+        copal::ui::out(serde_json::to_string_pretty(&serde_json::json!({
+            "results": results,
+            "tasks": scores,
+            "scores": copal::report::evaluation_scores(Some(&results), Some(&scores)),
+        }))?)?;
     } else {
         for r in &results {
             copal::ui::out(r.line())?;

@@ -101,11 +101,12 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
             let r = experiment::run_one(&cfg, spec, &data_dir)
                 .with_context(|| format!("run {}", spec.id))?;
             let bwt = r
-                .bwt
+                .bwt()
                 .map_or("– (one dataset)".into(), |b| format!("{b:+.3}"));
             copal::ui::info(format!(
                 "{}: avg PPL {:.3}, BWT {bwt}",
-                r.spec.id, r.avg_ppl
+                r.spec.id,
+                r.avg_ppl()
             ));
         }
         return Ok(());

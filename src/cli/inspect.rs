@@ -1,5 +1,6 @@
 //! `copal inspect`: the fraction of exact zeros in each prunable linear (Wanda's
-//! `check_sparsity`), per layer and in total.
+//! `check_sparsity`), per layer and in total; and, for a directory `copal prune` wrote, the
+//! evaluations its run record (copal.json) holds.
 
 use super::args::OutputArgs;
 use anyhow::Result;
@@ -26,6 +27,12 @@ pub fn run(a: InspectArgs) -> Result<()> {
     let dir = checkpoint::resolve::resolve(&a.model, a.output.quiet)?;
     let ckpt = Checkpoint::open(&dir)?;
     let rows = linear_sparsity(&ckpt)?;
+    // The run record of a copal output, of this version or an earlier one.
+    let record = ckpt.dir.join("copal.json");
+    let stored = match record.exists() {
+        true => Some(copal::report::read_scores(&record)?),
+        false => None,
+    };
     let (z, n) = rows.iter().fold((0, 0), |(z, n), r| (z + r.1, n + r.2));
     let layers = ckpt.config.num_hidden_layers;
     let per_layer: Vec<f64> = (0..layers)
@@ -45,6 +52,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             "model": dir, "sparsity": z as f64 / n as f64, "zeros": z, "numel": n,
             "layers": per_layer, "tensors": tensors,
             "sparsity_config": ckpt.config_json.get("sparsity_config"),
+            "scores": stored.as_ref().map(|s| &s.scores),
         }))?)?;
         return Ok(());
     }
@@ -61,5 +69,13 @@ pub fn run(a: InspectArgs) -> Result<()> {
         z as f64 / n as f64,
         rows.len()
     ))?;
+    if let Some(s) = stored.filter(|s| !s.scores.is_empty()) {
+        let steps: Vec<&str> = s.steps.iter().map(String::as_str).collect();
+        copal::ui::out(format!(
+            "evaluations in {}:\n{}",
+            record.display(),
+            copal::report::tables(&steps, &s.scores).trim_end()
+        ))?;
+    }
     Ok(())
 }

@@ -140,6 +140,31 @@ pub struct PruneArgs {
     #[arg(long, requires = "eval")]
     pub allow_calib_on_eval: bool,
 
+    /// Zero-shot tasks scored on the dense model and after every step, as `copal eval --tasks`
+    /// scores them (boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa, or
+    /// wanda7): a matrix of accuracies per metric, average and BWT (a fall is forgetting).
+    #[arg(long, value_name = "LIST")]
+    pub eval_tasks: Option<String>,
+
+    /// With --eval-tasks: score only the first N items of each task (a quick estimate).
+    #[arg(long, value_name = "N", requires = "eval_tasks")]
+    pub task_limit: Option<usize>,
+
+    /// With --eval-tasks: the tasks' local copies, DIR/TASK/SPLIT.parquet (default
+    /// $COPAL_HOME/tasks, where scripts/fetch-task-data.sh puts them).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "COPAL_TASKS_DIR",
+        requires = "eval_tasks"
+    )]
+    pub tasks_dir: Option<PathBuf>,
+
+    /// With --eval-tasks: a BOS token before each request: auto (the tokenizer's own rule,
+    /// lm-eval's default), yes, or no.
+    #[arg(long, value_enum, requires = "eval_tasks")]
+    pub bos: Option<copal::tokenizer::Bos>,
+
     /// Replace DIR if it exists and copal wrote it (a directory holding other files is
     /// never replaced).
     #[arg(long)]
@@ -383,6 +408,13 @@ pub fn request(a: &PruneArgs, m: &ArgMatches) -> Result<Request> {
         eval_seen_only: a.eval_seen_only,
         eval_cache: None,
         allow_calib_on_eval: a.allow_calib_on_eval,
+        eval_tasks: match &a.eval_tasks {
+            Some(t) => copal::eval::tasks::Task::parse_list(t)?,
+            None => Vec::new(),
+        },
+        task_limit: a.task_limit,
+        tasks_dir: a.tasks_dir.clone(),
+        bos: a.bos,
         device: Some(a.model.device.clone()),
         dtype: a.model.dtype,
     })
@@ -411,13 +443,14 @@ pub fn run(a: PruneArgs, m: &ArgMatches) -> Result<()> {
             "dense_ppl": rec.dense_eval.as_ref().map(|d| d.iter().map(|e| e.ppl).collect::<Vec<_>>()),
             "avg_ppl": rec.avg_ppl,
             "bwt": rec.bwt,
+            "scores": rec.scores,
             "sparsity": rec.sparsity,
             "seconds": rec.seconds,
             "peak_rss_bytes": rec.peak_rss_bytes,
         });
         copal::ui::out(serde_json::to_string_pretty(&v)?)?;
     } else {
-        let table = report::ppl_table(&rec);
+        let table = report::score_tables(&rec);
         if !table.is_empty() {
             copal::ui::out(table.trim_end())?;
         }
@@ -475,6 +508,10 @@ mod tests {
             max_windows: None,
             eval_seen_only: false,
             allow_calib_on_eval: false,
+            eval_tasks: None,
+            task_limit: None,
+            tasks_dir: None,
+            bos: None,
             force: false,
             dry_run: false,
             copal: CopalArgs {

@@ -12,13 +12,13 @@
 //! when the run succeeds ([`resume`]); the state file is replaced atomically after every
 //! dataset.
 
-pub mod metrics;
 pub mod resume;
 pub mod step;
 
 use crate::calib::{self, StepSettings};
 use crate::checkpoint::Checkpoint;
 use crate::data::Dataset;
+use crate::eval::choice::TaskResult;
 use crate::eval::{self, EvalResult, EvalSet};
 use crate::model::Llama;
 use crate::plan::PrunePlan;
@@ -27,12 +27,11 @@ use crate::report::{self, DataFile, FileSum, RunRecord, StepRecordOut};
 use crate::state::{StateReader, StateSettings, StepRecord};
 use crate::tokenizer::Tokenizer;
 use anyhow::{ensure, Context as _, Result};
-use metrics::{continual_metrics, ppl_matrix};
 use resume::{DoneStep, Manifest, Workdir};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-pub use step::CalibData;
-use step::{evaluate_checkpoint, prune_step, RunCtx};
+use step::{evaluate_checkpoint, prune_step, score_tasks, RunCtx};
+pub use step::{CalibData, TaskItems};
 
 /// A plan completed against its model and checked against every file it needs, before any
 /// work: what [`run`] takes.
@@ -48,6 +47,8 @@ pub struct Prepared {
     pub history: Vec<StepRecord>,
     /// Every dataset seen so far (the state's, then the plan's), tokenised for evaluation.
     pub eval_sets: Vec<EvalSet>,
+    /// The zero-shot tasks scored after every step: each task, the split read, its items.
+    pub task_items: Vec<TaskItems>,
     /// SHA-256 of the model's files, and their fingerprint.
     pub model_files: Vec<FileSum>,
     pub fingerprint: String,
@@ -187,6 +188,19 @@ pub fn prepare_with(plan: PrunePlan, download: bool) -> Result<Prepared> {
     } else {
         Vec::new()
     };
+    let mut task_items = Vec::new();
+    for t in plan.eval_tasks.iter().flat_map(|e| &e.tasks) {
+        let e = plan
+            .eval_tasks
+            .as_ref()
+            .context("internal: tasks without settings")?;
+        let (split, items) = crate::eval::tasks::load(*t, &e.dir, e.limit)?;
+        task_items.push(TaskItems {
+            task: *t,
+            split,
+            items,
+        });
+    }
     Ok(Prepared {
         plan,
         dense,
@@ -195,6 +209,7 @@ pub fn prepare_with(plan: PrunePlan, download: bool) -> Result<Prepared> {
         state,
         history,
         eval_sets,
+        task_items,
         model_files,
         fingerprint,
         downloads,
@@ -412,6 +427,8 @@ fn run_in(
         datasets: &datasets,
         calib: &o.p.calib,
         eval_sets: &o.p.eval_sets,
+        task_items: &o.p.task_items,
+        tok: &o.p.tok,
         fingerprint: &o.fingerprint,
         settings: &o.settings,
         work,
@@ -423,16 +440,14 @@ fn run_in(
         (k, true) => Some(StateReader::open(&work.state_file(k))?),
         (_, false) => None,
     };
-    let (steps, dense_eval, data_files) = run_steps(&ctx, done.clone(), prior, &initial_history)?;
+    let (steps, (dense_eval, dense_tasks), data_files) =
+        run_steps(&ctx, done.clone(), prior, &initial_history)?;
     let final_dir = work.step_dir(datasets.len());
 
-    let r = ppl_matrix(&steps, &all_names);
-    let offset = all_names.len() - datasets.len();
-    let (avg_ppl, bwt) = if plan.eval {
-        continual_metrics(&r, offset)
-    } else {
-        (f64::NAN, None)
-    };
+    let dense_scores = report::evaluation_scores(dense_eval.as_deref(), dense_tasks.as_deref());
+    let step_scores: Vec<Vec<_>> = steps.iter().map(StepRecordOut::scores).collect();
+    let scores = report::score_matrices(&all_names, &dense_scores, &step_scores);
+    let ppl = scores.iter().find(|m| m.metric == "ppl");
     let record = RunRecord {
         copal_version: env!("CARGO_PKG_VERSION").to_string(),
         command: std::env::args().collect(),
@@ -447,9 +462,11 @@ fn run_in(
         sparsity: steps.last().map(|s| s.report.sparsity).unwrap_or(0.0),
         steps,
         dense_eval,
-        ppl_matrix: if plan.eval { Some(r) } else { None },
-        avg_ppl: if plan.eval { Some(avg_ppl) } else { None },
-        bwt,
+        dense_tasks,
+        ppl_matrix: ppl.map(|m| m.nan_rows()),
+        avg_ppl: ppl.map(|m| m.average.unwrap_or(f64::NAN)),
+        bwt: ppl.and_then(|m| m.bwt),
+        scores,
         resumed_steps: done.len(),
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_bytes: crate::probe::peak_rss_bytes(),
@@ -462,7 +479,9 @@ fn run_in(
     Ok(record)
 }
 
-type StepsOut = (Vec<StepRecordOut>, Option<Vec<EvalResult>>, Vec<DataFile>);
+/// The dense model's perplexities and task scores.
+type DenseEval = (Option<Vec<EvalResult>>, Option<Vec<TaskResult>>);
+type StepsOut = (Vec<StepRecordOut>, DenseEval, Vec<DataFile>);
 
 /// Runs the steps not yet done; returns every step's record (reused ones included).
 fn run_steps(
@@ -483,6 +502,15 @@ fn run_steps(
             let r =
                 evaluate_checkpoint(c.model, c.dense, c.eval_sets, "eval dense", cache.as_mut())?;
             c.work.save_dense_eval(&r)?;
+            Some(r)
+        }
+    };
+    let dense_tasks = match (c.task_items.is_empty(), c.work.dense_tasks()) {
+        (true, _) => None,
+        (false, Some(r)) => Some(r),
+        (false, None) => {
+            let r = score_tasks(c, c.dense, "dense")?;
+            c.work.save_dense_tasks(&r)?;
             Some(r)
         }
     };
@@ -549,5 +577,5 @@ fn run_steps(
     if let Some(last) = steps.last_mut() {
         last.dir = PathBuf::from(".");
     }
-    Ok((steps, dense_eval, data_files))
+    Ok((steps, (dense_eval, dense_tasks), data_files))
 }

@@ -10,6 +10,7 @@
 //! directory (a step that was cut off) is redone; another base plan discards the directory. A
 //! lock file keeps two runs from sharing it.
 
+use crate::eval::choice::TaskResult;
 use crate::eval::EvalResult;
 use crate::plan::PrunePlan;
 use crate::report::{DataFile, StepRecordOut};
@@ -224,6 +225,20 @@ impl Workdir {
     pub fn save_dense_eval(&self, r: &[EvalResult]) -> Result<()> {
         crate::fsutil::write_atomic(
             &self.dir.join("dense-eval.json"),
+            &serde_json::to_vec_pretty(r)?,
+        )
+    }
+
+    /// The dense model's task scores, when an interrupted run of this plan measured them.
+    pub fn dense_tasks(&self) -> Option<Vec<TaskResult>> {
+        std::fs::read_to_string(self.dir.join("dense-tasks.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+    }
+
+    pub fn save_dense_tasks(&self, r: &[TaskResult]) -> Result<()> {
+        crate::fsutil::write_atomic(
+            &self.dir.join("dense-tasks.json"),
             &serde_json::to_vec_pretty(r)?,
         )
     }

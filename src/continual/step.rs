@@ -7,6 +7,8 @@ use crate::calib::{self, Sinks, StepSettings};
 use crate::checkpoint::writer::{CheckpointWriter, ShardWriter};
 use crate::checkpoint::Checkpoint;
 use crate::data::{self, corpus, Dataset, Split};
+use crate::eval::choice::{Scorer, TaskResult};
+use crate::eval::tasks::{Item, Task};
 use crate::eval::{self, EvalResult, EvalSet};
 use crate::model::{Linear, Llama, TensorSource};
 use crate::plan::PrunePlan;
@@ -105,6 +107,8 @@ pub struct RunCtx<'a> {
     /// Per dataset, its windows (None where the method reads no data).
     pub calib: &'a [Option<CalibData>],
     pub eval_sets: &'a [EvalSet],
+    pub task_items: &'a [TaskItems],
+    pub tok: &'a Tokenizer,
     pub fingerprint: &'a str,
     pub settings: &'a StateSettings,
     pub work: &'a Workdir,
@@ -275,14 +279,53 @@ pub fn prune_step(
     } else {
         None
     };
+    let tasks = if c.task_items.is_empty() {
+        None
+    } else {
+        let pruned = Checkpoint::open(&step_dir)?;
+        Some(score_tasks(c, &pruned, &format!("step {}", k + 1))?)
+    };
     let record = StepRecordOut {
         dataset: ds.name(),
         split: src.split,
         dir: step_dir,
         report,
         eval,
+        tasks,
     };
     Ok((record, data_file, next_prior))
+}
+
+/// A zero-shot task's items, loaded before the run.
+#[derive(Debug, Clone)]
+pub struct TaskItems {
+    pub task: Task,
+    /// The split the items came from.
+    pub split: String,
+    pub items: Vec<Item>,
+}
+
+/// The plan's zero-shot tasks scored on a checkpoint (`copal eval --tasks`'s scoring).
+pub fn score_tasks(c: &RunCtx, ckpt: &Checkpoint, label: &str) -> Result<Vec<TaskResult>> {
+    let Some(e) = &c.plan.eval_tasks else {
+        return Ok(Vec::new());
+    };
+    let scorer = Scorer {
+        model: c.model,
+        src: ckpt,
+        tok: c.tok,
+        bos: e.bos,
+        max_len: c.dense.config.max_position_embeddings,
+    };
+    let mut out = Vec::new();
+    for t in c.task_items {
+        let r = scorer
+            .score(t.task, &t.split, &t.items)
+            .with_context(|| format!("scoring {} on the {label} model", t.task.name()))?;
+        crate::ui::info(format!("  {}", r.line()));
+        out.push(r);
+    }
+    Ok(out)
 }
 
 /// Perplexities of a checkpoint, through the cache when there is one.

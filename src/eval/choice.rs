@@ -15,6 +15,7 @@
 //! as in the perplexity evaluator: each chunk of sequences whose hidden states fit the budget
 //! goes through one layer at a time.
 
+use super::score::{Better, Score};
 use super::tasks::{argmax, mean_stderr, Item, Metric, Task};
 use crate::model::block::PackLayout;
 use crate::model::{Llama, Positions, TensorSource};
@@ -249,7 +250,7 @@ pub fn loglikelihoods(
 }
 
 /// One item's scores, for `--samples` and the harness comparison.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ItemScore {
     pub doc: usize,
     /// ℓ per choice.
@@ -260,7 +261,7 @@ pub struct ItemScore {
 }
 
 /// A metric's value over a task's items.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MetricValue {
     pub metric: Metric,
     pub value: f64,
@@ -268,12 +269,12 @@ pub struct MetricValue {
 }
 
 /// One task's result.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TaskResult {
-    pub task: &'static str,
+    pub task: String,
     /// The split the items came from, and the one lm-eval scores.
     pub split: String,
-    pub harness_split: &'static str,
+    pub harness_split: String,
     pub items: usize,
     /// Whether the requests start with the BOS token.
     pub bos: bool,
@@ -281,6 +282,24 @@ pub struct TaskResult {
     pub seconds: f64,
     #[serde(skip)]
     pub samples: Vec<ItemScore>,
+}
+
+impl TaskResult {
+    /// Its metrics as named scores (higher is better).
+    pub fn scores(&self) -> Vec<Score> {
+        self.metrics
+            .iter()
+            .map(|m| {
+                Score::new(
+                    &self.task,
+                    m.metric.name(),
+                    Better::Higher,
+                    m.value,
+                    m.stderr,
+                )
+            })
+            .collect()
+    }
 }
 
 impl TaskResult {
@@ -371,9 +390,9 @@ impl Scorer<'_> {
             })
             .collect();
         Ok(TaskResult {
-            task: task.name(),
+            task: task.name().to_string(),
             split: split.to_string(),
-            harness_split: task.harness_split(),
+            harness_split: task.harness_split().to_string(),
             items: items.len(),
             bos: first_bos,
             metrics,

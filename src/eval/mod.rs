@@ -13,9 +13,11 @@ pub mod cache;
 pub mod choice;
 pub mod evaluator;
 pub mod perplexity;
+pub mod score;
 pub mod tasks;
 
 pub use crate::data::eval_set::{load_sets, EvalSet};
 pub use cache::EvalCache;
 pub use evaluator::{evaluate, evaluate_with_budget};
 pub use perplexity::{EvalResult, Perplexity};
+pub use score::{Better, Score, ScoreMatrix, Transfer};

@@ -60,6 +60,17 @@ pub struct EvalResult {
 }
 
 impl EvalResult {
+    /// The perplexity as a named score (lower is better).
+    pub fn score(&self) -> super::Score {
+        super::Score::new(
+            &self.dataset,
+            "ppl",
+            super::Better::Lower,
+            self.ppl,
+            self.ppl_stderr,
+        )
+    }
+
     pub fn line(&self) -> String {
         format!(
             "{:<10} PPL {:>9.3} ± {:<7.3} ({} split, seqlen {}, {} windows, {} tokens){}",

@@ -14,7 +14,8 @@ use anyhow::{bail, ensure, Context as _, Result};
 use serde_json::Value;
 
 /// One task, as lm-eval names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Task {
     Boolq,
     Rte,
@@ -26,7 +27,7 @@ pub enum Task {
 }
 
 /// A metric the harness reports for a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// The choice with the largest summed log-likelihood is the gold one.

@@ -2,6 +2,7 @@
 
 use super::grid::RunSpec;
 use super::run::RunResult;
+use crate::eval::{Better, ScoreMatrix};
 use crate::prune::{Group, Method, Mode, Pattern};
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +44,64 @@ pub struct Row {
     pub avg_ppl: Stats,
     pub bwt: Option<Stats>,
     pub seconds: Stats,
+    /// Each zero-shot metric (`eval_tasks`), over the same orders.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskStats>,
+}
+
+/// One zero-shot metric of a setting over the dataset orders.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStats {
+    pub metric: String,
+    pub better: Better,
+    pub columns: Vec<String>,
+    /// Per task, its score after the last step.
+    pub last: Vec<Stats>,
+    /// The mean over the tasks after the last step.
+    pub average: Stats,
+    /// See [`crate::eval::score`]: a fall is forgetting.
+    pub bwt: Option<Stats>,
+}
+
+/// The zero-shot metrics of the runs of one setting: those of its first run, each over the
+/// runs that have it.
+fn task_stats(rs: &[&RunResult]) -> Vec<TaskStats> {
+    let Some(first) = rs.first() else {
+        return Vec::new();
+    };
+    first
+        .task_scores()
+        .map(|m0| {
+            let ms: Vec<&ScoreMatrix> = rs
+                .iter()
+                .filter_map(|r| r.task_scores().find(|m| m.metric == m0.metric))
+                .collect();
+            let last = m0
+                .columns
+                .iter()
+                .map(|c| {
+                    let xs: Vec<f64> = ms
+                        .iter()
+                        .filter_map(|m| {
+                            let j = m.columns.iter().position(|x| x == c)?;
+                            (*m.rows.last()?.get(j)?).filter(|v| v.is_finite())
+                        })
+                        .collect();
+                    stats(&xs)
+                })
+                .collect();
+            let averages: Vec<f64> = ms.iter().filter_map(|m| m.average).collect();
+            let bwts: Vec<f64> = ms.iter().filter_map(|m| m.bwt).collect();
+            TaskStats {
+                metric: m0.metric.clone(),
+                better: m0.better,
+                columns: m0.columns.clone(),
+                last,
+                average: stats(&averages),
+                bwt: (!bwts.is_empty()).then(|| stats(&bwts)),
+            }
+        })
+        .collect()
 }
 
 impl Row {
@@ -78,20 +137,21 @@ pub fn aggregate(results: &[RunResult]) -> Vec<Row> {
                 .iter()
                 .filter(|r| r.spec.pattern == pattern && r.spec.setting == setting)
                 .collect();
-            let bwts: Vec<f64> = rs.iter().filter_map(|r| r.bwt).collect();
+            let bwts: Vec<f64> = rs.iter().filter_map(|r| r.bwt()).collect();
             Row {
                 method: rs[0].spec.method,
                 mode: rs[0].spec.mode,
                 group: rs[0].spec.group,
                 setting,
                 pattern,
-                avg_ppl: stats(&rs.iter().map(|r| r.avg_ppl).collect::<Vec<_>>()),
+                avg_ppl: stats(&rs.iter().map(|r| r.avg_ppl()).collect::<Vec<_>>()),
                 bwt: if bwts.is_empty() {
                     None
                 } else {
                     Some(stats(&bwts))
                 },
                 seconds: stats(&rs.iter().map(|r| r.seconds).collect::<Vec<_>>()),
+                tasks: task_stats(&rs),
             }
         })
         .collect()
@@ -145,10 +205,13 @@ pub fn paired(
         if pairs.is_empty() {
             continue;
         }
-        let d_ppl: Vec<f64> = pairs.iter().map(|(r, c)| r.avg_ppl - c.avg_ppl).collect();
+        let d_ppl: Vec<f64> = pairs
+            .iter()
+            .map(|(r, c)| r.avg_ppl() - c.avg_ppl())
+            .collect();
         let d_bwt: Vec<f64> = pairs
             .iter()
-            .filter_map(|(r, c)| Some(r.bwt? - c.bwt?))
+            .filter_map(|(r, c)| Some(r.bwt()? - c.bwt()?))
             .collect();
         out.push(Paired {
             pattern: row.pattern,
@@ -193,10 +256,16 @@ mod tests {
                 params: Default::default(),
                 allocate: Default::default(),
             },
-            ppl_matrix: vec![],
-            dense_ppl: vec![],
-            avg_ppl: ppl,
-            bwt: Some(bwt),
+            scores: vec![crate::eval::ScoreMatrix {
+                metric: "ppl".into(),
+                better: crate::eval::Better::Lower,
+                columns: order.iter().map(|s| s.to_string()).collect(),
+                dense: None,
+                rows: vec![],
+                transfer: crate::eval::Transfer::Diagonal { offset: 0 },
+                average: Some(ppl),
+                bwt: Some(bwt),
+            }],
             sparsity: 0.5,
             seconds: 1.0,
             step_seconds: vec![],

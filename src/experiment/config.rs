@@ -9,6 +9,7 @@
 
 use crate::data::{Dataset, Split};
 use crate::device::ComputeDtype;
+use crate::eval::tasks::Task;
 use crate::plan::Propagate;
 use crate::prune::allocate::Allocation;
 use crate::prune::{Group, Method, MethodConfig, Mode};
@@ -55,6 +56,12 @@ pub struct ExperimentConfig {
     pub eval_seen_only: bool,
     /// Evaluate datasets on the text they calibrate on (`text:`/`jsonl:` files; marked).
     pub allow_calib_on_eval: bool,
+    /// Zero-shot tasks scored after every step of every run (`"eval_tasks": ["wanda7"]`).
+    pub eval_tasks: Vec<Task>,
+    /// The first N items of each task only.
+    pub task_limit: Option<usize>,
+    /// The tasks' local copies, relative to the file (default `$COPAL_HOME/tasks`).
+    pub tasks_dir: Option<PathBuf>,
     pub propagate: Option<Propagate>,
     pub device: Option<String>,
     pub dtype: Option<ComputeDtype>,
@@ -84,6 +91,9 @@ const KEYS: &[&str] = &[
     "max_windows",
     "eval_seen_only",
     "allow_calib_on_eval",
+    "eval_tasks",
+    "task_limit",
+    "tasks_dir",
     "propagate",
     "device",
     "dtype",
@@ -206,6 +216,13 @@ impl ExperimentConfig {
             max_windows: optional(obj, "max_windows")?,
             eval_seen_only: optional(obj, "eval_seen_only")?.unwrap_or(true),
             allow_calib_on_eval: optional(obj, "allow_calib_on_eval")?.unwrap_or(false),
+            eval_tasks: match optional::<Vec<String>>(obj, "eval_tasks")? {
+                Some(t) => Task::parse_list(&t.join(","))
+                    .map_err(|e| usage("eval_tasks", format!("{e:#}")))?,
+                None => Vec::new(),
+            },
+            task_limit: optional(obj, "task_limit")?,
+            tasks_dir: optional(obj, "tasks_dir")?,
             propagate: optional(obj, "propagate")?,
             device: optional(obj, "device")?,
             dtype: optional(obj, "dtype")?,
@@ -224,6 +241,11 @@ impl ExperimentConfig {
             .clone()
             .unwrap_or_else(|| PathBuf::from("results").join(&self.name));
         self.base_dir.join(r)
+    }
+
+    /// The tasks directory the file names, relative to it.
+    pub fn tasks_dir(&self) -> Option<PathBuf> {
+        self.tasks_dir.as_ref().map(|d| self.base_dir.join(d))
     }
 
     /// The data directory the file names, relative to it.

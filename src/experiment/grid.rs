@@ -251,6 +251,9 @@ pub fn request(cfg: &ExperimentConfig, spec: &RunSpec, out: PathBuf) -> Request 
         eval_seen_only: cfg.eval_seen_only,
         eval_cache: Some(cfg.results_dir().join("eval-cache.json")),
         allow_calib_on_eval: cfg.allow_calib_on_eval,
+        eval_tasks: cfg.eval_tasks.clone(),
+        task_limit: cfg.task_limit,
+        tasks_dir: cfg.tasks_dir(),
         device: cfg.device.clone(),
         dtype: cfg.dtype,
         ..Default::default()

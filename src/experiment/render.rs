@@ -37,13 +37,8 @@ pub fn markdown(rows: &[Row], results: &[RunResult]) -> String {
         ));
     }
     if let Some(r) = results.first() {
-        let mut dense: Vec<(String, f64)> = r
-            .spec
-            .order
-            .iter()
-            .cloned()
-            .zip(r.dense_ppl.iter().cloned())
-            .collect();
+        let mut dense: Vec<(String, f64)> =
+            r.spec.order.iter().cloned().zip(r.dense_ppl()).collect();
         dense.sort_by(|a, b| a.0.cmp(&b.0));
         s.push_str(&format!(
             "\nDense model: {} (average {:.2}).\n",
@@ -54,6 +49,76 @@ pub fn markdown(rows: &[Row], results: &[RunResult]) -> String {
                 .join(", "),
             dense.iter().map(|x| x.1).sum::<f64>() / dense.len().max(1) as f64
         ));
+    }
+    s
+}
+
+/// The zero-shot tables, one per metric (`acc`, `acc_norm`): each task's score after the last
+/// step and their average, mean over the orders, and the BWT (a fall is forgetting); the dense
+/// model's scores below. Empty when no run scored tasks.
+pub fn task_markdown(rows: &[Row], results: &[RunResult]) -> String {
+    let mut s = String::new();
+    let mut metrics: Vec<&str> = Vec::new();
+    for t in rows.iter().flat_map(|r| &r.tasks) {
+        if !metrics.contains(&t.metric.as_str()) {
+            metrics.push(&t.metric);
+        }
+    }
+    for metric in metrics {
+        let Some(cols) = rows
+            .iter()
+            .flat_map(|r| &r.tasks)
+            .find(|t| t.metric == metric)
+            .map(|t| &t.columns)
+        else {
+            continue;
+        };
+        s.push_str(&format!(
+            "\n## Zero-shot {metric} after the last step\n\nMean over the dataset orders of each task's {metric} (higher is better); BWT in {metric} (negative: forgetting).\n\n| pattern | setting | {} | average | BWT (mean ± sd) | runs |\n|---|---|{}---|---|---|\n",
+            cols.join(" | "),
+            "---|".repeat(cols.len())
+        ));
+        for r in rows {
+            let Some(t) = r.tasks.iter().find(|t| t.metric == metric) else {
+                continue;
+            };
+            let cells: Vec<String> = cols
+                .iter()
+                .map(|c| match t.columns.iter().position(|x| x == c) {
+                    Some(j) if t.last[j].n > 0 => format!("{:.4}", t.last[j].mean),
+                    _ => "–".into(),
+                })
+                .collect();
+            s.push_str(&format!(
+                "| {} | {} | {} | {:.4} ± {:.4} | {} | {} |\n",
+                r.pattern,
+                r.label(),
+                cells.join(" | "),
+                t.average.mean,
+                t.average.sd,
+                t.bwt
+                    .as_ref()
+                    .map(|b| format!("{:+.4} ± {:.4}", b.mean, b.sd))
+                    .unwrap_or_else(|| "–".into()),
+                t.average.n
+            ));
+        }
+        let dense = results
+            .iter()
+            .flat_map(|r| r.task_scores())
+            .find(|m| m.metric == metric)
+            .and_then(|m| Some((&m.columns, m.dense.as_ref()?)));
+        if let Some((cols, d)) = dense {
+            let cells: Vec<String> = cols
+                .iter()
+                .zip(d)
+                .map(|(c, v)| match v {
+                    Some(v) => format!("{c} {v:.4}"),
+                    None => format!("{c} –"),
+                })
+                .collect();
+            s.push_str(&format!("\nDense model: {}.\n", cells.join(", ")));
+        }
     }
     s
 }
@@ -113,13 +178,13 @@ pub fn csv(results: &[RunResult]) -> String {
             format!("{:?}", r.spec.group).to_lowercase(),
             r.spec.pattern.to_string().replace(' ', ""),
             r.spec.order.join(">"),
-            r.avg_ppl,
-            r.bwt.map(|b| b.to_string()).unwrap_or_default(),
+            r.avg_ppl(),
+            r.bwt().map(|b| b.to_string()).unwrap_or_default(),
             r.sparsity,
             r.seconds,
             r.peak_rss_bytes.map(|b| b.to_string()).unwrap_or_default()
         ));
-        for row in &r.ppl_matrix {
+        for row in r.ppl_matrix() {
             for v in row {
                 s.push_str(&format!(
                     ",{}",

@@ -3,7 +3,7 @@
 use super::aggregate::{aggregate, is_plain, is_prune_default, paired, Row};
 use super::config::ExperimentConfig;
 use super::grid::{orders, pattern_tag, RunSpec};
-use super::render::{cost_table, csv, markdown, paired_markdown};
+use super::render::{cost_table, csv, markdown, paired_markdown, task_markdown};
 use super::run::{finished, RunResult};
 use crate::plot;
 use crate::prune::{Method, Mode, Pattern};
@@ -28,7 +28,7 @@ pub fn report(cfg: &ExperimentConfig, runs: &[RunSpec]) -> Result<(Vec<Row>, usi
         results.len(),
         runs.len(),
         markdown(&rows, &results)
-    );
+    ) + &task_markdown(&rows, &results);
     // The model's shapes give each step's FLOP count; without the model the column is blank.
     let model = crate::checkpoint::resolve::resolve(&cfg.model, true)
         .and_then(|d| crate::checkpoint::Checkpoint::open(&d))
@@ -116,6 +116,33 @@ fn plots(cfg: &ExperimentConfig, dir: &Path, rows: &[Row], results: &[RunResult]
             "perplexity",
             &bars,
         )?;
+        // Each zero-shot metric's average after the last step.
+        let mut metrics: Vec<&str> = Vec::new();
+        for t in rs.iter().flat_map(|r| &r.tasks) {
+            if !metrics.contains(&t.metric.as_str()) {
+                metrics.push(&t.metric);
+            }
+        }
+        for metric in metrics {
+            let bars: Vec<plot::Bar> = rs
+                .iter()
+                .filter_map(|r| {
+                    let t = r.tasks.iter().find(|t| t.metric == metric)?;
+                    Some(plot::Bar {
+                        label: r.label(),
+                        mean: t.average.mean,
+                        min: t.average.min,
+                        max: t.average.max,
+                    })
+                })
+                .collect();
+            plot::bars(
+                &dir.join(format!("avg-{metric}-{tag}.svg")),
+                &format!("Average zero-shot {metric} after the last step ({pattern})"),
+                &format!("{metric} (higher is better)"),
+                &bars,
+            )?;
+        }
         // Trajectories in the first order of the grid: perplexity of each dataset after every
         // step from the one where it arrives.
         let order = orders(cfg)?[0].clone();
@@ -134,7 +161,7 @@ fn plots(cfg: &ExperimentConfig, dir: &Path, rows: &[Row], results: &[RunResult]
                     .enumerate()
                     .map(|(col, d)| {
                         let pts = r
-                            .ppl_matrix
+                            .ppl_matrix()
                             .iter()
                             .enumerate()
                             .filter_map(|(k, row)| row[col].map(|p| ((k + 1) as f64, p)))

@@ -13,12 +13,14 @@
 //! - `layering`: the import graph of `src/` (no CLI in the library, no cycle);
 //! - `plan_checks`: every mistake knowable before the first step is reported before it;
 //! - `prune`: pruning runs of the tiny model (sparsity, masks, state, determinism, outputs);
+//! - `records`: run records and experiment results of earlier versions still read;
 //! - `real_model`: the converted SmolLM2-135M test model on the real datasets;
 //! - `reliability`: crashes, kills and resumes leave outputs absent or whole;
 //! - `state`: what a state file carries between runs, across formats;
 //! - `untrusted`: hostile checkpoints and data fail cleanly within bounded resources;
 //! - `update`: the update stage after a mask-only method (`--update dsnot`);
-//! - `zeroshot`: `copal eval --tasks`, items scored as lm-evaluation-harness scores them.
+//! - `zeroshot`: `copal eval --tasks` and `copal prune --eval-tasks`, items scored as
+//!   lm-evaluation-harness scores them.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -35,6 +37,7 @@ mod layering;
 mod plan_checks;
 mod prune;
 mod real_model;
+mod records;
 mod reliability;
 mod state;
 mod untrusted;

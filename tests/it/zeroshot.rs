@@ -436,3 +436,195 @@ fn broken_task_files_are_refused_naming_the_file() {
     );
     assert_user_error(&eval("rte"), "gold choice 5 of 2");
 }
+
+/// `copal prune --eval-tasks` scores the dense model and the model after every step exactly as
+/// `copal eval --tasks` scores those checkpoints, and its matrices' average and BWT are the
+/// definitions of `eval::score` (BWT = mean over earlier steps i and tasks of R[K] − R[i]).
+#[test]
+fn prune_scores_the_tasks_after_every_step_as_eval_does() {
+    let tiny = tiny_model(false, 1);
+    let tmp = tiny.tmp.path();
+    let tasks = tmp.join("tasks");
+    tiny_tasks(&tasks);
+    // Enough RTE items that the two steps' masks change some answers.
+    let lines: Vec<&'static str> = fixture_text(7, 120)
+        .into_iter()
+        .map(|l| &*Box::leak(l.into_boxed_str()))
+        .collect();
+    write_parquet(
+        &tasks.join("rte/validation.parquet"),
+        &[
+            ("sentence1", Col::Str(lines[..60].to_vec())),
+            ("sentence2", Col::Str(lines[60..].to_vec())),
+            ("label", Col::Int((0..60).map(|i| i % 2).collect())),
+            ("idx", Col::Int((0..60).collect())),
+        ],
+    );
+    let (a, b) = (
+        small_text(tmp, "a.txt", 1, 200),
+        small_text(tmp, "b.txt", 2, 200),
+    );
+    let out = tmp.join("out");
+    let (json, _) = tiny_prune(
+        &tiny.dir,
+        &format!("text:{},text:{}", a.display(), b.display()),
+    )
+    .args(["--method", "wanda", "--mode", "global", "--sparsity", "70"])
+    .flag("--out", out.display())
+    .flag("--eval-tasks", "rte,winogrande")
+    .flag("--tasks-dir", tasks.display())
+    .args(["--save-steps", "--json"])
+    .ok();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let eval = |model: &Path| -> Vec<f64> {
+        let (out, _) = copal("eval")
+            .flag("--model", model.display())
+            .flag("--tasks", "rte,winogrande")
+            .flag("--tasks-dir", tasks.display())
+            .args(["--json", "--quiet"])
+            .ok();
+        let e: serde_json::Value = serde_json::from_str(&out).unwrap();
+        e["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["metrics"][0]["value"].as_f64().unwrap())
+            .collect()
+    };
+    let acc = v["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == "acc")
+        .expect("an acc matrix")
+        .clone();
+    assert_eq!(acc["columns"], serde_json::json!(["rte", "winogrande"]));
+    assert_eq!(acc["better"], "higher");
+    let row = |r: &serde_json::Value| -> Vec<f64> {
+        r.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let rows: Vec<Vec<f64>> = acc["rows"].as_array().unwrap().iter().map(row).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(row(&acc["dense"]), eval(&tiny.dir), "the dense row");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("copal.json")).unwrap()).unwrap();
+    for (k, step) in record["steps"].as_array().unwrap().iter().enumerate() {
+        let dir = out.join(step["dir"].as_str().unwrap());
+        assert_eq!(
+            rows[k],
+            eval(&dir),
+            "step {} against copal eval on {dir:?}",
+            k + 1
+        );
+    }
+    assert_ne!(rows[0], rows[1], "the steps' masks change some answers");
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+    let avg = acc["average"].as_f64().unwrap();
+    assert!((avg - mean(&rows[1])).abs() < 1e-12, "{acc}");
+    let d: Vec<f64> = rows[1].iter().zip(&rows[0]).map(|(x, y)| x - y).collect();
+    assert!(
+        (acc["bwt"].as_f64().unwrap() - mean(&d)).abs() < 1e-12,
+        "{acc}"
+    );
+    assert_eq!(
+        record["scores"], v["scores"],
+        "copal.json holds the same matrices"
+    );
+    // The run's perplexity was not asked for: no perplexity matrix, no old ppl fields.
+    assert!(v["ppl_matrix"].is_null());
+    // `copal inspect` reads the record back and prints the table.
+    let (text, _) = copal("inspect").arg(out.display()).ok();
+    assert!(text.contains("acc after step"), "{text}");
+}
+
+/// Task settings without tasks are refused, naming the flag.
+#[test]
+fn task_flags_need_eval_tasks() {
+    let tiny = tiny_model(false, 1);
+    let a = small_text(tiny.tmp.path(), "a.txt", 1, 200);
+    let r = tiny_prune(&tiny.dir, &format!("text:{}", a.display()))
+        .flag("--out", tiny.tmp.path().join("out").display())
+        .flag("--task-limit", 3)
+        .run();
+    assert_usage_error(&r, "--eval-tasks");
+    let r = tiny_prune(&tiny.dir, &format!("text:{}", a.display()))
+        .flag("--out", tiny.tmp.path().join("out").display())
+        .flag("--eval-tasks", "rte")
+        .flag("--tasks-dir", tiny.tmp.path().join("none").display())
+        .run();
+    assert_user_error(&r, "no local copy of rte");
+}
+
+/// `copal experiment` with `eval_tasks`: every run scores the tasks after every step, and the
+/// report has a table per metric (each cell the mean over orders of the runs' last row) and a
+/// plot of the average.
+#[test]
+fn an_experiment_grid_carries_tasks_into_its_report() {
+    let t = tiny_model(true, 1);
+    let tmp = t.tmp.path();
+    let tasks = tmp.join("tasks");
+    tiny_tasks(&tasks);
+    let a = small_text(tmp, "a.txt", 0, 150);
+    let b = small_text(tmp, "b.txt", 9000, 150);
+    let results = tmp.join("results");
+    let cfg = serde_json::json!({
+        "name": "tiny",
+        "model": t.dir,
+        "datasets": [format!("text:{}", a.display()), format!("text:{}", b.display())],
+        "methods": [{"method": "wanda", "mode": "global"}, {"method": "dense"}],
+        "nsamples": 4, "seqlen": 32, "max_windows": 2, "allow_calib_on_eval": true,
+        "eval_tasks": ["rte", "winogrande"], "tasks_dir": tasks, "results": results,
+    });
+    let cfg_path = tmp.join("grid.json");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    copal("experiment")
+        .flag("--config", cfg_path.display())
+        .arg("--quiet")
+        .ok();
+    let runs: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(results.join("runs.json")).unwrap()).unwrap();
+    assert_eq!(runs.len(), 4);
+    let last_acc = |r: &serde_json::Value| -> Vec<f64> {
+        let m = r["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["metric"] == "acc")
+            .expect("an acc matrix per run");
+        assert_eq!(m["columns"], serde_json::json!(["rte", "winogrande"]));
+        let rows = m["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "one row per step");
+        rows[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let wanda: Vec<Vec<f64>> = runs
+        .iter()
+        .filter(|r| r["method"] == "wanda")
+        .map(last_acc)
+        .collect();
+    let md = std::fs::read_to_string(results.join("table.md")).unwrap();
+    let table = md
+        .split("## Zero-shot acc after the last step")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no zero-shot table in\n{md}"));
+    let line = table
+        .lines()
+        .find(|l| l.contains("| wanda global |"))
+        .unwrap_or_else(|| panic!("no wanda row in {table}"));
+    let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+    for j in 0..2 {
+        let mean = (wanda[0][j] + wanda[1][j]) / 2.0;
+        assert_eq!(cells[3 + j], format!("{mean:.4}"), "{line}");
+    }
+    assert!(table.contains("Dense model: rte "), "{table}");
+    let svg = std::fs::read_to_string(results.join("plots/avg-acc-u50.svg")).unwrap();
+    assert!(svg.contains("wanda global"), "the plot has its bars");
+}
