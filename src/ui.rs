@@ -124,6 +124,15 @@ fn watch(pb: &ProgressBar, bytes: bool) {
                 } else {
                     format!("{pos}/{len}")
                 };
+                // The mean rate since the start: indicatif's estimate follows the recent rate,
+                // which falls towards zero while a bar waits (the run's bar during an
+                // evaluation between steps) and then promises weeks.
+                let eta = match (pos, len) {
+                    (1.., _) if len > pos => Duration::from_secs_f64(
+                        p.elapsed().as_secs_f64() * (len - pos) as f64 / pos as f64,
+                    ),
+                    _ => p.eta(),
+                };
                 let msg = p.message();
                 eprintln!(
                     "{}: {how_far}{}{} ({} elapsed, about {} left)",
@@ -131,7 +140,7 @@ fn watch(pb: &ProgressBar, bytes: bool) {
                     if msg.is_empty() { "" } else { " " },
                     msg,
                     HumanDuration(p.elapsed()),
-                    HumanDuration(p.eta())
+                    HumanDuration(eta)
                 );
             }
         });

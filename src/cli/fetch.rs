@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::Args;
 use copal::data::corpus::{self, Located};
 use copal::data::{self, pins, Dataset, Split};
+use copal::eval::tasks::{self, Located as TaskLocated, Task};
 use std::path::PathBuf;
 
 /// Download (or, with --list, list) the datasets and the model a run needs, into the Hugging
@@ -12,18 +13,25 @@ use std::path::PathBuf;
 ///
 /// Built-in datasets not in the data directory come from the hub, pinned by repository,
 /// revision and the SHA-256 of their text (docs/data.md); every calibration and evaluation
-/// split of each dataset is fetched. A hub model (owner/name[@revision], or an alias) is
-/// fetched whole. Files already in the data directory or the cache are not downloaded again.
+/// split of each dataset is fetched. Zero-shot tasks (--tasks) without a local copy come
+/// from their pinned upstream parquet file, verified by the SHA-256 of its items. A hub model
+/// (owner/name[@revision], or an alias) is fetched whole. Files already in the data directory,
+/// the tasks directory or the cache are not downloaded again.
 #[derive(Debug, Args)]
 pub struct FetchArgs {
-    /// Datasets: wikitext2, ptb, c4 (text:/jsonl: files are local already).
-    #[arg(
-        long,
-        short = 'd',
-        default_value = "wikitext2,ptb,c4",
-        value_name = "LIST"
-    )]
-    pub datasets: String,
+    /// Datasets: wikitext2, ptb, c4 (text:/jsonl: files are local already) [default:
+    /// wikitext2,ptb,c4 unless --tasks is given].
+    #[arg(long, short = 'd', value_name = "LIST")]
+    pub datasets: Option<String>,
+
+    /// Zero-shot tasks: boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge,
+    /// openbookqa, or wanda7.
+    #[arg(long, value_name = "LIST")]
+    pub tasks: Option<String>,
+
+    /// The tasks' local copies, DIR/TASK/SPLIT.parquet (default $COPAL_HOME/tasks).
+    #[arg(long, value_name = "DIR", env = "COPAL_TASKS_DIR")]
+    pub tasks_dir: Option<PathBuf>,
 
     /// Also the model: a hub id owner/name[@revision] or an alias.
     #[arg(long, short = 'm', value_name = "ALIAS|OWNER/NAME")]
@@ -60,13 +68,13 @@ impl HubState {
     }
 
     /// The size of a pinned file on the hub, asked only while the hub answers.
-    fn size(&mut self, pin: &copal::data::pins::Pin) -> Result<u64, String> {
+    fn size(&mut self, repo: &copal::hub::Repo, path: &str) -> Result<u64, String> {
         if let Some(why) = &self.unavailable {
             return Err(why.clone());
         }
         #[cfg(feature = "hub")]
         {
-            match copal::hub::remote_size(&pins::repo(pin), pin.path) {
+            match copal::hub::remote_size(repo, path) {
                 Ok(n) => Ok(n),
                 Err(e) if e.downcast_ref::<copal::hub::Unreachable>().is_some() => {
                     copal::ui::warn(format!(
@@ -83,7 +91,7 @@ impl HubState {
         }
         #[cfg(not(feature = "hub"))]
         {
-            let _ = pin;
+            let _ = (repo, path);
             Err("built without the hub feature".into())
         }
     }
@@ -102,7 +110,7 @@ fn row(
             "bytes": std::fs::metadata(&p).map(|m| m.len()).ok(),
         }),
         Located::Remote(pin) => {
-            let size = hub_state.size(pin);
+            let size = hub_state.size(&pins::repo(pin), pin.path);
             serde_json::json!({
                 "dataset": ds.name(), "split": split, "status": "to download",
                 "repo": pin.repo, "revision": pin.revision, "path": pin.path,
@@ -120,9 +128,56 @@ fn splits(ds: &Dataset) -> Vec<Split> {
     }
 }
 
+/// A task's state: where its items are, what it needs, or why it cannot be fetched; without
+/// `list`, fetched (and verified) when pinned and not here.
+fn task_row(
+    task: Task,
+    dir: &std::path::Path,
+    list: bool,
+    hub_state: &mut HubState,
+) -> serde_json::Value {
+    let name = task.name();
+    match tasks::locate(task, dir) {
+        Err(e) => {
+            serde_json::json!({"task": name, "status": "not available", "error": format!("{e:#}")})
+        }
+        Ok(TaskLocated::Local { split, path }) => {
+            serde_json::json!({"task": name, "split": split, "status": "present", "path": path})
+        }
+        Ok(TaskLocated::Pinned {
+            pin,
+            cached: Some(p),
+        }) => {
+            serde_json::json!({"task": name, "split": pin.split, "status": "present", "path": p})
+        }
+        Ok(TaskLocated::Pinned { pin, cached: None }) if list => {
+            let size = hub_state.size(&pins::task_repo(pin), pin.path);
+            serde_json::json!({
+                "task": name, "split": pin.split, "status": "to download",
+                "repo": pin.repo, "revision": pin.revision, "path": pin.path,
+                "bytes": size.as_ref().ok(), "size_error": size.err(),
+            })
+        }
+        Ok(TaskLocated::Pinned { pin, cached: None }) => match tasks::load(task, dir, None) {
+            Ok((split, items)) => serde_json::json!({
+                "task": name, "split": split, "status": "present", "items": items.len(),
+                "path": pins::cached_task(pin),
+            }),
+            Err(e) => {
+                serde_json::json!({"task": name, "status": "not available", "error": format!("{e:#}")})
+            }
+        },
+    }
+}
+
 pub fn run(a: FetchArgs) -> Result<()> {
     copal::ui::set_quiet(a.output.quiet);
-    let datasets = Dataset::parse_list(&a.datasets)?;
+    let task_list = a.tasks.as_deref().map(Task::parse_list).transpose()?;
+    let datasets = match (&a.datasets, &task_list) {
+        (Some(d), _) => Dataset::parse_list(d)?,
+        (None, Some(_)) => Vec::new(),
+        (None, None) => Dataset::parse_list("wikitext2,ptb,c4")?,
+    };
     let data_dir = data::data_dir(a.data_dir.clone());
     let mut rows = Vec::new();
     let mut hub_state = HubState::new();
@@ -143,6 +198,13 @@ pub fn run(a: FetchArgs) -> Result<()> {
             }
         }
     }
+    let tasks_dir = a
+        .tasks_dir
+        .clone()
+        .unwrap_or_else(|| copal::checkpoint::resolve::copal_home().join("tasks"));
+    for t in task_list.iter().flatten() {
+        rows.push(task_row(*t, &tasks_dir, a.list, &mut hub_state));
+    }
     if let Some(m) = &a.model {
         if a.list {
             rows.push(serde_json::json!({"model": m, "status": "resolved when fetched"}));
@@ -157,6 +219,23 @@ pub fn run(a: FetchArgs) -> Result<()> {
         copal::ui::out(serde_json::to_string_pretty(&rows)?)?;
     } else {
         print_rows(&rows, a.list)?;
+    }
+    let unavailable: Vec<&str> = rows
+        .iter()
+        .filter(|r| r["status"] == "not available")
+        .filter_map(|r| r["task"].as_str())
+        .collect();
+    if !unavailable.is_empty() {
+        let why: Vec<&str> = rows
+            .iter()
+            .filter(|r| r["status"] == "not available")
+            .filter_map(|r| r["error"].as_str())
+            .collect();
+        anyhow::bail!(
+            "cannot fetch {}: {}",
+            unavailable.join(", "),
+            why.join("; ")
+        );
     }
     if cannot {
         anyhow::bail!(
@@ -174,7 +253,7 @@ pub fn run(a: FetchArgs) -> Result<()> {
 fn print_rows(rows: &[serde_json::Value], list: bool) -> Result<()> {
     let mut total = 0u64;
     for r in rows {
-        let what = match (r.get("dataset"), r.get("model")) {
+        let what = match (r.get("dataset").or(r.get("task")), r.get("model")) {
             (Some(d), _) => format!(
                 "{} {}",
                 d.as_str().unwrap_or(""),
@@ -197,9 +276,10 @@ fn print_rows(rows: &[serde_json::Value], list: bool) -> Result<()> {
                         .unwrap_or_else(|| "size unknown".to_string())
                 )
             }
+            "not available" => "see below".to_string(),
             _ => r["path"].as_str().unwrap_or("").to_string(),
         };
-        copal::ui::out(format!("{what:<18} {status:<12} {detail}"))?;
+        copal::ui::out(format!("{what:<24} {status:<12} {detail}"))?;
     }
     if list && total > 0 {
         copal::ui::out(format!("to download: {:.1} MB", total as f64 / 1e6))?;

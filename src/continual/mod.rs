@@ -194,6 +194,15 @@ pub fn prepare_with(plan: PrunePlan, download: bool) -> Result<Prepared> {
             .eval_tasks
             .as_ref()
             .context("internal: tasks without settings")?;
+        // A dry run lists a pinned task file that is not in the cache instead of fetching it.
+        if let crate::eval::tasks::Located::Pinned { pin, cached: None } =
+            crate::eval::tasks::locate(*t, &e.dir)?
+        {
+            if !download {
+                downloads.push(format!("{}@{}/{}", pin.repo, pin.revision, pin.path));
+                continue;
+            }
+        }
         let (split, items) = crate::eval::tasks::load(*t, &e.dir, e.limit)?;
         task_items.push(TaskItems {
             task: *t,

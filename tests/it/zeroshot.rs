@@ -295,14 +295,7 @@ fn task_mistakes_are_explained() {
 #[test]
 #[ignore = "full tier, ./scripts/test.sh: the test model, the task copies and lm-eval"]
 fn the_harness_gives_the_same_log_likelihoods_and_scores() {
-    let tasks = std::env::var_os("COPAL_TEST_TASKS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| copal::checkpoint::resolve::copal_home().join("tasks"));
-    assert!(
-        tasks.join("boolq/validation.parquet").exists(),
-        "the task copies are not at {}: run scripts/fetch-task-data.sh",
-        tasks.display()
-    );
+    let tasks = test_tasks();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/zeroshot-harness-check.py");
     let out = python("lm_eval")
         .arg(&script)

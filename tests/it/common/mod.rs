@@ -330,6 +330,20 @@ pub fn data_dir() -> PathBuf {
 }
 
 /// The converted test model (SmolLM2-135M-Instruct): $COPAL_TEST_MODEL or the alias path.
+/// The zero-shot task copies of the full tier (`COPAL_TEST_TASKS`, set by scripts/test.sh; else
+/// `$COPAL_HOME/tasks`, where scripts/fetch-task-data.sh writes them).
+pub fn test_tasks() -> PathBuf {
+    let tasks = std::env::var_os("COPAL_TEST_TASKS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| copal::checkpoint::resolve::copal_home().join("tasks"));
+    assert!(
+        tasks.join("boolq/validation.parquet").exists(),
+        "the task copies are not at {}: run scripts/fetch-task-data.sh",
+        tasks.display()
+    );
+    tasks
+}
+
 pub fn test_model() -> PathBuf {
     let p = std::env::var_os("COPAL_TEST_MODEL")
         .map(PathBuf::from)

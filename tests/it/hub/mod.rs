@@ -912,3 +912,168 @@ fn walk(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+/// The hub with each pinned task file at its revision: the task copies
+/// (scripts/fetch-task-data.sh), whose rows and columns are the upstream files'; the file of
+/// task `other` holds other items.
+fn hub_with_tasks(other: Option<&str>) -> Hub {
+    let copies = test_tasks();
+    let mut hub = Hub::default();
+    for pin in copal::data::pins::TASK_PINS {
+        let bytes = match other == Some(pin.task) {
+            true => parquet("sentence1", &["Not the pinned item.".to_string()]),
+            false => std::fs::read(copies.join(pin.task).join("validation.parquet")).unwrap(),
+        };
+        let repo = hub
+            .repos
+            .entry(format!("datasets/{}", pin.repo))
+            .or_default();
+        repo.refs.insert(pin.revision.into(), pin.revision.into());
+        repo.refs.insert("main".into(), pin.revision.into());
+        repo.commits
+            .entry(pin.revision.into())
+            .or_default()
+            .insert(pin.path.into(), bytes);
+    }
+    hub
+}
+
+/// Zero-shot tasks by name: `copal fetch --tasks` downloads each pinned task file through the
+/// hub (LFS, redirected to the CDN) into the hub cache and verifies its items; offline, `copal
+/// eval --tasks` then scores from the cache alone exactly what it scores from the local copies;
+/// and Python's huggingface_hub finds the files copal cached. Tasks with no pinned file and no
+/// local copy are named.
+#[test]
+#[ignore = "full tier, ./scripts/test.sh: the task copies and Python's huggingface_hub"]
+fn zero_shot_tasks_by_name_from_the_hub_then_offline() {
+    let t = tiny_model(false, 1);
+    let tmp = t.tmp.path();
+    let home = tmp.join("hf");
+    let none = tmp.join("no-tasks");
+    let h = home.to_str().unwrap();
+    let server = Server::start(hub_with_tasks(None));
+    let env = server.env(h);
+    let pinned = "boolq,rte,arc_easy,arc_challenge,openbookqa";
+    let (code, out, err) = run_cli(
+        &[
+            "fetch",
+            "--tasks",
+            pinned,
+            "--tasks-dir",
+            none.to_str().unwrap(),
+            "--list",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let listed = out.lines().filter(|l| l.contains(" validation ")).count();
+    assert_eq!(listed, 5, "{out}");
+    assert!(out.contains("to download: 1.5 MB"), "{out}");
+    let (code, out, err) = run_cli(
+        &[
+            "fetch",
+            "--tasks",
+            pinned,
+            "--tasks-dir",
+            none.to_str().unwrap(),
+            "--json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert!(rows.iter().all(|r| r["status"] == "present"), "{rows:?}");
+    assert!(server.log().iter().any(|s| s.cdn && s.status == 200));
+    drop(server);
+    let score = |dir: &Path, env: &[(&str, &str)]| -> serde_json::Value {
+        let (code, out, err) = run_cli(
+            &[
+                "eval",
+                "--model",
+                t.dir.to_str().unwrap(),
+                "--tasks",
+                pinned,
+                "--tasks-dir",
+                dir.to_str().unwrap(),
+                "--limit",
+                "8",
+                "--json",
+                "--quiet",
+            ],
+            env,
+        );
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["scores"].clone()
+    };
+    let offline = [("HF_HOME", h), ("HF_HUB_OFFLINE", "1")];
+    assert_eq!(score(&none, &offline), score(&test_tasks(), &offline));
+    // huggingface_hub's own lookup finds every file copal put in the shared cache.
+    for pin in copal::data::pins::TASK_PINS {
+        let out = python("huggingface_hub")
+            .args(["-c", "import sys; from huggingface_hub import try_to_load_from_cache as t; print(t(sys.argv[1], sys.argv[2], revision=sys.argv[3], repo_type='dataset'))"])
+            .args([pin.repo, pin.path, pin.revision])
+            .env("HF_HOME", h)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        let found = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            found.trim().ends_with(pin.path),
+            "{}: {found} {}",
+            pin.task,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // HellaSwag has no pinned file: without a local copy it is named, with what to do.
+    let (code, _, err) = run_cli(
+        &[
+            "fetch",
+            "--tasks",
+            "hellaswag",
+            "--tasks-dir",
+            none.to_str().unwrap(),
+        ],
+        &offline,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("hellaswag") && err.contains("local copy"),
+        "{err}"
+    );
+}
+
+/// A hub file whose items are not the pinned ones is refused, naming the task and both
+/// hashes, and removed from the cache, so that a rerun fetches it again.
+#[test]
+#[ignore = "full tier, ./scripts/test.sh: the task copies"]
+fn a_task_file_with_other_items_is_refused_and_evicted() {
+    let t = tiny_model(false, 1);
+    let tmp = t.tmp.path();
+    let home = tmp.join("hf");
+    let none = tmp.join("no-tasks");
+    let server = Server::start(hub_with_tasks(Some("rte")));
+    let env = server.env(home.to_str().unwrap());
+    let (code, _, err) = run_cli(
+        &[
+            "fetch",
+            "--tasks",
+            "rte",
+            "--tasks-dir",
+            none.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("does not hold the pinned items of rte"),
+        "{err}"
+    );
+    let left: Vec<_> = walk(&home)
+        .into_iter()
+        .filter(|p| p.ends_with(".parquet"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the refused file stayed in the cache: {left:?}"
+    );
+}
