@@ -30,7 +30,10 @@ pub fn run(a: InspectArgs) -> Result<()> {
     // The run record of a copal output, of this version or an earlier one.
     let record = ckpt.dir.join("copal.json");
     let stored = match record.exists() {
-        true => Some(copal::report::read_scores(&record)?),
+        // The sparsity is read from the weights; an unreadable record is only mentioned.
+        true => copal::report::read_scores(&record)
+            .map_err(|e| copal::ui::warn(format!("{e:#}; its evaluations are not shown")))
+            .ok(),
         false => None,
     };
     let (z, n) = rows.iter().fold((0, 0), |(z, n), r| (z + r.1, n + r.2));

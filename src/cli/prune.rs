@@ -152,12 +152,7 @@ pub struct PruneArgs {
 
     /// With --eval-tasks: the tasks' local copies, DIR/TASK/SPLIT.parquet (default
     /// $COPAL_HOME/tasks, where scripts/fetch-task-data.sh puts them).
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "COPAL_TASKS_DIR",
-        requires = "eval_tasks"
-    )]
+    #[arg(long, value_name = "DIR", env = "COPAL_TASKS_DIR")]
     pub tasks_dir: Option<PathBuf>,
 
     /// With --eval-tasks: a BOS token before each request: auto (the tokenizer's own rule,
@@ -413,7 +408,12 @@ pub fn request(a: &PruneArgs, m: &ArgMatches) -> Result<Request> {
             None => Vec::new(),
         },
         task_limit: a.task_limit,
-        tasks_dir: a.tasks_dir.clone(),
+        // COPAL_TASKS_DIR set for other commands does not ask for tasks; the flag without
+        // --eval-tasks is refused by the plan.
+        tasks_dir: match m.value_source("tasks_dir") {
+            Some(clap::parser::ValueSource::EnvVariable) if a.eval_tasks.is_none() => None,
+            _ => a.tasks_dir.clone(),
+        },
         bos: a.bos,
         device: Some(a.model.device.clone()),
         dtype: a.model.dtype,

@@ -120,6 +120,16 @@ pub fn task_markdown(rows: &[Row], results: &[RunResult]) -> String {
             s.push_str(&format!("\nDense model: {}.\n", cells.join(", ")));
         }
     }
+    let without = results
+        .iter()
+        .filter(|r| r.task_scores().next().is_none())
+        .count();
+    if !s.is_empty() && without > 0 {
+        s.push_str(&format!(
+            "\n{without} finished run(s) have no task scores (run before `eval_tasks` was set): \
+             delete their files in runs/ to run them again with the tasks.\n"
+        ));
+    }
     s
 }
 

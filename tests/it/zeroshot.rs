@@ -546,6 +546,16 @@ fn task_flags_need_eval_tasks() {
     assert_usage_error(&r, "--eval-tasks");
     let r = tiny_prune(&tiny.dir, &format!("text:{}", a.display()))
         .flag("--out", tiny.tmp.path().join("out").display())
+        .flag("--tasks-dir", tiny.tmp.path().display())
+        .run();
+    assert_usage_error(&r, "--eval-tasks");
+    // The environment's tasks directory (set for copal eval) does not ask for tasks.
+    tiny_prune(&tiny.dir, &format!("text:{}", a.display()))
+        .flag("--out", tiny.tmp.path().join("out-env").display())
+        .env("COPAL_TASKS_DIR", tiny.tmp.path().display())
+        .ok();
+    let r = tiny_prune(&tiny.dir, &format!("text:{}", a.display()))
+        .flag("--out", tiny.tmp.path().join("out").display())
         .flag("--eval-tasks", "rte")
         .flag("--tasks-dir", tiny.tmp.path().join("none").display())
         .run();
