@@ -518,7 +518,7 @@ fn run_steps(
         (true, _) => None,
         (false, Some(r)) => Some(r),
         (false, None) => {
-            let r = score_tasks(c, c.dense, "dense")?;
+            let r = score_tasks(c, c.dense, "dense", cache.as_mut())?;
             c.work.save_dense_tasks(&r)?;
             Some(r)
         }

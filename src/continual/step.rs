@@ -123,7 +123,7 @@ pub fn prune_step(
     k: usize,
     history: &mut Vec<StepRecord>,
     prior: Option<StateReader>,
-    cache: Option<&mut eval::EvalCache>,
+    mut cache: Option<&mut eval::EvalCache>,
     overall: &indicatif::ProgressBar,
 ) -> Result<(StepRecordOut, Option<DataFile>, Option<StateReader>)> {
     let (plan, dense, ds) = (c.plan, c.dense, &c.datasets[k]);
@@ -267,8 +267,13 @@ pub fn prune_step(
         } else {
             c.eval_sets
         };
-        let mut res =
-            evaluate_checkpoint(c.model, &pruned, sets, &format!("eval {}", k + 1), cache)?;
+        let mut res = evaluate_checkpoint(
+            c.model,
+            &pruned,
+            sets,
+            &format!("eval {}", k + 1),
+            cache.as_deref_mut(),
+        )?;
         for r in res.iter_mut() {
             r.calibrated_on = plan.calibrates_on_eval(&r.dataset);
         }
@@ -283,7 +288,7 @@ pub fn prune_step(
         None
     } else {
         let pruned = Checkpoint::open(&step_dir)?;
-        Some(score_tasks(c, &pruned, &format!("step {}", k + 1))?)
+        Some(score_tasks(c, &pruned, &format!("step {}", k + 1), cache)?)
     };
     let record = StepRecordOut {
         dataset: ds.name(),
@@ -305,8 +310,33 @@ pub struct TaskItems {
     pub items: Vec<Item>,
 }
 
-/// The plan's zero-shot tasks scored on a checkpoint (`copal eval --tasks`'s scoring).
-pub fn score_tasks(c: &RunCtx, ckpt: &Checkpoint, label: &str) -> Result<Vec<TaskResult>> {
+impl TaskItems {
+    /// What identifies these items' scores for a given model and BOS rule (the evaluation
+    /// cache's key): the task, the split, and a SHA-256 over every request and gold choice.
+    pub fn cache_key(&self, bos: crate::tokenizer::Bos) -> String {
+        let digest = crate::fsutil::sha256_hex(self.items.iter().flat_map(|it| {
+            let reqs = it.requests.iter().flat_map(|(c, k)| [c.clone(), k.clone()]);
+            reqs.chain(it.choices.iter().cloned())
+                .chain([it.gold.to_string()])
+                .map(|s| format!("{}:{s}", s.len()))
+        }));
+        format!(
+            "{}|{}|{}|{bos}|{digest}",
+            self.task.name(),
+            self.split,
+            self.items.len()
+        )
+    }
+}
+
+/// The plan's zero-shot tasks scored on a checkpoint (`copal eval --tasks`'s scoring), through
+/// the cache when there is one.
+pub fn score_tasks(
+    c: &RunCtx,
+    ckpt: &Checkpoint,
+    label: &str,
+    mut cache: Option<&mut eval::EvalCache>,
+) -> Result<Vec<TaskResult>> {
     let Some(e) = &c.plan.eval_tasks else {
         return Ok(Vec::new());
     };
@@ -317,11 +347,21 @@ pub fn score_tasks(c: &RunCtx, ckpt: &Checkpoint, label: &str) -> Result<Vec<Tas
         bos: e.bos,
         max_len: c.dense.config.max_position_embeddings,
     };
+    let fp = match &cache {
+        Some(_) => report::fingerprint(&report::checksum_model(ckpt)?),
+        None => String::new(),
+    };
     let mut out = Vec::new();
     for t in c.task_items {
-        let r = scorer
-            .score(t.task, &t.split, &t.items)
-            .with_context(|| format!("scoring {} on the {label} model", t.task.name()))?;
+        let score = || {
+            scorer
+                .score(t.task, &t.split, &t.items)
+                .with_context(|| format!("scoring {} on the {label} model", t.task.name()))
+        };
+        let r = match cache.as_deref_mut() {
+            Some(cache) => cache.task(&fp, &t.cache_key(e.bos), score)?,
+            None => score()?,
+        };
         crate::ui::info(format!("  {}", r.line()));
         out.push(r);
     }

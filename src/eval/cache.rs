@@ -1,5 +1,7 @@
-//! A file of perplexities already measured, shared by the runs of an experiment.
+//! A file of perplexities and task scores already measured, shared by the runs of an
+//! experiment.
 
+use super::choice::TaskResult;
 use super::evaluator::evaluate;
 use super::perplexity::EvalResult;
 use crate::data::EvalSet;
@@ -8,12 +10,14 @@ use anyhow::{Context as _, Result};
 use std::path::Path;
 
 /// Perplexities already measured, keyed by (model fingerprint, dataset, split, seqlen,
-/// windows), so that identical models (the dense reference, magnitude at every step) are
-/// evaluated once across the runs of an experiment. Stored as JSON, replaced atomically.
+/// windows), and zero-shot task results, keyed by (model fingerprint, task, split, digest of
+/// the items and the BOS rule), so that identical models (the dense reference, magnitude at
+/// every step) are evaluated once across the runs of an experiment. Stored as JSON, replaced
+/// atomically.
 #[derive(Debug, Default)]
 pub struct EvalCache {
     path: std::path::PathBuf,
-    map: std::collections::BTreeMap<String, EvalResult>,
+    map: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl EvalCache {
@@ -49,6 +53,28 @@ impl EvalCache {
         )
     }
 
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        serde_json::from_value(self.map.get(key)?.clone()).ok()
+    }
+
+    /// The task result stored under (`fingerprint`, `key`), or `score`'s, stored.
+    pub fn task(
+        &mut self,
+        fingerprint: &str,
+        key: &str,
+        score: impl FnOnce() -> Result<TaskResult>,
+    ) -> Result<TaskResult> {
+        let k = format!("{fingerprint}|task|{key}");
+        if let Some(r) = self.get::<TaskResult>(&k) {
+            crate::ui::info(format!("  {} from the cache", r.task));
+            return Ok(r);
+        }
+        let r = score()?;
+        self.map.insert(k, serde_json::to_value(&r)?);
+        self.save()?;
+        Ok(r)
+    }
+
     /// Evaluates the sets not in the cache, stores them, and returns all in order.
     pub fn evaluate(
         &mut self,
@@ -60,13 +86,14 @@ impl EvalCache {
     ) -> Result<Vec<EvalResult>> {
         let missing: Vec<EvalSet> = sets
             .iter()
-            .filter(|s| !self.map.contains_key(&Self::key(fingerprint, s)))
+            .filter(|s| self.get::<EvalResult>(&Self::key(fingerprint, s)).is_none())
             .cloned()
             .collect();
         if !missing.is_empty() {
             let fresh = evaluate(model, src, &missing, label)?;
             for (s, r) in missing.iter().zip(fresh) {
-                self.map.insert(Self::key(fingerprint, s), r);
+                self.map
+                    .insert(Self::key(fingerprint, s), serde_json::to_value(r)?);
             }
             self.save()?;
         } else {
@@ -75,10 +102,12 @@ impl EvalCache {
                 sets.len()
             ));
         }
-        Ok(sets
-            .iter()
-            .map(|s| self.map[&Self::key(fingerprint, s)].clone())
-            .collect())
+        sets.iter()
+            .map(|s| {
+                self.get(&Self::key(fingerprint, s))
+                    .context("internal: a perplexity missing from the cache")
+            })
+            .collect()
     }
 
     /// Merges with what other processes saved meanwhile, then replaces the file.

@@ -630,4 +630,17 @@ fn an_experiment_grid_carries_tasks_into_its_report() {
     assert!(table.contains("Dense model: rte "), "{table}");
     let svg = std::fs::read_to_string(results.join("plots/avg-acc-u50.svg")).unwrap();
     assert!(svg.contains("wanda global"), "the plot has its bars");
+    // Identical models are scored once: 4 runs × (dense + 2 steps) × 2 tasks would be 24
+    // scorings; the distinct models are the dense one, wanda-global's two (one per dataset,
+    // shared by both orders) and at most the dense setting's own output.
+    let cache: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results.join("eval-cache.json")).unwrap())
+            .unwrap();
+    let scored = cache
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.contains("|task|"))
+        .count();
+    assert!((6..=8).contains(&scored), "{scored} task results cached");
 }
