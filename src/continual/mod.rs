@@ -189,26 +189,20 @@ pub fn prepare_with(plan: PrunePlan, download: bool) -> Result<Prepared> {
         Vec::new()
     };
     let mut task_items = Vec::new();
-    for t in plan.eval_tasks.iter().flat_map(|e| &e.tasks) {
-        let e = plan
-            .eval_tasks
-            .as_ref()
-            .context("internal: tasks without settings")?;
-        // A dry run lists a pinned task file that is not in the cache instead of fetching it.
-        if let crate::eval::tasks::Located::Pinned { pin, cached: None } =
-            crate::eval::tasks::locate(*t, &e.dir)?
-        {
-            if !download {
-                downloads.push(format!("{}@{}/{}", pin.repo, pin.revision, pin.path));
-                continue;
+    if let Some(e) = &plan.eval_tasks {
+        for &task in &e.tasks {
+            // A dry run lists a pinned task file not in the cache instead of fetching it.
+            if let eval::tasks::Located::Pinned { pin, cached: None } =
+                eval::tasks::locate(task, &e.dir)?
+            {
+                if !download {
+                    downloads.push(format!("{}@{}/{}", pin.repo, pin.revision, pin.path));
+                    continue;
+                }
             }
+            let (split, items) = eval::tasks::load(task, &e.dir, e.limit)?;
+            task_items.push(TaskItems { task, split, items });
         }
-        let (split, items) = crate::eval::tasks::load(*t, &e.dir, e.limit)?;
-        task_items.push(TaskItems {
-            task: *t,
-            split,
-            items,
-        });
     }
     Ok(Prepared {
         plan,
