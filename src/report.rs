@@ -160,7 +160,7 @@ pub fn score_matrices(
     let all = rows.iter().copied().chain(dense).flatten();
     let mut out = Vec::new();
     for metric in crate::eval::score::metrics_of(all.clone()) {
-        let (columns, transfer) = if metric == "ppl" {
+        let (columns, transfer) = if metric == crate::eval::score::PPL {
             let offset = datasets.len().saturating_sub(steps.len());
             (datasets.to_vec(), Transfer::Diagonal { offset })
         } else {
@@ -313,7 +313,7 @@ pub fn tables(steps: &[&str], scores: &[ScoreMatrix]) -> String {
 
 /// One matrix as a text table: perplexities with 3 decimals, accuracies with 4.
 fn matrix_table(m: &ScoreMatrix, labels: &[&str]) -> String {
-    let ppl = m.metric == "ppl";
+    let ppl = m.metric == crate::eval::score::PPL;
     let w = m.columns.iter().map(|d| d.len()).max().unwrap_or(8).max(10);
     let cell = |v: &Option<f64>| match v {
         Some(v) if ppl => format!(" {v:>w$.3}"),

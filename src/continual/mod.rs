@@ -450,7 +450,7 @@ fn run_in(
     let dense_scores = report::evaluation_scores(dense_eval.as_deref(), dense_tasks.as_deref());
     let step_scores: Vec<Vec<_>> = steps.iter().map(StepRecordOut::scores).collect();
     let scores = report::score_matrices(&all_names, &dense_scores, &step_scores);
-    let ppl = scores.iter().find(|m| m.metric == "ppl");
+    let ppl = scores.iter().find(|m| m.metric == eval::score::PPL);
     let record = RunRecord {
         copal_version: env!("CARGO_PKG_VERSION").to_string(),
         command: std::env::args().collect(),

@@ -64,7 +64,7 @@ impl EvalResult {
     pub fn score(&self) -> super::Score {
         super::Score::new(
             &self.dataset,
-            "ppl",
+            super::score::PPL,
             super::Better::Lower,
             self.ppl,
             self.ppl_stderr,

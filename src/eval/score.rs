@@ -18,6 +18,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The perplexity metric's name: the one metric whose columns are the calibration datasets
+/// (and whose matrix copal.json also keeps in its first format's fields).
+pub const PPL: &str = "ppl";
+
 /// Which way a metric improves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -257,7 +257,7 @@ mod tests {
                 allocate: Default::default(),
             },
             scores: vec![crate::eval::ScoreMatrix {
-                metric: "ppl".into(),
+                metric: crate::eval::score::PPL.into(),
                 better: crate::eval::Better::Lower,
                 columns: order.iter().map(|s| s.to_string()).collect(),
                 dense: None,

@@ -29,7 +29,9 @@ pub struct RunResult {
 impl RunResult {
     /// The perplexity matrix.
     pub fn ppl(&self) -> Option<&ScoreMatrix> {
-        self.scores.iter().find(|m| m.metric == "ppl")
+        self.scores
+            .iter()
+            .find(|m| m.metric == crate::eval::score::PPL)
     }
 
     /// R[step][dataset] of the perplexity, null where not evaluated.
@@ -55,7 +57,9 @@ impl RunResult {
 
     /// The zero-shot matrices (every metric but perplexity).
     pub fn task_scores(&self) -> impl Iterator<Item = &ScoreMatrix> {
-        self.scores.iter().filter(|m| m.metric != "ppl")
+        self.scores
+            .iter()
+            .filter(|m| m.metric != crate::eval::score::PPL)
     }
 }
 
@@ -105,7 +109,7 @@ impl From<Stored> for RunResult {
     fn from(s: Stored) -> Self {
         let scores = s.scores.unwrap_or_else(|| {
             vec![ScoreMatrix {
-                metric: "ppl".into(),
+                metric: crate::eval::score::PPL.into(),
                 better: Better::Lower,
                 columns: s.spec.order.clone(),
                 dense: (!s.dense_ppl.is_empty())
