@@ -40,7 +40,8 @@ pub struct EvalArgs {
     pub tasks: Option<String>,
 
     /// The tasks' local copies, DIR/TASK/SPLIT.parquet with the upstream rows (default
-    /// $COPAL_HOME/tasks, where scripts/fetch-task-data.sh puts them).
+    /// $COPAL_HOME/tasks, where scripts/fetch-task-data.sh puts them); a task without one is
+    /// read from its pinned upstream file in the hub cache (`copal fetch --tasks`).
     #[arg(long, value_name = "DIR", env = "COPAL_TASKS_DIR")]
     pub tasks_dir: Option<PathBuf>,
 

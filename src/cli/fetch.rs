@@ -29,7 +29,8 @@ pub struct FetchArgs {
     #[arg(long, value_name = "LIST")]
     pub tasks: Option<String>,
 
-    /// The tasks' local copies, DIR/TASK/SPLIT.parquet (default $COPAL_HOME/tasks).
+    /// The tasks' local copies, DIR/TASK/SPLIT.parquet (default $COPAL_HOME/tasks): a task
+    /// with one is not downloaded.
     #[arg(long, value_name = "DIR", env = "COPAL_TASKS_DIR")]
     pub tasks_dir: Option<PathBuf>,
 

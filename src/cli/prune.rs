@@ -151,7 +151,8 @@ pub struct PruneArgs {
     pub task_limit: Option<usize>,
 
     /// With --eval-tasks: the tasks' local copies, DIR/TASK/SPLIT.parquet (default
-    /// $COPAL_HOME/tasks, where scripts/fetch-task-data.sh puts them).
+    /// $COPAL_HOME/tasks, where scripts/fetch-task-data.sh puts them); a task without one is
+    /// read from its pinned upstream file in the hub cache (`copal fetch --tasks`).
     #[arg(long, value_name = "DIR", env = "COPAL_TASKS_DIR")]
     pub tasks_dir: Option<PathBuf>,
 
