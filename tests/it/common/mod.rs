@@ -155,6 +155,11 @@ pub fn tiny_model(tied: bool, shards: usize) -> Tiny {
 /// Runs the built `copal` binary (or `COPAL_BIN_UNDER_TEST`, to run the suite against another
 /// build, such as an older one); returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    run_cli_in(args, env, None)
+}
+
+/// [`run_cli`] started in `cwd` (default: the test's own working directory).
+fn run_cli_in(args: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> (i32, String, String) {
     let bin = std::env::var_os("COPAL_BIN_UNDER_TEST")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_copal")));
@@ -173,6 +178,9 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     for (k, v) in env {
         cmd.env(k, v);
     }
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
     let out = cmd.output().expect("running copal");
     (
         out.status.code().unwrap_or(-1),
@@ -189,6 +197,7 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 pub struct CopalCmd {
     args: Vec<String>,
     env: Vec<(String, String)>,
+    cwd: Option<PathBuf>,
 }
 
 /// A command line of `copal SUB`.
@@ -196,6 +205,7 @@ pub fn copal(sub: &str) -> CopalCmd {
     CopalCmd {
         args: vec![sub.to_string()],
         env: Vec::new(),
+        cwd: None,
     }
 }
 
@@ -229,6 +239,12 @@ impl CopalCmd {
         self
     }
 
+    /// Starts it in `dir` (relative paths in its arguments are relative to it).
+    pub fn current_dir(mut self, dir: &Path) -> Self {
+        self.cwd = Some(dir.to_path_buf());
+        self
+    }
+
     /// Runs it: (exit code, stdout, stderr), for the `assert_*_error` helpers.
     pub fn run(&self) -> (i32, String, String) {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
@@ -237,7 +253,7 @@ impl CopalCmd {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        run_cli(&args, &env)
+        run_cli_in(&args, &env, self.cwd.as_deref())
     }
 
     /// Runs it and asserts exit code 0; returns (stdout, stderr).
