@@ -293,7 +293,7 @@ impl PrunePlan {
             dir: r
                 .tasks_dir
                 .clone()
-                .unwrap_or_else(|| crate::checkpoint::resolve::copal_home().join("tasks")),
+                .unwrap_or_else(crate::eval::tasks::default_dir),
             bos: r.bos.unwrap_or_default(),
         });
         let device = r.device.unwrap_or_else(|| DEFAULT_DEVICE.to_string());

@@ -1,7 +1,10 @@
 //! Flag groups shared by several commands.
 
+use anyhow::Result;
 use clap::Args;
+use copal::data::Dataset;
 use copal::device::ComputeDtype;
+use copal::eval::tasks::Task;
 use std::path::PathBuf;
 
 /// Where the model comes from and how it is computed.
@@ -35,6 +38,44 @@ pub struct DataArgs {
     /// Tokens per window [default: 2048, or the model's max_position_embeddings if smaller].
     #[arg(long, value_name = "N")]
     pub seqlen: Option<usize>,
+}
+
+/// The zero-shot tasks a command scores or fetches, and where their local copies are.
+#[derive(Debug, Clone, Args)]
+pub struct TaskArgs {
+    /// Zero-shot tasks: boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge,
+    /// openbookqa, or wanda7 for the seven.
+    #[arg(long, value_name = "LIST")]
+    pub tasks: Option<String>,
+
+    /// The tasks' local copies, DIR/TASK/SPLIT.parquet with the upstream rows (default
+    /// $COPAL_HOME/tasks, where scripts/fetch-task-data.sh puts them); a task without one is
+    /// read from its pinned upstream file in the hub cache (`copal fetch --tasks`).
+    #[arg(long, value_name = "DIR", env = "COPAL_TASKS_DIR")]
+    pub tasks_dir: Option<PathBuf>,
+}
+
+impl TaskArgs {
+    /// The tasks asked for, if any.
+    pub fn list(&self) -> Result<Option<Vec<Task>>> {
+        self.tasks.as_deref().map(Task::parse_list).transpose()
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.tasks_dir
+            .clone()
+            .unwrap_or_else(copal::eval::tasks::default_dir)
+    }
+}
+
+/// The datasets a command works on: those listed, none when only tasks are asked for, else
+/// the three built-in ones.
+pub fn datasets_or_default(list: Option<&str>, tasks: bool) -> Result<Vec<Dataset>> {
+    match (list, tasks) {
+        (Some(d), _) => Dataset::parse_list(d),
+        (None, true) => Ok(Vec::new()),
+        (None, false) => Dataset::parse_list("wikitext2,ptb,c4"),
+    }
 }
 
 /// Output style shared by the commands.

@@ -1,12 +1,11 @@
 //! `copal eval`: perplexity per dataset, zero-shot accuracy per task.
 
-use super::args::{DataArgs, ModelArgs, OutputArgs};
+use super::args::{datasets_or_default, DataArgs, ModelArgs, OutputArgs, TaskArgs};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use copal::checkpoint::Checkpoint;
-use copal::data::{self, Dataset};
+use copal::data;
 use copal::device::ComputeDtype;
-use copal::eval::tasks::Task;
 use copal::eval::{evaluate, load_sets};
 use copal::model::Llama;
 use copal::tokenizer::{Bos, Tokenizer};
@@ -34,16 +33,8 @@ pub struct EvalArgs {
     #[arg(long, short = 'd', value_name = "LIST")]
     pub datasets: Option<String>,
 
-    /// Zero-shot tasks: boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge,
-    /// openbookqa, or wanda7 for the seven.
-    #[arg(long, value_name = "LIST")]
-    pub tasks: Option<String>,
-
-    /// The tasks' local copies, DIR/TASK/SPLIT.parquet with the upstream rows (default
-    /// $COPAL_HOME/tasks, where scripts/fetch-task-data.sh puts them); a task without one is
-    /// read from its pinned upstream file in the hub cache (`copal fetch --tasks`).
-    #[arg(long, value_name = "DIR", env = "COPAL_TASKS_DIR")]
-    pub tasks_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub task: TaskArgs,
 
     /// Score only the first N items of each task (lm-eval's --limit: a quick estimate).
     #[arg(long, value_name = "N")]
@@ -71,12 +62,8 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     copal::ui::set_quiet(a.output.quiet);
-    let tasks = a.tasks.as_deref().map(Task::parse_list).transpose()?;
-    let datasets = match (&a.datasets, &tasks) {
-        (Some(d), _) => Dataset::parse_list(d)?,
-        (None, Some(_)) => Vec::new(),
-        (None, None) => Dataset::parse_list("wikitext2,ptb,c4")?,
-    };
+    let tasks = a.task.list()?;
+    let datasets = datasets_or_default(a.datasets.as_deref(), tasks.is_some())?;
     copal::usage_ensure!(a.limit != Some(0), "limit", "must be at least 1");
     copal::usage_ensure!(
         tasks.is_some() || (a.limit.is_none() && a.samples.is_none()),
@@ -97,10 +84,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let data_dir = data::data_dir(a.data.data_dir.clone());
     let tok = Tokenizer::open(&ckpt.dir)?;
     let sets = load_sets(&datasets, &data_dir, &tok, seqlen, a.max_windows)?;
-    let tasks_dir = a
-        .tasks_dir
-        .clone()
-        .unwrap_or_else(|| copal::checkpoint::resolve::copal_home().join("tasks"));
+    let tasks_dir = a.task.dir();
     let mut task_items = Vec::new();
     for t in tasks.iter().flatten() {
         let (split, items) = copal::eval::tasks::load(*t, &tasks_dir, a.limit)?;

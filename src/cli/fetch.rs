@@ -1,6 +1,6 @@
 //! `copal fetch`: what a run would download, and downloading it before the run.
 
-use super::args::OutputArgs;
+use super::args::{datasets_or_default, OutputArgs, TaskArgs};
 use anyhow::Result;
 use clap::Args;
 use copal::data::corpus::{self, Located};
@@ -24,15 +24,8 @@ pub struct FetchArgs {
     #[arg(long, short = 'd', value_name = "LIST")]
     pub datasets: Option<String>,
 
-    /// Zero-shot tasks: boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge,
-    /// openbookqa, or wanda7.
-    #[arg(long, value_name = "LIST")]
-    pub tasks: Option<String>,
-
-    /// The tasks' local copies, DIR/TASK/SPLIT.parquet (default $COPAL_HOME/tasks): a task
-    /// with one is not downloaded.
-    #[arg(long, value_name = "DIR", env = "COPAL_TASKS_DIR")]
-    pub tasks_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub task: TaskArgs,
 
     /// Also the model: a hub id owner/name[@revision] or an alias.
     #[arg(long, short = 'm', value_name = "ALIAS|OWNER/NAME")]
@@ -173,12 +166,8 @@ fn task_row(
 
 pub fn run(a: FetchArgs) -> Result<()> {
     copal::ui::set_quiet(a.output.quiet);
-    let task_list = a.tasks.as_deref().map(Task::parse_list).transpose()?;
-    let datasets = match (&a.datasets, &task_list) {
-        (Some(d), _) => Dataset::parse_list(d)?,
-        (None, Some(_)) => Vec::new(),
-        (None, None) => Dataset::parse_list("wikitext2,ptb,c4")?,
-    };
+    let task_list = a.task.list()?;
+    let datasets = datasets_or_default(a.datasets.as_deref(), task_list.is_some())?;
     let data_dir = data::data_dir(a.data_dir.clone());
     let mut rows = Vec::new();
     let mut hub_state = HubState::new();
@@ -199,10 +188,7 @@ pub fn run(a: FetchArgs) -> Result<()> {
             }
         }
     }
-    let tasks_dir = a
-        .tasks_dir
-        .clone()
-        .unwrap_or_else(|| copal::checkpoint::resolve::copal_home().join("tasks"));
+    let tasks_dir = a.task.dir();
     for t in task_list.iter().flatten() {
         rows.push(task_row(*t, &tasks_dir, a.list, &mut hub_state));
     }
@@ -221,17 +207,17 @@ pub fn run(a: FetchArgs) -> Result<()> {
     } else {
         print_rows(&rows, a.list)?;
     }
-    let unavailable: Vec<&str> = rows
+    let (unavailable, why): (Vec<&str>, Vec<&str>) = rows
         .iter()
         .filter(|r| r["status"] == "not available")
-        .filter_map(|r| r["task"].as_str())
-        .collect();
+        .map(|r| {
+            (
+                r["task"].as_str().unwrap_or(""),
+                r["error"].as_str().unwrap_or(""),
+            )
+        })
+        .unzip();
     if !unavailable.is_empty() {
-        let why: Vec<&str> = rows
-            .iter()
-            .filter(|r| r["status"] == "not available")
-            .filter_map(|r| r["error"].as_str())
-            .collect();
         anyhow::bail!(
             "cannot fetch {}: {}",
             unavailable.join(", "),

@@ -502,8 +502,9 @@ fn run_steps(
         (false, _) => None,
         (true, Some(r)) => Some(r),
         (true, None) => {
-            let r =
-                evaluate_checkpoint(c.model, c.dense, c.eval_sets, "eval dense", cache.as_mut())?;
+            // The dense model's fingerprint was computed when the run opened it.
+            let cached = cache.as_mut().map(|k| (k, c.fingerprint));
+            let r = evaluate_checkpoint(c.model, c.dense, c.eval_sets, "eval dense", cached)?;
             c.work.save_dense_eval(&r)?;
             Some(r)
         }
@@ -512,7 +513,8 @@ fn run_steps(
         (true, _) => None,
         (false, Some(r)) => Some(r),
         (false, None) => {
-            let r = score_tasks(c, c.dense, "dense", cache.as_mut())?;
+            let cached = cache.as_mut().map(|k| (k, c.fingerprint));
+            let r = score_tasks(c, c.dense, "dense", cached)?;
             c.work.save_dense_tasks(&r)?;
             Some(r)
         }

@@ -216,31 +216,33 @@ impl Workdir {
         out
     }
 
+    /// The dense model's perplexities, when an interrupted run of this plan measured them.
     pub fn dense_eval(&self) -> Option<Vec<EvalResult>> {
-        std::fs::read_to_string(self.dir.join("dense-eval.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
+        self.kept("dense-eval.json")
     }
 
     pub fn save_dense_eval(&self, r: &[EvalResult]) -> Result<()> {
-        crate::fsutil::write_atomic(
-            &self.dir.join("dense-eval.json"),
-            &serde_json::to_vec_pretty(r)?,
-        )
+        self.store("dense-eval.json", r)
     }
 
     /// The dense model's task scores, when an interrupted run of this plan measured them.
     pub fn dense_tasks(&self) -> Option<Vec<TaskResult>> {
-        std::fs::read_to_string(self.dir.join("dense-tasks.json"))
+        self.kept("dense-tasks.json")
+    }
+
+    pub fn save_dense_tasks(&self, r: &[TaskResult]) -> Result<()> {
+        self.store("dense-tasks.json", r)
+    }
+
+    /// A result kept in the directory (none if absent or unreadable: it is measured again).
+    fn kept<T: serde::de::DeserializeOwned>(&self, file: &str) -> Option<T> {
+        std::fs::read_to_string(self.dir.join(file))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
     }
 
-    pub fn save_dense_tasks(&self, r: &[TaskResult]) -> Result<()> {
-        crate::fsutil::write_atomic(
-            &self.dir.join("dense-tasks.json"),
-            &serde_json::to_vec_pretty(r)?,
-        )
+    fn store<T: serde::Serialize + ?Sized>(&self, file: &str, v: &T) -> Result<()> {
+        crate::fsutil::write_atomic(&self.dir.join(file), &serde_json::to_vec_pretty(v)?)
     }
 
     /// Removes the directory (after success, or when nothing is worth resuming).

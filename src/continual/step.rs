@@ -259,8 +259,17 @@ pub fn prune_step(
         report.sparsity,
         report.seconds
     ));
-    let eval = if plan.eval {
-        let pruned = Checkpoint::open(&step_dir)?;
+    // The step's checkpoint, opened once for its evaluations, and its fingerprint (the
+    // evaluation cache's key), hashed once for both.
+    let pruned = match plan.eval || !c.task_items.is_empty() {
+        true => Some(Checkpoint::open(&step_dir)?),
+        false => None,
+    };
+    let fp = match (&pruned, &cache) {
+        (Some(p), Some(_)) => report::fingerprint(&report::checksum_model(p)?),
+        _ => String::new(),
+    };
+    let eval = if let Some(pruned) = pruned.as_ref().filter(|_| plan.eval) {
         let seen = c.eval_sets.len() - k_total + k + 1;
         let sets = if plan.eval_seen_only {
             &c.eval_sets[..seen]
@@ -269,10 +278,10 @@ pub fn prune_step(
         };
         let mut res = evaluate_checkpoint(
             c.model,
-            &pruned,
+            pruned,
             sets,
             &format!("eval {}", k + 1),
-            cache.as_deref_mut(),
+            cache.as_deref_mut().map(|c| (c, fp.as_str())),
         )?;
         for r in res.iter_mut() {
             r.calibrated_on = plan.calibrates_on_eval(&r.dataset);
@@ -284,11 +293,14 @@ pub fn prune_step(
     } else {
         None
     };
-    let tasks = if c.task_items.is_empty() {
-        None
-    } else {
-        let pruned = Checkpoint::open(&step_dir)?;
-        Some(score_tasks(c, &pruned, &format!("step {}", k + 1), cache)?)
+    let tasks = match pruned.as_ref().filter(|_| !c.task_items.is_empty()) {
+        Some(pruned) => Some(score_tasks(
+            c,
+            pruned,
+            &format!("step {}", k + 1),
+            cache.map(|c| (c, fp.as_str())),
+        )?),
+        None => None,
     };
     let record = StepRecordOut {
         dataset: ds.name(),
@@ -330,12 +342,12 @@ impl TaskItems {
 }
 
 /// The plan's zero-shot tasks scored on a checkpoint (`copal eval --tasks`'s scoring), through
-/// the cache when there is one.
+/// the cache when there is one (with the checkpoint's fingerprint, its key).
 pub fn score_tasks(
     c: &RunCtx,
     ckpt: &Checkpoint,
     label: &str,
-    mut cache: Option<&mut eval::EvalCache>,
+    mut cache: Option<(&mut eval::EvalCache, &str)>,
 ) -> Result<Vec<TaskResult>> {
     let Some(e) = &c.plan.eval_tasks else {
         return Ok(Vec::new());
@@ -347,10 +359,6 @@ pub fn score_tasks(
         bos: e.bos,
         max_len: c.dense.config.max_position_embeddings,
     };
-    let fp = match &cache {
-        Some(_) => report::fingerprint(&report::checksum_model(ckpt)?),
-        None => String::new(),
-    };
     let mut out = Vec::new();
     for t in c.task_items {
         let score = || {
@@ -358,8 +366,8 @@ pub fn score_tasks(
                 .score(t.task, &t.split, &t.items)
                 .with_context(|| format!("scoring {} on the {label} model", t.task.name()))
         };
-        let r = match cache.as_deref_mut() {
-            Some(cache) => cache.task(&fp, &t.cache_key(e.bos), score)?,
+        let r = match cache.as_mut() {
+            Some((cache, fp)) => cache.task(fp, &t.cache_key(e.bos), score)?,
             None => score()?,
         };
         crate::ui::info(format!("  {}", r.line()));
@@ -368,19 +376,17 @@ pub fn score_tasks(
     Ok(out)
 }
 
-/// Perplexities of a checkpoint, through the cache when there is one.
+/// Perplexities of a checkpoint, through the cache when there is one (with the checkpoint's
+/// fingerprint, its key).
 pub fn evaluate_checkpoint(
     model: &Llama,
     ckpt: &Checkpoint,
     sets: &[EvalSet],
     label: &str,
-    cache: Option<&mut eval::EvalCache>,
+    cache: Option<(&mut eval::EvalCache, &str)>,
 ) -> Result<Vec<EvalResult>> {
     match cache {
-        Some(c) => {
-            let fp = report::fingerprint(&report::checksum_model(ckpt)?);
-            c.evaluate(&fp, model, ckpt, sets, label)
-        }
+        Some((c, fp)) => c.evaluate(fp, model, ckpt, sets, label),
         None => eval::evaluate(model, ckpt, sets, label),
     }
 }

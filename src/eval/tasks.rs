@@ -231,6 +231,12 @@ impl Task {
     }
 }
 
+/// Where the tasks' local copies are unless a command is told: `$COPAL_HOME/tasks`, where
+/// scripts/fetch-task-data.sh writes them.
+pub fn default_dir() -> PathBuf {
+    crate::checkpoint::resolve::copal_home().join("tasks")
+}
+
 /// Where a task's items are: a local copy, or a pinned upstream file (in the hub cache, or
 /// to download).
 #[derive(Debug, Clone)]

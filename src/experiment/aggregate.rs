@@ -63,6 +63,17 @@ pub struct TaskStats {
     pub bwt: Option<Stats>,
 }
 
+/// The zero-shot metrics of `rows`, in order of first appearance.
+pub fn task_metrics<'a>(rows: impl IntoIterator<Item = &'a Row>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for t in rows.into_iter().flat_map(|r| &r.tasks) {
+        if !out.contains(&t.metric.as_str()) {
+            out.push(&t.metric);
+        }
+    }
+    out
+}
+
 /// The zero-shot metrics of the runs of one setting: those of its first run, each over the
 /// runs that have it.
 fn task_stats(rs: &[&RunResult]) -> Vec<TaskStats> {

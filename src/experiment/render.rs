@@ -1,6 +1,6 @@
 //! The report's tables: Markdown, CSV, and the cost per calibration step.
 
-use super::aggregate::{stats, Paired, Row, Stats};
+use super::aggregate::{stats, task_metrics, Paired, Row, Stats};
 use super::config::ExperimentConfig;
 use super::grid::{request, RunSpec};
 use super::run::RunResult;
@@ -58,13 +58,7 @@ pub fn markdown(rows: &[Row], results: &[RunResult]) -> String {
 /// model's scores below. Empty when no run scored tasks.
 pub fn task_markdown(rows: &[Row], results: &[RunResult]) -> String {
     let mut s = String::new();
-    let mut metrics: Vec<&str> = Vec::new();
-    for t in rows.iter().flat_map(|r| &r.tasks) {
-        if !metrics.contains(&t.metric.as_str()) {
-            metrics.push(&t.metric);
-        }
-    }
-    for metric in metrics {
+    for metric in task_metrics(rows) {
         let Some(cols) = rows
             .iter()
             .flat_map(|r| &r.tasks)

@@ -1,6 +1,6 @@
 //! Writes the report of the finished runs: table.md, runs.csv, runs.json and SVG plots.
 
-use super::aggregate::{aggregate, is_plain, is_prune_default, paired, Row};
+use super::aggregate::{aggregate, is_plain, is_prune_default, paired, task_metrics, Row};
 use super::config::ExperimentConfig;
 use super::grid::{orders, pattern_tag, RunSpec};
 use super::render::{cost_table, csv, markdown, paired_markdown, task_markdown};
@@ -117,13 +117,7 @@ fn plots(cfg: &ExperimentConfig, dir: &Path, rows: &[Row], results: &[RunResult]
             &bars,
         )?;
         // Each zero-shot metric's average after the last step.
-        let mut metrics: Vec<&str> = Vec::new();
-        for t in rs.iter().flat_map(|r| &r.tasks) {
-            if !metrics.contains(&t.metric.as_str()) {
-                metrics.push(&t.metric);
-            }
-        }
-        for metric in metrics {
+        for metric in task_metrics(rs.iter().copied()) {
             let bars: Vec<plot::Bar> = rs
                 .iter()
                 .filter_map(|r| {

@@ -918,22 +918,22 @@ fn walk(dir: &Path) -> Vec<String> {
 /// task `other` holds other items.
 fn hub_with_tasks(other: Option<&str>) -> Hub {
     let copies = test_tasks();
-    let mut hub = Hub::default();
+    // One commit per repository (ARC's two configurations share one).
+    let mut files: HashMap<(&str, &str), HashMap<String, Vec<u8>>> = HashMap::new();
     for pin in copal::data::pins::TASK_PINS {
         let bytes = match other == Some(pin.task) {
             true => parquet("sentence1", &["Not the pinned item.".to_string()]),
             false => std::fs::read(copies.join(pin.task).join("validation.parquet")).unwrap(),
         };
-        let repo = hub
-            .repos
-            .entry(format!("datasets/{}", pin.repo))
-            .or_default();
-        repo.refs.insert(pin.revision.into(), pin.revision.into());
-        repo.refs.insert("main".into(), pin.revision.into());
-        repo.commits
-            .entry(pin.revision.into())
+        files
+            .entry((pin.repo, pin.revision))
             .or_default()
             .insert(pin.path.into(), bytes);
+    }
+    let mut hub = Hub::default();
+    for ((repo, rev), f) in files {
+        hub.repos
+            .insert(format!("datasets/{repo}"), RepoData::single(rev, f, &[]));
     }
     hub
 }
