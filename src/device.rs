@@ -95,6 +95,110 @@ pub fn with_f32_slice<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> R) -
     }
 }
 
+/// A strided f32 matrix view for [`gemm_f32`]: `data[offset + r·row_stride + c·col_stride]`
+/// is element (r, c) of a `rows` × `cols` matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct MatView {
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl MatView {
+    /// A row-major `rows` × `cols` block starting at `offset`, rows `row_stride` apart.
+    pub fn rows(offset: usize, rows: usize, cols: usize, row_stride: usize) -> Self {
+        Self {
+            offset,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
+    /// The same elements read as the transposed matrix.
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// One past the largest index the view reads (its offset for an empty view).
+    fn end(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            return self.offset;
+        }
+        self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+    }
+}
+
+/// dst = a · b (or dst += a · b with `accumulate`) with the `gemm` crate that candle's CPU
+/// matmul also calls, on one thread (for kernels that split their work between threads
+/// themselves) or, with `parallel`, on rayon's threads as candle's matmul runs it. Either way
+/// an element's sum runs in the same order whatever the thread count.
+///
+/// Panics if a view reaches past its slice or the shapes do not chain; `dst` must not overlap
+/// the inputs (it is a `&mut`, so it cannot).
+pub fn gemm_f32(
+    dst: &mut [f32],
+    d: MatView,
+    (a, av): (&[f32], MatView),
+    (b, bv): (&[f32], MatView),
+    accumulate: bool,
+    parallel: bool,
+) {
+    assert!(
+        av.rows == d.rows && bv.cols == d.cols && av.cols == bv.rows,
+        "gemm_f32: ({} × {}) · ({} × {}) into ({} × {})",
+        av.rows,
+        av.cols,
+        bv.rows,
+        bv.cols,
+        d.rows,
+        d.cols
+    );
+    assert!(d.end() <= dst.len() && av.end() <= a.len() && bv.end() <= b.len());
+    if d.rows == 0 || d.cols == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = match parallel && threads > 1 {
+        true => gemm::Parallelism::Rayon(threads),
+        false => gemm::Parallelism::None,
+    };
+    // SAFETY: every element the three views address lies inside its slice (checked above),
+    // and `dst` is borrowed mutably, so it overlaps neither input.
+    unsafe {
+        gemm::gemm(
+            d.rows,
+            d.cols,
+            av.cols,
+            dst.as_mut_ptr().add(d.offset),
+            d.col_stride as isize,
+            d.row_stride as isize,
+            accumulate,
+            a.as_ptr().add(av.offset),
+            av.col_stride as isize,
+            av.row_stride as isize,
+            b.as_ptr().add(bv.offset),
+            bv.col_stride as isize,
+            bv.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
 /// Opens the device.
 pub fn open(spec: &str) -> Result<Device> {
     check(spec)?;

@@ -448,40 +448,24 @@ impl DecoderLayer {
         let kh = rope(heads(&k, Linear::K, kvh, kn)?)?;
         let vh = heads(&v, Linear::V, kvh, None)?;
 
-        // softmax(q kᵀ / √d + mask) v, with the softmax in f32 as transformers does. Grouped-
-        // query attention without copying keys and values: query head j uses kv head j / rep,
-        // so the rep query heads of a group are stacked as rows, (b, kvh, rep·t, d), and
-        // multiplied by their group's keys once.
-        let rep = h / kvh;
-        let qg = qh.reshape((b, kvh, rep * t, d))?;
+        // softmax(q kᵀ / √d + mask) v, with the softmax in f32 as transformers does: on the
+        // CPU in f32 block by block below the diagonal, elsewhere on the full square.
         let scale = 1.0 / (d as f64).sqrt();
-        let mask = match pos.packed {
-            Some(_) => pos.mask.clone(),
-            None => pos.mask.narrow(0, 0, t)?.narrow(1, 0, t)?,
+        let o_in = match pos.packed {
+            None => super::attention::causal(
+                &qh,
+                &kh,
+                &vh,
+                super::attention::Heads { b, t, h, kvh, d },
+                scale as f32,
+                pos.window,
+            )?,
+            Some(_) => None,
         };
-        // One window at a time: its scores are kvh · rep · t² floats (9 MiB on the test model
-        // at 512 tokens) instead of the batch's, so they stay in the allocator's heap and in
-        // cache; each window's products are the same GEMMs as in a batched call.
-        let per_window = (0..b)
-            .map(|w| -> Result<Tensor> {
-                let scores = qg
-                    .narrow(0, w, 1)?
-                    .matmul(&kh.narrow(0, w, 1)?.t()?)?
-                    .to_dtype(DType::F32)?
-                    .reshape((1, kvh, rep, t, t))?;
-                let probs = match &pos.packed {
-                    Some(p) => super::softmax::masked_softmax(&scores, scale, &p.mask.get(w)?)?,
-                    None => super::softmax::causal_softmax(&scores, scale, &mask, pos.window)?,
-                }
-                .to_dtype(x.dtype())?
-                .reshape((1, kvh, rep * t, t))?;
-                Ok(probs.matmul(&vh.narrow(0, w, 1)?)?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let o_in = Tensor::cat(&per_window, 0)?
-            .reshape((b, h, t, d))?
-            .transpose(1, 2)?
-            .reshape((b * t, h * d))?;
+        let o_in = match o_in {
+            Some(o) => o.to_dtype(x.dtype())?,
+            None => self.attention_full(&qh, &kh, &vh, pos, x.dtype())?,
+        };
         let o = linear(&o_in, self.weight(Linear::O))?;
         let hmid = (x2 + self.add_bias(&o, Linear::O)?)?;
 
@@ -505,6 +489,55 @@ impl DecoderLayer {
             down,
         };
         Ok((out, taps))
+    }
+
+    /// softmax(q kᵀ / √d + mask) v on the full (t, t) square of scores, one window at a time:
+    /// the path of a GPU, of packed sequences and of dtypes other than f32, returned as
+    /// (b·t, h·d). q is (b, h, t, d), k and v (b, kvh, t, d).
+    fn attention_full(
+        &self,
+        qh: &Tensor,
+        kh: &Tensor,
+        vh: &Tensor,
+        pos: &Positions,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let (b, h, t, d) = qh.dims4()?;
+        let kvh = self.kv_heads;
+        let rep = h / kvh;
+        let scale = 1.0 / (d as f64).sqrt();
+        // Grouped-query attention without copying keys and values: query head j uses kv head
+        // j / rep, so the rep query heads of a group are stacked as rows, (b, kvh, rep·t, d),
+        // and multiplied by their group's keys once.
+        let qg = qh.reshape((b, kvh, rep * t, d))?;
+        let mask = match pos.packed {
+            Some(_) => pos.mask.clone(),
+            None => pos.mask.narrow(0, 0, t)?.narrow(1, 0, t)?,
+        };
+        // One window at a time: its scores are kvh · rep · t² floats (9 MiB on the test model
+        // at 512 tokens) instead of the batch's, so they stay in the allocator's heap and in
+        // cache; each window's products are the same GEMMs as in a batched call.
+        let per_window = (0..b)
+            .map(|w| -> Result<Tensor> {
+                let scores = qg
+                    .narrow(0, w, 1)?
+                    .matmul(&kh.narrow(0, w, 1)?.t()?)?
+                    .to_dtype(DType::F32)?
+                    .reshape((1, kvh, rep, t, t))?;
+                let probs = match &pos.packed {
+                    Some(p) => super::softmax::masked_softmax(&scores, scale, &p.mask.get(w)?)?,
+                    None => super::softmax::causal_softmax(&scores, scale, &mask, pos.window)?,
+                }
+                .to_dtype(dtype)?
+                .reshape((1, kvh, rep * t, t))?;
+                Ok(probs.matmul(&vh.narrow(0, w, 1)?)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let o_in = Tensor::cat(&per_window, 0)?
+            .reshape((b, h, t, d))?
+            .transpose(1, 2)?
+            .reshape((b * t, h * d))?;
+        Ok(o_in)
     }
 }
 

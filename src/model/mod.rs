@@ -6,6 +6,7 @@
 //! [`TensorSource`] (a memory-mapped checkpoint, or tensors built in memory by tests), so the
 //! weights resident at any time are one layer's plus the embedding and head.
 
+pub mod attention;
 pub mod block;
 pub mod config;
 pub(crate) mod expsum;
