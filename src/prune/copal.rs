@@ -268,15 +268,15 @@ impl LayerPruner for CopalPruner {
         // |dY|ᵀ |X| (L1) or (dY²)ᵀ (X²) (L2): (out × tokens)(tokens × in), one GEMM; the
         // transposed view goes to the GEMM as is. Scaled L1, the default, forms |dY| =
         // |(ε_W + ε_x) Y| in one pass.
-        let inc = match (self.variant.agg, self.pert.kind) {
-            (Aggregation::L1, PerturbationKind::Scaled) => {
-                let dy = rows::abs_scaled(y, self.pert.eps_w + self.pert.eps_x)?;
-                dy.t()?.matmul(&rows::abs_scaled(&x, 1.0)?)?
-            }
-            (Aggregation::L1, _) => self.delta_y(&x, y)?.abs()?.t()?.matmul(&x.abs()?)?,
-            (Aggregation::L2, _) => self.delta_y(&x, y)?.sqr()?.t()?.matmul(&x.sqr()?)?,
+        let (dy, x) = match (self.variant.agg, self.pert.kind) {
+            (Aggregation::L1, PerturbationKind::Scaled) => (
+                rows::abs_scaled(y, self.pert.eps_w + self.pert.eps_x)?,
+                rows::abs_scaled(&x, 1.0)?,
+            ),
+            (Aggregation::L1, _) => (self.delta_y(&x, y)?.abs()?, x.abs()?),
+            (Aggregation::L2, _) => (self.delta_y(&x, y)?.sqr()?, x.sqr()?),
         };
-        self.g.add(&inc)?;
+        self.g.add_tn(&dy, &x)?;
         self.window += 1;
         Ok(())
     }

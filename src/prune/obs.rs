@@ -78,7 +78,7 @@ pub fn gram_key(weight: &str) -> String {
 /// Adds Σ_t x_t x_tᵀ of the rows `x` (tokens × in) to `acc`.
 pub fn add_gram(acc: &mut super::rows::Sum, x: &Tensor) -> Result<()> {
     let x = f32_rows(x)?;
-    acc.add(&x.t()?.matmul(&x)?)
+    acc.add_tn(&x, &x)
 }
 
 /// `update obs`'s input statistic: Σ x xᵀ over the windows, after the state's.

@@ -109,6 +109,55 @@ impl Sum {
         }
     }
 
+    /// Adds aᵀ·b for a (tokens × m) and b (tokens × n), f32, the product summed into the
+    /// buffer by the GEMM itself instead of written to a new m × n tensor and added in a second
+    /// pass. The GEMM adds its blocks of K (512 tokens on these machines) to the buffer one by
+    /// one, so for longer windows the bits differ from `add(&a.t()?.matmul(b)?)` by rounding;
+    /// the order is fixed by the shapes alone, so the sum still does not depend on the batch
+    /// or the thread count. Off the fused CPU path it is that composition.
+    pub fn add_tn(&mut self, a: &Tensor, b: &Tensor) -> Result<()> {
+        let (t, m) = a.dims2()?;
+        let (tb, n) = b.dims2()?;
+        anyhow::ensure!(t == tb, "internal: aᵀb over {t} and {tb} rows");
+        let (a, b) = (
+            a.to_dtype(DType::F32)?.contiguous()?,
+            b.to_dtype(DType::F32)?.contiguous()?,
+        );
+        let fused_here = self.generic.is_none()
+            && match &self.acc {
+                Some((_, shape, _)) => shape.dims() == [m, n],
+                None => true,
+            };
+        let done = fused_here
+            .then(|| {
+                with_slice(&a, |av| {
+                    with_slice(&b, |bv| {
+                        use crate::device::{gemm_f32, MatView};
+                        let first = self.acc.is_none();
+                        let acc = self.acc.get_or_insert_with(|| {
+                            (vec![0f32; m * n], (m, n).into(), a.device().clone())
+                        });
+                        // aᵀ: the rows of a read as columns.
+                        let at = MatView::rows(0, t, m, m).t();
+                        gemm_f32(
+                            &mut acc.0,
+                            MatView::rows(0, m, n, n),
+                            (av, at),
+                            (bv, MatView::rows(0, t, n, n)),
+                            !first,
+                            true,
+                        );
+                    })
+                })
+                .flatten()
+            })
+            .flatten();
+        match done {
+            Some(()) => Ok(()),
+            None => self.add(&a.t()?.matmul(&b)?),
+        }
+    }
+
     /// The sum (None: nothing was added).
     pub fn into_tensor(self) -> Result<Option<Tensor>> {
         if let Some(g) = self.generic {
@@ -161,6 +210,40 @@ mod tests {
         }
         let candle = ((&x + &y).unwrap() + &z).unwrap();
         assert_eq!(bits(&sum.into_tensor().unwrap().unwrap()), bits(&candle));
+        // aᵀb summed by the GEMM: the first product's bits exactly; then equal up to the
+        // rounding of adding the GEMM's blocks of K (517 rows is longer than one) one by one.
+        let (mut fused, mut plain) = (Sum::default(), Sum::default());
+        for (k, (a, b)) in [(&x, &y), (&z, &x), (&y, &y)].into_iter().enumerate() {
+            fused.add_tn(a, b).unwrap();
+            plain.add(&a.t().unwrap().matmul(b).unwrap()).unwrap();
+            let (f, p) = (
+                Tensor::from_vec(
+                    fused.acc.as_ref().unwrap().0.clone(),
+                    (300, 300),
+                    &Device::Cpu,
+                )
+                .unwrap(),
+                Tensor::from_vec(
+                    plain.acc.as_ref().unwrap().0.clone(),
+                    (300, 300),
+                    &Device::Cpu,
+                )
+                .unwrap(),
+            );
+            if k == 0 {
+                assert_eq!(bits(&f), bits(&p));
+            }
+            let rel = ((&f - &p).unwrap().abs().unwrap().max_all().unwrap())
+                .to_scalar::<f32>()
+                .unwrap()
+                / p.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+            assert!(rel < 1e-6, "after {} products: {rel}", k + 1);
+        }
         assert!(Sum::default().into_tensor().unwrap().is_none());
         // A transposed view is taken as its values, not its storage.
         let yt = y.t().unwrap();
