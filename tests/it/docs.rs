@@ -16,6 +16,13 @@ fn pages() -> Vec<PathBuf> {
             v.push(p);
         }
     }
+    // Each result directory's README (how and when its runs were made).
+    for e in std::fs::read_dir(root().join("results")).unwrap() {
+        let p = e.unwrap().path().join("README.md");
+        if p.is_file() {
+            v.push(p);
+        }
+    }
     v
 }
 
