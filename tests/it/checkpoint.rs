@@ -82,21 +82,13 @@ fn writer_copies_untouched_tensors_and_marks_format() {
     );
 }
 
-fn eval_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "eval",
-        "--model",
-        dir,
-        "--datasets",
-        "ptb",
-        "--seqlen",
-        "32",
-        "--max-windows",
-        "2",
-        "--quiet",
-    ];
-    v.extend_from_slice(extra);
-    v
+/// `copal eval` of `dir` on ptb, two windows of `seqlen` tokens, quiet.
+fn eval_cmd(dir: &str, seqlen: usize) -> CopalCmd {
+    copal("eval")
+        .flag("--model", dir)
+        .flag("--datasets", "ptb")
+        .flag("--seqlen", seqlen)
+        .args(["--max-windows", "2", "--quiet"])
 }
 
 #[test]
@@ -108,7 +100,7 @@ fn bad_model_inputs_are_clear_errors() {
     let env = [("COPAL_DATA_DIR", data)];
 
     // The healthy model works, so the failures below are the inputs' fault.
-    let ok = run_cli(&eval_args(&d, &[]), &env);
+    let ok = eval_cmd(&d, 32).envs(&env).run();
     assert_eq!(ok.0, 0, "{}", ok.2);
 
     // A shard the index names is missing.
@@ -116,16 +108,16 @@ fn bad_model_inputs_are_clear_errors() {
     let saved = std::fs::read(&shard).unwrap();
     std::fs::remove_file(&shard).unwrap();
     assert_user_error(
-        &run_cli(&eval_args(&d, &[]), &env),
+        &eval_cmd(&d, 32).envs(&env).run(),
         "model-00002-of-00002.safetensors",
     );
     // Truncated shard.
     std::fs::write(&shard, &saved[..saved.len() / 2]).unwrap();
-    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "truncated or corrupt");
+    assert_user_error(&eval_cmd(&d, 32).envs(&env).run(), "truncated or corrupt");
     // Header offsets past the end (file cut inside the data, header intact): same message.
     std::fs::write(&shard, &saved[..saved.len() - 4]).unwrap();
     assert_user_error(
-        &run_cli(&eval_args(&d, &[]), &env),
+        &eval_cmd(&d, 32).envs(&env).run(),
         "model-00002-of-00002.safetensors",
     );
     std::fs::write(&shard, &saved).unwrap();
@@ -134,7 +126,7 @@ fn bad_model_inputs_are_clear_errors() {
     let tokp = t.dir.join("tokenizer.json");
     let tok = std::fs::read(&tokp).unwrap();
     std::fs::remove_file(&tokp).unwrap();
-    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "tokenizer.json");
+    assert_user_error(&eval_cmd(&d, 32).envs(&env).run(), "tokenizer.json");
     std::fs::write(&tokp, &tok).unwrap();
 
     // config.json: not of the LLaMA family, missing field, missing file.
@@ -142,29 +134,26 @@ fn bad_model_inputs_are_clear_errors() {
     let mut c = tiny_config(false);
     c["model_type"] = serde_json::json!("gemma");
     std::fs::write(&cfgp, c.to_string()).unwrap();
-    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "gemma");
+    assert_user_error(&eval_cmd(&d, 32).envs(&env).run(), "gemma");
     // A family whose tensors the checkpoint lacks (Qwen2's q/k/v biases) or has in excess (a
     // bias in a model whose config has none) names the tensor.
     let mut c = tiny_config(false);
     c["model_type"] = serde_json::json!("qwen2");
     std::fs::write(&cfgp, c.to_string()).unwrap();
     assert_user_error(
-        &run_cli(&eval_args(&d, &[]), &env),
+        &eval_cmd(&d, 32).envs(&env).run(),
         "model.layers.0.self_attn.q_proj.bias",
     );
     let mut c = tiny_config(false);
     c.as_object_mut().unwrap().remove("num_attention_heads");
     std::fs::write(&cfgp, c.to_string()).unwrap();
-    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "num_attention_heads");
+    assert_user_error(&eval_cmd(&d, 32).envs(&env).run(), "num_attention_heads");
     std::fs::remove_file(&cfgp).unwrap();
-    assert_user_error(&run_cli(&eval_args(&d, &[]), &env), "config.json");
+    assert_user_error(&eval_cmd(&d, 32).envs(&env).run(), "config.json");
     std::fs::write(&cfgp, tiny_config(false).to_string()).unwrap();
 
     // Not a directory / alias / hub id.
-    assert_user_error(
-        &run_cli(&eval_args("./no/such/dir", &[]), &env),
-        "not found",
-    );
+    assert_user_error(&eval_cmd("./no/such/dir", 32).envs(&env).run(), "not found");
 }
 
 #[test]
@@ -175,10 +164,8 @@ fn bad_data_and_window_inputs_are_clear_errors() {
     let d = t.dir.to_str().unwrap().to_string();
     let env = [("COPAL_DATA_DIR", data)];
     // seqlen above max_position_embeddings (256).
-    let mut a = eval_args(&d, &[]);
-    a[6] = "512";
     assert_usage_error(
-        &run_cli(&a, &env),
+        &eval_cmd(&d, 512).envs(&env).run(),
         "--seqlen 512 exceeds the model's max_position_embeddings (256)",
     );
     // Unknown dataset: the valid ones are listed.

@@ -5,25 +5,23 @@
 use crate::common::*;
 use std::path::Path;
 
-/// A tiny-model prune; `--nsamples 4 --seqlen 32` unless `extra` sets them.
-fn args<'a>(model: &'a str, datasets: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "prune",
-        "--model",
-        model,
-        "--datasets",
-        datasets,
-        "--out",
-        out,
-        "--quiet",
-    ];
+/// A tiny-model prune, not quiet; `--nsamples 4 --seqlen 32` unless `extra` sets them.
+fn loud_cmd(model: &str, datasets: &str, out: &str, extra: &[&str]) -> CopalCmd {
+    let mut c = copal("prune")
+        .flag("--model", model)
+        .flag("--datasets", datasets)
+        .flag("--out", out);
     for (flag, value) in [("--nsamples", "4"), ("--seqlen", "32")] {
         if !extra.contains(&flag) {
-            v.extend([flag, value]);
+            c = c.flag(flag, value);
         }
     }
-    v.extend_from_slice(extra);
-    v
+    c.args(extra)
+}
+
+/// [`loud_cmd`] with `--quiet`.
+fn prune_cmd(model: &str, datasets: &str, out: &str, extra: &[&str]) -> CopalCmd {
+    loud_cmd(model, datasets, out, extra).arg("--quiet")
 }
 
 /// The second dataset's mistakes (a JSON field that is not there, a text shorter than a
@@ -49,9 +47,7 @@ fn a_later_datasets_mistake_is_found_before_the_first_step() {
     ] {
         let ds = format!("{a},{second}");
         // Not quiet: the step progress lines would show on stderr.
-        let mut v = args(model, &ds, out.to_str().unwrap(), &[]);
-        v.retain(|x| *x != "--quiet");
-        let r = run_cli(&v, &[]);
+        let r = loud_cmd(model, &ds, out.to_str().unwrap(), &[]).run();
         assert_user_error(&r, needle);
         assert!(!r.2.contains("step 1/2"), "a step ran first:\n{}", r.2);
         assert!(!out.exists());
@@ -74,7 +70,7 @@ fn dry_run_refuses_plans_that_cannot_run() {
     let dry = |model: &str, out: &str, extra: &[&str]| {
         let mut e = vec!["--dry-run"];
         e.extend_from_slice(extra);
-        run_cli(&args(model, &a, out, &e), &[])
+        prune_cmd(model, &a, out, &e).run()
     };
     assert_user_error(&dry("/no/such/model", o, &[]), "not found");
     assert_usage_error(&dry(model, exists.to_str().unwrap(), &[]), "already exists");
@@ -111,7 +107,7 @@ fn usage_errors_exit_2_without_backtraces() {
     let model = t.dir.to_str().unwrap();
     let o = tmp.join("o");
     let o = o.to_str().unwrap();
-    let bt = [("RUST_BACKTRACE", "1")];
+    let bt = ("RUST_BACKTRACE", "1");
     for (extra, needle) in [
         (&["--sparsity", "0.5"][..], "--sparsity 0.5 is a percentage"),
         (&["--pattern", "4:2"][..], "--pattern 4:2: need 0 < N < M"),
@@ -121,24 +117,18 @@ fn usage_errors_exit_2_without_backtraces() {
             "--device gpu: expected cpu, cuda or cuda:N",
         ),
     ] {
-        let r = run_cli(&args(model, &a, o, extra), &bt);
+        let r = prune_cmd(model, &a, o, extra).env(bt.0, bt.1).run();
         assert_usage_error(&r, needle);
         assert_eq!(r.2.lines().count(), 1, "one line, no backtrace:\n{}", r.2);
     }
-    let r = run_cli(&args(model, "wikitext3", o, &[]), &bt);
+    let r = prune_cmd(model, "wikitext3", o, &[]).env(bt.0, bt.1).run();
     assert_usage_error(&r, "unknown dataset \"wikitext3\"");
-    let r = run_cli(
-        &[
-            "eval",
-            "--model",
-            model,
-            "--datasets",
-            &a,
-            "--max-windows",
-            "0",
-        ],
-        &bt,
-    );
+    let r = copal("eval")
+        .flag("--model", model)
+        .flag("--datasets", &a)
+        .flag("--max-windows", 0)
+        .env(bt.0, bt.1)
+        .run();
     assert_usage_error(&r, "--max-windows must be at least 1");
 }
 
@@ -155,7 +145,7 @@ fn calibrating_on_the_evaluation_text_is_refused_unless_asked() {
     let run = |extra: &[&str]| {
         let mut e = base.to_vec();
         e.extend_from_slice(extra);
-        run_cli(&args(model, "wikitext2,ptb", o.to_str().unwrap(), &e), &[])
+        prune_cmd(model, "wikitext2,ptb", o.to_str().unwrap(), &e).run()
     };
     let r = run(&["--calib-split", "wikitext2=test"]);
     assert_usage_error(
@@ -181,15 +171,13 @@ fn calibrating_on_the_evaluation_text_is_refused_unless_asked() {
     assert_eq!(marked, [("wikitext2", true), ("ptb", false)]);
     // A text: file is its own evaluation text, and says so.
     let a = format!("text:{}", small_text(tmp, "a.txt", 0, 150).display());
-    let r = run_cli(
-        &args(
-            model,
-            &a,
-            tmp.join("p").to_str().unwrap(),
-            &["--eval", "--max-windows", "2"],
-        ),
-        &[],
-    );
+    let r = prune_cmd(
+        model,
+        &a,
+        tmp.join("p").to_str().unwrap(),
+        &["--eval", "--max-windows", "2"],
+    )
+    .run();
     assert_usage_error(&r, "pass --allow-calib-on-eval");
 }
 
@@ -206,17 +194,12 @@ fn changing_a_later_dataset_keeps_the_finished_steps() {
     let model = t.dir.to_str().unwrap();
     let o = out.to_str().unwrap();
     // Crash in step 2: found by counting write boundaries of a clean run of step 1 alone.
-    let one = run_cli(
-        &args(model, &a, tmp.join("one").to_str().unwrap(), &[]),
-        &[],
-    );
-    assert_eq!(one.0, 0, "{}", one.2);
+    prune_cmd(model, &a, tmp.join("one").to_str().unwrap(), &[]).ok();
     let mut crashed = false;
     for at in 20..200 {
-        let r = run_cli(
-            &args(model, &format!("{a},{b}"), o, &[]),
-            &[("COPAL_FAULT_AT", &at.to_string())],
-        );
+        let r = prune_cmd(model, &format!("{a},{b}"), o, &[])
+            .env("COPAL_FAULT_AT", at)
+            .run();
         if r.0 == 0 {
             std::fs::remove_dir_all(&out).unwrap();
             continue;
@@ -229,18 +212,13 @@ fn changing_a_later_dataset_keeps_the_finished_steps() {
     }
     assert!(crashed, "no crash point inside step 2");
     // The user changes the second dataset: step 1 is reused.
-    let r = run_cli(&args(model, &format!("{a},{c}"), o, &[]), &[]);
-    assert_eq!(r.0, 0, "{}", r.2);
+    prune_cmd(model, &format!("{a},{c}"), o, &[]).ok();
     let rec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("copal.json")).unwrap()).unwrap();
     assert_eq!(rec["resumed_steps"], 1, "step 1 kept");
     // And its result is what a clean run of the new command gives.
     let clean = tmp.join("clean");
-    let r = run_cli(
-        &args(model, &format!("{a},{c}"), clean.to_str().unwrap(), &[]),
-        &[],
-    );
-    assert_eq!(r.0, 0, "{}", r.2);
+    prune_cmd(model, &format!("{a},{c}"), clean.to_str().unwrap(), &[]).ok();
     assert!(same_file(
         &out.join("model.safetensors"),
         &clean.join("model.safetensors")
@@ -263,6 +241,11 @@ fn experiment_files_are_read_strictly() {
         std::fs::write(&p, v.to_string()).unwrap();
         p
     };
+    let list = |p: &Path| {
+        copal("experiment")
+            .flag("--config", p.display())
+            .arg("--list")
+    };
     let base = serde_json::json!({
         "name": "g", "model": t.dir, "datasets": [a], "nsamples": 4, "seqlen": 32,
         "allow_calib_on_eval": true, "methods": [{"method": "wanda"}],
@@ -270,10 +253,7 @@ fn experiment_files_are_read_strictly() {
     let mut typo = base.clone();
     typo["nsamples_typo"] = 16.into();
     let p = write(typo);
-    let r = run_cli(
-        &["experiment", "--config", p.to_str().unwrap(), "--list"],
-        &[],
-    );
+    let r = list(&p).run();
     assert_usage_error(
         &r,
         "nsamples_typo is not a key of an experiment file (did you mean nsamples?)",
@@ -281,10 +261,7 @@ fn experiment_files_are_read_strictly() {
     let mut stray = base.clone();
     stray["methods"][0]["perturbation"] = "gaussian".into();
     let p = write(stray);
-    let r = run_cli(
-        &["experiment", "--config", p.to_str().unwrap(), "--list"],
-        &[],
-    );
+    let r = list(&p).run();
     assert_usage_error(
         &r,
         "methods[0].perturbation is a setting of copal, not of wanda",
@@ -292,23 +269,10 @@ fn experiment_files_are_read_strictly() {
     let mut zero = base.clone();
     zero["nsamples"] = 0.into();
     let p = write(zero);
-    let r = run_cli(
-        &["experiment", "--config", p.to_str().unwrap(), "--list"],
-        &[],
-    );
+    let r = list(&p).run();
     assert_usage_error(&r, "nsamples must be at least 1");
     let p = write(base);
-    let (code, out, err) = run_cli(
-        &[
-            "experiment",
-            "--config",
-            p.to_str().unwrap(),
-            "--list",
-            "--json",
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "{err}");
+    let (out, _) = list(&p).arg("--json").ok();
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         std::path::PathBuf::from(v["results"].as_str().unwrap()),

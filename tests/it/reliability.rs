@@ -13,30 +13,23 @@ struct Case {
     ref_states: Vec<Vec<u8>>,
 }
 
-fn prune_args<'a>(c: &'a Case, datasets: &'a str, out: &'a str, state: &'a str) -> Vec<&'a str> {
-    vec![
-        "prune",
-        "--model",
-        c.t.dir.to_str().unwrap(),
-        "--datasets",
-        datasets,
-        "--out",
-        out,
-        "--state",
-        state,
-        "--method",
-        "copal",
-        "--nsamples",
-        "4",
-        "--seqlen",
-        "32",
-        "--eval",
-        "--max-windows",
-        "2",
-        "--allow-calib-on-eval",
-        "--save-masks",
-        "--quiet",
-    ]
+fn prune_cmd(c: &Case, datasets: &str, out: &str, state: &str) -> CopalCmd {
+    copal("prune")
+        .flag("--model", c.t.dir.display())
+        .flag("--datasets", datasets)
+        .flag("--out", out)
+        .flag("--state", state)
+        .flag("--method", "copal")
+        .args([
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--eval",
+            "--max-windows",
+            "2",
+        ])
+        .args(["--allow-calib-on-eval", "--save-masks", "--quiet"])
 }
 
 /// The uninterrupted run, and the state after each of its three datasets.
@@ -59,13 +52,11 @@ fn reference() -> Case {
         c.refdir.to_str().unwrap().to_string(),
         tmp.join("ref.state").to_str().unwrap().to_string(),
     );
-    let r = run_cli(&prune_args(&c, &all, &o, &s), &[]);
-    assert_eq!(r.0, 0, "{}", r.2);
+    prune_cmd(&c, &all, &o, &s).ok();
     let inc = tmp.join("inc.state").to_str().unwrap().to_string();
     for (k, d) in c.data.clone().iter().enumerate() {
         let out = tmp.join(format!("inc{k}")).to_str().unwrap().to_string();
-        let r = run_cli(&prune_args(&c, d, &out, &inc), &[]);
-        assert_eq!(r.0, 0, "{}", r.2);
+        prune_cmd(&c, d, &out, &inc).ok();
         c.ref_states.push(std::fs::read(&inc).unwrap());
     }
     assert!(c.ref_states[2] == std::fs::read(tmp.join("ref.state")).unwrap());
@@ -114,7 +105,9 @@ fn crash_at_every_write_boundary_then_resume_identically() {
         let state = tmp.join(format!("s{n}"));
         let (o, s) = (out.to_str().unwrap(), state.to_str().unwrap());
         let fault = n.to_string();
-        let r = run_cli(&prune_args(&c, &all, o, s), &[("COPAL_FAULT_AT", &fault)]);
+        let r = prune_cmd(&c, &all, o, s)
+            .env("COPAL_FAULT_AT", &fault)
+            .run();
         if r.0 == 0 {
             // The run completed before reaching fault point n: every point was visited.
             assert!(model_files_equal(&out, &c.refdir));
@@ -123,7 +116,7 @@ fn crash_at_every_write_boundary_then_resume_identically() {
         crashed += 1;
         let complete = check_leftovers(&c, &out, &state, &format!("crash at point {n}"));
         if !complete {
-            let r = run_cli(&prune_args(&c, &all, o, s), &[]);
+            let r = prune_cmd(&c, &all, o, s).run();
             assert_eq!(r.0, 0, "resume after crash at point {n}: {}", r.2);
             let rec: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(out.join("copal.json")).unwrap())
@@ -220,21 +213,12 @@ fn bad_input_table_script_passes_every_case() {
     assert!(!stdout.contains("panicked"), "{stdout}");
 }
 
-fn tiny_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "prune",
-        "--model",
-        model,
-        "--datasets",
-        data,
-        "--out",
-        out,
-        "--nsamples",
-        "2",
-        "--seqlen",
-        "32",
-        "--quiet",
-    ]
+fn tiny_cmd(model: &str, data: &str, out: &str) -> CopalCmd {
+    copal("prune")
+        .flag("--model", model)
+        .flag("--datasets", data)
+        .flag("--out", out)
+        .args(["--nsamples", "2", "--seqlen", "32", "--quiet"])
 }
 
 #[test]
@@ -256,7 +240,7 @@ fn bad_weights_and_data_are_named() {
     );
     let nan_dir = tmp.join("nan");
     write_model(&nan_dir, &tiny_config(false), &bad, DType::F32, 1);
-    let r = run_cli(&tiny_args(nan_dir.to_str().unwrap(), &data, o), &[]);
+    let r = tiny_cmd(nan_dir.to_str().unwrap(), &data, o).run();
     assert_user_error(&r, &format!("tensor {name} in"));
     assert!(r.2.contains("NaN or Inf"), "{}", r.2);
 
@@ -284,18 +268,18 @@ fn bad_weights_and_data_are_named() {
         &int_dir.join("model.safetensors"),
     )
     .unwrap();
-    let r = run_cli(&tiny_args(int_dir.to_str().unwrap(), &data, o), &[]);
+    let r = tiny_cmd(int_dir.to_str().unwrap(), &data, o).run();
     assert_user_error(&r, "has dtype I64; copal reads F32, F16 and BF16");
 
     let m = t.dir.to_str().unwrap();
     // Empty and too-short dataset files.
     let empty = tmp.join("empty.txt");
     std::fs::write(&empty, "").unwrap();
-    let r = run_cli(&tiny_args(m, &format!("text:{}", empty.display()), o), &[]);
+    let r = tiny_cmd(m, &format!("text:{}", empty.display()), o).run();
     assert_user_error(&r, "holds no text");
     let short = tmp.join("short.txt");
     std::fs::write(&short, "just a few words").unwrap();
-    let r = run_cli(&tiny_args(m, &format!("text:{}", short.display()), o), &[]);
+    let r = tiny_cmd(m, &format!("text:{}", short.display()), o).run();
     assert_user_error(&r, "fewer than seqlen + 1");
     // Documents all shorter than seqlen (C4-style jsonl).
     let docs = tmp.join("docs.jsonl");
@@ -304,35 +288,19 @@ fn bad_weights_and_data_are_named() {
         "{\"text\": \"short one\"}\n{\"text\": \"another\"}\n",
     )
     .unwrap();
-    let r = run_cli(&tiny_args(m, &format!("jsonl:{}", docs.display()), o), &[]);
+    let r = tiny_cmd(m, &format!("jsonl:{}", docs.display()), o).run();
     assert_user_error(&r, "no jsonl");
     assert!(r.2.contains("more than seqlen"), "{}", r.2);
 
     // A corrupted (truncated) state file.
     let st = tmp.join("s.state");
-    assert_eq!(
-        run_cli(
-            &[
-                tiny_args(m, &data, o),
-                vec!["--state", st.to_str().unwrap()]
-            ]
-            .concat(),
-            &[]
-        )
-        .0,
-        0
-    );
+    tiny_cmd(m, &data, o).flag("--state", st.display()).ok();
     let bytes = std::fs::read(&st).unwrap();
     std::fs::write(&st, &bytes[..bytes.len() - 100]).unwrap();
     let data2 = format!("text:{}", small_text(tmp, "b.txt", 9000, 100).display());
-    let r = run_cli(
-        &[
-            tiny_args(m, &data2, tmp.join("o2").to_str().unwrap()),
-            vec!["--state", st.to_str().unwrap()],
-        ]
-        .concat(),
-        &[],
-    );
+    let r = tiny_cmd(m, &data2, tmp.join("o2").to_str().unwrap())
+        .flag("--state", st.display())
+        .run();
     assert_user_error(&r, "s.state");
     assert!(
         r.2.contains("restore a copy, or start a new state file"),
@@ -343,10 +311,7 @@ fn bad_weights_and_data_are_named() {
     // An output directory that cannot be created (its parent is a file).
     let file = tmp.join("a-file");
     std::fs::write(&file, "x").unwrap();
-    let r = run_cli(
-        &tiny_args(m, &data, file.join("out").to_str().unwrap()),
-        &[],
-    );
+    let r = tiny_cmd(m, &data, file.join("out").to_str().unwrap()).run();
     assert_usage_error(&r, "is not a directory");
 }
 
@@ -361,7 +326,7 @@ fn a_full_disk_fails_cleanly() {
     let cmd = format!(
         "ulimit -f 64; trap '' XFSZ; exec {} {}",
         env!("CARGO_BIN_EXE_copal"),
-        tiny_args(m, &data, out.to_str().unwrap()).join(" ")
+        tiny_cmd(m, &data, out.to_str().unwrap()).argv().join(" ")
     );
     let r = std::process::Command::new("bash")
         .arg("-c")
@@ -394,7 +359,7 @@ fn a_full_disk_fails_cleanly() {
         .unwrap_or(false);
     if mounted {
         let out = mnt.join("out");
-        let r = run_cli(&tiny_args(m, &data, out.to_str().unwrap()), &[]);
+        let r = tiny_cmd(m, &data, out.to_str().unwrap()).run();
         let left: Vec<_> = std::fs::read_dir(&mnt)
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -423,16 +388,11 @@ fn fuzz_regressions_fail_cleanly() {
     for entry in std::fs::read_dir(root.join("gguf_import")).unwrap() {
         let f = entry.unwrap().path();
         let out = tmp.path().join(format!("o{n}"));
-        let r = run_cli(
-            &[
-                "import-gguf",
-                f.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--quiet",
-            ],
-            &[],
-        );
+        let r = copal("import-gguf")
+            .arg(f.display())
+            .flag("--out", out.display())
+            .arg("--quiet")
+            .run();
         assert_user_error(&r, &f.file_name().unwrap().to_string_lossy());
         assert!(!out.exists());
         n += 1;
@@ -459,15 +419,10 @@ fn permutations_script_equals_the_experiment() {
     });
     let cfg_path = tmp.join("perm.json");
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let r = run_cli(
-        &[
-            "experiment",
-            "--config",
-            cfg_path.to_str().unwrap(),
-            "--quiet",
-        ],
-        &[],
-    );
+    let r = copal("experiment")
+        .flag("--config", cfg_path.display())
+        .arg("--quiet")
+        .run();
     assert_eq!(r.0, 0, "{}", r.2);
     let runs: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(results.join("runs.json")).unwrap()).unwrap();
@@ -520,18 +475,10 @@ fn permutations_script_equals_the_experiment() {
 fn sigterm_is_named_as_such() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("m");
-    let r = run_cli(
-        &[
-            "synth",
-            "--preset",
-            "smollm2-135m",
-            "--layers",
-            "4",
-            "--out",
-            model.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let r = copal("synth")
+        .args(["--preset", "smollm2-135m", "--layers", "4"])
+        .flag("--out", model.display())
+        .run();
     assert_eq!(r.0, 0, "{}", r.2);
     let text = small_text(tmp.path(), "a.txt", 0, 4000);
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_copal"))
@@ -575,13 +522,10 @@ fn a_byte_order_mark_is_skipped() {
     bytes.extend(serde_json::json!({ "text": doc }).to_string().into_bytes());
     bytes.push(b'\n');
     std::fs::write(tmp.join("bom.jsonl"), &bytes).unwrap();
-    let r = run_cli(
-        &tiny_args(
-            t.dir.to_str().unwrap(),
-            &format!("jsonl:{}", tmp.join("bom.jsonl").display()),
-            tmp.join("o").to_str().unwrap(),
-        ),
-        &[],
-    );
-    assert_eq!(r.0, 0, "{}", r.2);
+    tiny_cmd(
+        t.dir.to_str().unwrap(),
+        &format!("jsonl:{}", tmp.join("bom.jsonl").display()),
+        tmp.join("o").to_str().unwrap(),
+    )
+    .ok();
 }

@@ -239,10 +239,22 @@ impl CopalCmd {
         self
     }
 
+    pub fn envs(mut self, vars: &[(&str, &str)]) -> Self {
+        for (k, v) in vars {
+            self = self.env(k, v);
+        }
+        self
+    }
+
     /// Starts it in `dir` (relative paths in its arguments are relative to it).
     pub fn current_dir(mut self, dir: &Path) -> Self {
         self.cwd = Some(dir.to_path_buf());
         self
+    }
+
+    /// The arguments after the binary's name.
+    pub fn argv(&self) -> &[String] {
+        &self.args
     }
 
     /// Runs it: (exit code, stdout, stderr), for the `assert_*_error` helpers.

@@ -147,31 +147,25 @@ fn hub_with_everything(model_dir: &Path) -> Hub {
     hub
 }
 
-fn prune_args<'a>(out: &'a str, empty: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "prune",
-        "--model",
-        MODEL,
-        "--datasets",
-        "wikitext2,ptb,c4",
-        "--calib-split",
-        "wikitext2=valid",
-        "--data-dir",
-        empty,
-        "--nsamples",
-        "2",
-        "--seqlen",
-        "64",
-        "--eval",
-        "--max-windows",
-        "2",
-        "--out",
-        out,
-        "--quiet",
-        "--json",
-    ];
-    v.extend_from_slice(extra);
-    v
+/// A continual prune of `model` (the hub's, or a local copy) on the three datasets from the
+/// hub, tiny calibration and evaluation, JSON on stdout.
+fn prune_cmd(model: &str, out: &str, empty: &str) -> CopalCmd {
+    copal("prune")
+        .flag("--model", model)
+        .flag("--datasets", "wikitext2,ptb,c4")
+        .flag("--calib-split", "wikitext2=valid")
+        .flag("--data-dir", empty)
+        .args([
+            "--nsamples",
+            "2",
+            "--seqlen",
+            "64",
+            "--eval",
+            "--max-windows",
+            "2",
+        ])
+        .flag("--out", out)
+        .args(["--quiet", "--json"])
 }
 
 /// `copal inspect` of the hub's model with `home` as HF_HOME: it fetches the whole model.
@@ -274,9 +268,10 @@ fn datasets_and_model_by_name_from_a_cold_cache_then_offline() {
     let mut env = server.env(h);
     env.push(("HF_TOKEN", "hf_user_token"));
     // A dry run lists what would be downloaded, and downloads nothing.
-    let mut dry = prune_args("unused", e, &["--dry-run"]);
-    dry[2] = t.dir.to_str().unwrap();
-    let (code, out, err) = run_cli(&dry, &env);
+    let (code, out, err) = prune_cmd(t.dir.to_str().unwrap(), "unused", e)
+        .arg("--dry-run")
+        .envs(&env)
+        .run();
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let downloads = v["estimate"]["downloads"].as_array().unwrap();
@@ -293,7 +288,7 @@ fn datasets_and_model_by_name_from_a_cold_cache_then_offline() {
         server.log()
     );
     let out = tmp.join("o1");
-    let r = run_cli(&prune_args(out.to_str().unwrap(), e, &[]), &env);
+    let r = prune_cmd(MODEL, out.to_str().unwrap(), e).envs(&env).run();
     assert_eq!(r.0, 0, "{}", r.2);
     let v: serde_json::Value = serde_json::from_str(&r.1).unwrap();
     assert!(v["avg_ppl"].as_f64().unwrap().is_finite());
@@ -323,10 +318,9 @@ fn datasets_and_model_by_name_from_a_cold_cache_then_offline() {
     drop(server);
     // Offline, from the cache only.
     let out2 = tmp.join("o2");
-    let r2 = run_cli(
-        &prune_args(out2.to_str().unwrap(), e, &[]),
-        &[("HF_HOME", h), ("HF_HUB_OFFLINE", "1")],
-    );
+    let r2 = prune_cmd(MODEL, out2.to_str().unwrap(), e)
+        .envs(&[("HF_HOME", h), ("HF_HUB_OFFLINE", "1")])
+        .run();
     assert_eq!(r2.0, 0, "{}", r2.2);
     let v2: serde_json::Value = serde_json::from_str(&r2.1).unwrap();
     assert_eq!(
@@ -458,9 +452,9 @@ fn python_fills_the_cache_and_copal_uses_it_offline() {
     for rev in ["main", "v1.0", MODEL_COMMIT] {
         let m = format!("{MODEL}@{rev}");
         let out = tmp.join(format!("o-{}", &rev[..4.min(rev.len())]));
-        let mut args = prune_args(out.to_str().unwrap(), e, &[]);
-        args[2] = &m;
-        let r = run_cli(&args, &[("HF_HOME", h), ("HF_HUB_OFFLINE", "1")]);
+        let r = prune_cmd(&m, out.to_str().unwrap(), e)
+            .envs(&[("HF_HOME", h), ("HF_HUB_OFFLINE", "1")])
+            .run();
         assert_eq!(r.0, 0, "{m}: {}", r.2);
     }
 }
