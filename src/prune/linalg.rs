@@ -67,15 +67,26 @@ pub fn cholesky(m: &mut Mat) -> Result<()> {
             }
         }
         // 2. Panel below the block: L21 = A21 L11⁻ᵀ, row by row (rows are independent).
+        //    Forward substitution in column order: once x_k = a_k / L_kk is known, it is taken
+        //    off every later a_j (a_j −= x_k L_jk, k ascending). Each a_j sees the same
+        //    subtractions in the same order as the dot-product form, so the bits are the same,
+        //    but the inner loop is a vectorisable axpy over a column of L11 (kept transposed).
         let l11 = m.block(k0, k1, k0, k1);
         let b = k1 - k0;
+        let mut l11t = vec![0.0; b * b];
+        for j in 0..b {
+            for k in 0..b {
+                l11t[k * b + j] = l11[j * b + k];
+            }
+        }
         m.a[k1 * n..].par_chunks_mut(n).for_each(|row| {
-            for j in 0..b {
-                let mut s = row[k0 + j];
-                for k in 0..j {
-                    s -= row[k0 + k] * l11[j * b + k];
+            let x = &mut row[k0..k1];
+            for k in 0..b {
+                let xk = x[k] / l11t[k * b + k];
+                x[k] = xk;
+                for (a, l) in x[k + 1..].iter_mut().zip(&l11t[k * b + k + 1..(k + 1) * b]) {
+                    *a -= xk * l;
                 }
-                row[k0 + j] = s / l11[j * b + j];
             }
         });
         // 3. Trailing update A22 -= L21 L21ᵀ, lower triangle only, as GEMMs over panels of
@@ -96,8 +107,9 @@ pub fn cholesky(m: &mut Mat) -> Result<()> {
                     .par_chunks_mut(n)
                     .enumerate()
                     .for_each(|(i, row)| {
-                        for j in 0..=p0 + i {
-                            row[k1 + j] -= upd[i * p1 + j];
+                        let w = p0 + i + 1;
+                        for (a, u) in row[k1..k1 + w].iter_mut().zip(&upd[i * p1..i * p1 + w]) {
+                            *a -= u;
                         }
                     });
                 p0 = p1;
