@@ -71,12 +71,11 @@ pub fn cholesky(m: &mut Mat) -> Result<()> {
         //    off every later a_j (a_j −= x_k L_jk, k ascending). Each a_j sees the same
         //    subtractions in the same order as the dot-product form, so the bits are the same,
         //    but the inner loop is a vectorisable axpy over a column of L11 (kept transposed).
-        let l11 = m.block(k0, k1, k0, k1);
         let b = k1 - k0;
         let mut l11t = vec![0.0; b * b];
         for j in 0..b {
             for k in 0..b {
-                l11t[k * b + j] = l11[j * b + k];
+                l11t[k * b + j] = m.a[(k0 + j) * n + k0 + k];
             }
         }
         m.a[k1 * n..].par_chunks_mut(n).for_each(|row| {
