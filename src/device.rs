@@ -199,6 +199,18 @@ pub fn gemm_f32(
     }
 }
 
+/// The bit patterns of a tensor's f32 values, in order: for tests of bit-identical results.
+#[cfg(test)]
+pub fn f32_bits(t: &candle_core::Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
 /// Opens the device.
 pub fn open(spec: &str) -> Result<Device> {
     check(spec)?;

@@ -243,15 +243,7 @@ mod tests {
         let alone = causal(&mid(&q), &mid(&k), &mid(&v), one, 0.3, None)
             .unwrap()
             .unwrap();
-        let bits = |x: &Tensor| {
-            x.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|f| f.to_bits())
-                .collect::<Vec<_>>()
-        };
+        use crate::device::f32_bits as bits;
         assert_eq!(bits(&all.narrow(0, 130, 130).unwrap()), bits(&alone));
     }
 }

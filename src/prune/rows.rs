@@ -179,15 +179,7 @@ mod tests {
         Tensor::from_vec(v, (r, c), &Device::Cpu).unwrap()
     }
 
-    fn bits(t: &Tensor) -> Vec<u32> {
-        t.flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|x| x.to_bits())
-            .collect()
-    }
+    use crate::device::f32_bits as bits;
 
     #[test]
     fn fused_kernels_give_the_bits_of_the_candle_ops() {
