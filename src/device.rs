@@ -95,7 +95,7 @@ pub fn with_f32_slice<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> R) -
     }
 }
 
-/// A strided f32 matrix view for [`gemm_f32`]: `data[offset + r·row_stride + c·col_stride]`
+/// A strided matrix view for [`gemm`]: `data[offset + r·row_stride + c·col_stride]`
 /// is element (r, c) of a `rows` × `cols` matrix.
 #[derive(Debug, Clone, Copy)]
 pub struct MatView {
@@ -138,24 +138,58 @@ impl MatView {
     }
 }
 
-/// dst = a · b (or dst += a · b with `accumulate`) with the `gemm` crate that candle's CPU
-/// matmul also calls, on one thread (for kernels that split their work between threads
-/// themselves) or, with `parallel`, on rayon's threads as candle's matmul runs it. Either way
-/// an element's sum runs in the same order whatever the thread count.
+/// The element types [`gemm`] multiplies (the `gemm` crate's f32 and f64 kernels).
+pub trait GemmScalar: Copy + 'static {
+    const ZERO: Self;
+    const ONE: Self;
+    const MINUS_ONE: Self;
+}
+
+impl GemmScalar for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const MINUS_ONE: Self = -1.0;
+}
+
+impl GemmScalar for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const MINUS_ONE: Self = -1.0;
+}
+
+/// How [`gemm`] stores the product P = A·B into its destination C. Each is one rounding of
+/// the same P: `Sub` is C − P exactly as a separate subtraction of P would round it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// C = P.
+    Set,
+    /// C = −P.
+    Neg,
+    /// C = C + P.
+    Add,
+    /// C = C − P.
+    Sub,
+}
+
+/// C = A · B (or as [`Store`] says) with the `gemm` crate that candle's CPU matmul also
+/// calls, on one thread (for kernels that split their work between threads themselves) or,
+/// with `parallel`, on rayon's threads as candle's matmul runs it. Either way an element's
+/// sum runs in the same order whatever the thread count. The views read and write in place:
+/// no operand is copied into a tensor and no product is materialised beside C.
 ///
 /// Panics if a view reaches past its slice or the shapes do not chain; `dst` must not overlap
 /// the inputs (it is a `&mut`, so it cannot).
-pub fn gemm_f32(
-    dst: &mut [f32],
+pub fn gemm<T: GemmScalar>(
+    dst: &mut [T],
     d: MatView,
-    (a, av): (&[f32], MatView),
-    (b, bv): (&[f32], MatView),
-    accumulate: bool,
+    (a, av): (&[T], MatView),
+    (b, bv): (&[T], MatView),
+    store: Store,
     parallel: bool,
 ) {
     assert!(
         av.rows == d.rows && bv.cols == d.cols && av.cols == bv.rows,
-        "gemm_f32: ({} × {}) · ({} × {}) into ({} × {})",
+        "gemm: ({} × {}) · ({} × {}) into ({} × {})",
         av.rows,
         av.cols,
         bv.rows,
@@ -172,6 +206,15 @@ pub fn gemm_f32(
         true => gemm::Parallelism::Rayon(threads),
         false => gemm::Parallelism::None,
     };
+    // The crate computes C = alpha·C + beta·P (C not read when `read_dst` is false; with
+    // alpha = 1 as one fused multiply-add of beta·P, exact for beta = ±1).
+    let (read_dst, beta) = match store {
+        Store::Set => (false, T::ONE),
+        Store::Neg => (false, T::MINUS_ONE),
+        Store::Add => (true, T::ONE),
+        Store::Sub => (true, T::MINUS_ONE),
+    };
+    let alpha = if read_dst { T::ONE } else { T::ZERO };
     // SAFETY: every element the three views address lies inside its slice (checked above),
     // and `dst` is borrowed mutably, so it overlaps neither input.
     unsafe {
@@ -182,15 +225,15 @@ pub fn gemm_f32(
             dst.as_mut_ptr().add(d.offset),
             d.col_stride as isize,
             d.row_stride as isize,
-            accumulate,
+            read_dst,
             a.as_ptr().add(av.offset),
             av.col_stride as isize,
             av.row_stride as isize,
             b.as_ptr().add(bv.offset),
             bv.col_stride as isize,
             bv.row_stride as isize,
-            1.0,
-            1.0,
+            alpha,
+            beta,
             false,
             false,
             false,

@@ -16,10 +16,10 @@
 //! scores are a few hundred KiB that stay in cache.
 //!
 //! Each block is one task of a rayon pool and runs its GEMMs on one thread
-//! ([`crate::device::gemm_f32`]), so the result does not depend on the thread count, and a
+//! ([`crate::device::gemm`]), so the result does not depend on the thread count, and a
 //! window's result does not depend on the other windows of its batch.
 
-use crate::device::{gemm_f32, with_f32_slice, MatView};
+use crate::device::{gemm, with_f32_slice, MatView, Store};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
@@ -111,7 +111,7 @@ fn run(q: &[f32], k: &[f32], v: &[f32], s: Heads, c: f32, window: Option<usize>)
                     let qv = MatView::rows(((w * h + j) * t + r0) * d, m, d, d);
                     let kv = MatView::rows(((w * kvh + g) * t + lo) * d, n, d, d);
                     let sv = MatView::rows(0, m, n, n);
-                    gemm_f32(&mut scores, sv, (q, qv), (k, kv.t()), false, false);
+                    gemm(&mut scores, sv, (q, qv), (k, kv.t()), Store::Set, false);
                     for (ii, (srow, prow)) in scores.chunks(n).zip(probs.chunks_mut(n)).enumerate()
                     {
                         let i = r0 + ii;
@@ -127,7 +127,7 @@ fn run(q: &[f32], k: &[f32], v: &[f32], s: Heads, c: f32, window: Option<usize>)
                     let vv = MatView::rows(((w * kvh + g) * t + lo) * d, n, d, d);
                     let ov = MatView::rows(j * d, m, d, row);
                     let pv = MatView::rows(0, m, n, n);
-                    gemm_f32(ob, ov, (&probs, pv), (v, vv), false, false);
+                    gemm(ob, ov, (&probs, pv), (v, vv), Store::Set, false);
                 }
             });
     });

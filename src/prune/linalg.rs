@@ -4,10 +4,10 @@
 //! permutation and J H J = M Mᵀ (M lower), H = R Rᵀ with R = J M J upper, so
 //! H⁻¹ = R⁻ᵀ R⁻¹ = Uᵀ U with U = R⁻¹ = J M⁻¹ J: one Cholesky and one triangular inverse,
 //! instead of the reference's Cholesky, full inverse and second Cholesky.
-//! The O(n³) trailing updates run as blocked GEMMs through candle.
+//! The O(n³) trailing updates run as blocked GEMMs, in place ([`crate::device::gemm`]).
 
+use crate::device::{gemm, MatView, Store};
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 const BLOCK: usize = 128;
@@ -89,28 +89,23 @@ pub fn cholesky(m: &mut Mat) -> Result<()> {
             }
         });
         // 3. Trailing update A22 -= L21 L21ᵀ, lower triangle only, as GEMMs over panels of
-        //    rows: rows p0..p1 need columns 0..p1. Half the FLOPs of the full product, and
-        //    no r × r temporary (at n = 11008 that was two 0.97 GB copies per block).
+        //    rows straight into the matrix: rows p0..p1 need columns 0..p1 (half the FLOPs of
+        //    the full product; the few entries above the diagonal a panel also writes are
+        //    never read, and zeroed at the end). L21 is copied once (r × b) as the operands.
         if k1 < n {
             let r = n - k1;
-            let l21 = Tensor::from_vec(m.block(k1, n, k0, k1), (r, b), &Device::Cpu)?;
+            let l21 = m.block(k1, n, k0, k1);
             let mut p0 = 0;
             while p0 < r {
                 let p1 = (p0 + PANEL).min(r);
-                let upd = l21
-                    .narrow(0, p0, p1 - p0)?
-                    .matmul(&l21.narrow(0, 0, p1)?.t()?)?
-                    .flatten_all()?
-                    .to_vec1::<f64>()?;
-                m.a[(k1 + p0) * n..(k1 + p1) * n]
-                    .par_chunks_mut(n)
-                    .enumerate()
-                    .for_each(|(i, row)| {
-                        let w = p0 + i + 1;
-                        for (a, u) in row[k1..k1 + w].iter_mut().zip(&upd[i * p1..i * p1 + w]) {
-                            *a -= u;
-                        }
-                    });
+                gemm(
+                    &mut m.a,
+                    MatView::rows((k1 + p0) * n + k1, p1 - p0, p1, n),
+                    (&l21, MatView::rows(p0 * b, p1 - p0, b, b)),
+                    (&l21, MatView::rows(0, p1, b, b).t()),
+                    Store::Sub,
+                    true,
+                );
                 p0 = p1;
             }
         }
@@ -160,33 +155,32 @@ pub fn lower_inverse(l: &Mat) -> Result<Mat> {
         }
         if r0 > 0 {
             // L[i, :r0] · X[:r0, :r0] by panels of columns c0..c1; X is lower triangular, so
-            // only rows c0..r0 of a panel are non-zero (half the FLOPs, and no r0 × r0 copy).
+            // only rows c0..r0 of a panel are non-zero (half the FLOPs). Both operands are
+            // read in place.
             let mut lx = vec![0.0; b * r0];
             let mut c0 = 0;
             while c0 < r0 {
                 let c1 = (c0 + PANEL).min(r0);
                 let (k, w) = (r0 - c0, c1 - c0);
-                let lrow = Tensor::from_vec(l.block(r0, r1, c0, r0), (b, k), &Device::Cpu)?;
-                let xcol = Tensor::from_vec(x.block(c0, r0, c0, c1), (k, w), &Device::Cpu)?;
-                let p = lrow.matmul(&xcol)?.flatten_all()?.to_vec1::<f64>()?;
-                for i in 0..b {
-                    lx[i * r0 + c0..i * r0 + c1].copy_from_slice(&p[i * w..(i + 1) * w]);
-                }
+                gemm(
+                    &mut lx,
+                    MatView::rows(c0, b, w, r0),
+                    (&l.a, MatView::rows(r0 * n + c0, b, k, n)),
+                    (&x.a, MatView::rows(c0 * n + c0, k, w, n)),
+                    Store::Set,
+                    true,
+                );
                 c0 = c1;
             }
-            let inv = Tensor::from_vec(inv_ii, (b, b), &Device::Cpu)?;
-            let t = inv
-                .matmul(&Tensor::from_vec(lx, (b, r0), &Device::Cpu)?)?
-                .flatten_all()?
-                .to_vec1::<f64>()?;
-            for i in 0..b {
-                for (dst, v) in x.a[(r0 + i) * n..(r0 + i) * n + r0]
-                    .iter_mut()
-                    .zip(&t[i * r0..(i + 1) * r0])
-                {
-                    *dst = -v;
-                }
-            }
+            // X[i, :r0] = −L_ii⁻¹ · lx.
+            gemm(
+                &mut x.a,
+                MatView::rows(r0 * n, b, r0, n),
+                (&inv_ii, MatView::rows(0, b, b, b)),
+                (&lx, MatView::rows(0, b, r0, r0)),
+                Store::Neg,
+                true,
+            );
         }
         r0 = r1;
     }
@@ -211,6 +205,7 @@ pub fn upper_cholesky_of_inverse(h: Mat) -> Result<Mat> {
 mod tests {
     use super::*;
     use crate::rng::gaussian;
+    use candle_core::{Device, Tensor};
 
     fn spd(n: usize, seed: u64) -> Mat {
         // A = XᵀX/t + 0.1 I with X random: symmetric positive definite.

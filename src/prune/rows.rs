@@ -132,19 +132,20 @@ impl Sum {
             .then(|| {
                 with_slice(&a, |av| {
                     with_slice(&b, |bv| {
-                        use crate::device::{gemm_f32, MatView};
+                        use crate::device::{gemm, MatView, Store};
                         let first = self.acc.is_none();
                         let acc = self.acc.get_or_insert_with(|| {
                             (vec![0f32; m * n], (m, n).into(), a.device().clone())
                         });
                         // aᵀ: the rows of a read as columns.
                         let at = MatView::rows(0, t, m, m).t();
-                        gemm_f32(
+                        let store = if first { Store::Set } else { Store::Add };
+                        gemm(
                             &mut acc.0,
                             MatView::rows(0, m, n, n),
                             (av, at),
                             (bv, MatView::rows(0, t, n, n)),
-                            !first,
+                            store,
                             true,
                         );
                     })
