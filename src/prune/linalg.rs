@@ -47,31 +47,44 @@ pub fn cholesky(m: &mut Mat) -> Result<()> {
     let mut k0 = 0;
     while k0 < n {
         let k1 = (k0 + BLOCK).min(n);
-        // 1. Factor the diagonal block.
-        for j in k0..k1 {
-            let mut d = m.a[j * n + j];
-            for k in k0..j {
-                d -= m.a[j * n + k] * m.a[j * n + k];
-            }
+        // 1. Factor the diagonal block, right-looking on a copy: once column k is final, every
+        //    later element takes off l_ik·l_jk (a_ij −= l_ik l_jk, k ascending): the same
+        //    subtractions in the same order as the dot-product form, as axpys along a row.
+        let b = k1 - k0;
+        let mut blk = m.block(k0, k1, k0, k1);
+        let mut col = vec![0.0; b];
+        for k in 0..b {
+            let d = blk[k * b + k];
             if d.is_nan() || d <= 0.0 || !d.is_finite() {
-                bail!("matrix is not positive definite (pivot {j} is {d:e})");
+                bail!(
+                    "matrix is not positive definite (pivot {} is {d:e})",
+                    k0 + k
+                );
             }
             let d = d.sqrt();
-            m.a[j * n + j] = d;
-            for i in j + 1..k1 {
-                let mut s = m.a[i * n + j];
-                for k in k0..j {
-                    s -= m.a[i * n + k] * m.a[j * n + k];
-                }
-                m.a[i * n + j] = s / d;
+            blk[k * b + k] = d;
+            for i in k + 1..b {
+                blk[i * b + k] /= d;
+                col[i] = blk[i * b + k];
             }
+            for i in k + 1..b {
+                let lik = col[i];
+                for (a, l) in blk[i * b + k + 1..=i * b + i]
+                    .iter_mut()
+                    .zip(&col[k + 1..=i])
+                {
+                    *a -= lik * l;
+                }
+            }
+        }
+        for i in 0..b {
+            m.a[(k0 + i) * n + k0..=(k0 + i) * n + k0 + i].copy_from_slice(&blk[i * b..=i * b + i]);
         }
         // 2. Panel below the block: L21 = A21 L11⁻ᵀ, row by row (rows are independent).
         //    Forward substitution in column order: once x_k = a_k / L_kk is known, it is taken
         //    off every later a_j (a_j −= x_k L_jk, k ascending). Each a_j sees the same
         //    subtractions in the same order as the dot-product form, so the bits are the same,
         //    but the inner loop is a vectorisable axpy over a column of L11 (kept transposed).
-        let b = k1 - k0;
         let mut l11t = vec![0.0; b * b];
         for j in 0..b {
             for k in 0..b {
@@ -118,15 +131,29 @@ pub fn cholesky(m: &mut Mat) -> Result<()> {
 }
 
 /// Inverse of a small lower-triangular matrix by forward substitution, columns in parallel.
+/// Column j in column order: once x_k is known, l_ik·x_k is added to every later row's sum
+/// (ascending k, from −0.0 as an iterator's sum starts), an axpy over a column of L (read
+/// from Lᵀ); then x_i = −sum_i / l_ii.
 fn lower_inverse_small(l: &[f64], n: usize) -> Vec<f64> {
+    let mut lt = vec![0.0; n * n];
+    for i in 0..n {
+        for k in 0..=i {
+            lt[k * n + i] = l[i * n + k];
+        }
+    }
     let cols: Vec<Vec<f64>> = (0..n)
         .into_par_iter()
         .map(|j| {
-            let mut x = vec![0.0; n];
+            let mut x = vec![-0.0; n];
             x[j] = 1.0 / l[j * n + j];
-            for i in j + 1..n {
-                let s: f64 = (j..i).map(|k| l[i * n + k] * x[k]).sum();
-                x[i] = -s / l[i * n + i];
+            for k in j..n {
+                if k > j {
+                    x[k] = -x[k] / l[k * n + k];
+                }
+                let xk = x[k];
+                for (s, lik) in x[k + 1..].iter_mut().zip(&lt[k * n + k + 1..(k + 1) * n]) {
+                    *s += lik * xk;
+                }
             }
             x
         })
