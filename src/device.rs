@@ -95,6 +95,20 @@ pub fn with_f32_slice<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> R) -
     }
 }
 
+/// Whether the CPU has the AVX-512 subsets (and FMA) that the hand-dispatched kernels are
+/// compiled for (`#[target_feature]` copies chosen at run time), detected once.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx512() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("fma")
+    })
+}
+
 /// A strided matrix view for [`gemm`]: `data[offset + r·row_stride + c·col_stride]`
 /// is element (r, c) of a `rows` × `cols` matrix.
 #[derive(Debug, Clone, Copy)]

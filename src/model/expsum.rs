@@ -132,16 +132,7 @@ mod avx512 {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("fma")
-    })
-}
+use crate::device::has_avx512;
 
 /// dst[j] = exp(c·src[j] − m); returns Σ_j dst[j]. `src` and `dst` have the same length.
 pub fn exp_sum(src: &[f32], dst: &mut [f32], c: f32, m: f32) -> f32 {
